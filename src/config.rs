@@ -1,0 +1,327 @@
+//! Settings: flags win over environment variables (clap reads both), which win over
+//! `DATA_DIR/config.toml`, which wins over the defaults here. Resolved once, at start-up, into
+//! plain structs so the rest of the program never looks at a flag or a file again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::store::SyncMode;
+
+/// Where a node listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
+/// The node clients use when nothing says otherwise.
+pub const DEFAULT_NODE_URL: &str = "ws://127.0.0.1:8765";
+/// The config file's name inside the data dir.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The SQLite file's name inside the data dir.
+pub const DB_FILE: &str = "switchboard.db";
+
+/// `DATA_DIR/config.toml`. Unknown keys are an error: a typo must not silently do nothing.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `host:port` the node listens on.
+    pub listen: Option<String>,
+    /// The node's id in the mesh.
+    pub node_id: Option<String>,
+    /// Peer node URLs.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// File holding the mesh secret.
+    pub mesh_secret_file: Option<PathBuf>,
+    /// The node clients connect to.
+    pub node: Option<String>,
+    /// Durability of commits.
+    pub sync: Option<SyncMode>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest accepted WebSocket frame, bytes.
+    pub max_frame_bytes: Option<usize>,
+    /// Messages per second each sender may send (0: unlimited).
+    pub send_per_second: Option<u32>,
+    /// Burst allowance above the rate.
+    pub send_burst: Option<u32>,
+    /// Seconds a new connection has to say hello.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds between keep-alive pings; a client silent for two intervals is cut off.
+    pub ping_interval_secs: Option<u64>,
+    /// Frames queued for one connection before it counts as too slow and is cut off.
+    pub outbound_queue: Option<usize>,
+    /// Most simultaneous connections.
+    pub max_connections: Option<usize>,
+}
+
+/// Limits a node enforces, with their defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted frame (default 1 MiB).
+    pub max_frame_bytes: usize,
+    /// Sender rate; 0 turns the limit off.
+    pub send_per_second: u32,
+    /// Sender burst.
+    pub send_burst: u32,
+    /// Time to say hello.
+    pub handshake_timeout: Duration,
+    /// Keep-alive ping interval.
+    pub ping_interval: Duration,
+    /// Per-connection outbound queue.
+    pub outbound_queue: usize,
+    /// Connection cap.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1 << 20,
+            send_per_second: 50,
+            send_burst: 200,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            outbound_queue: 1024,
+            max_connections: 16_384,
+        }
+    }
+}
+
+impl Limits {
+    fn merge(file: &FileLimits) -> Result<Limits> {
+        let d = Limits::default();
+        let l = Limits {
+            max_frame_bytes: file.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            send_per_second: file.send_per_second.unwrap_or(d.send_per_second),
+            send_burst: file.send_burst.unwrap_or(d.send_burst),
+            handshake_timeout: file
+                .handshake_timeout_secs
+                .map_or(d.handshake_timeout, Duration::from_secs),
+            ping_interval: file
+                .ping_interval_secs
+                .map_or(d.ping_interval, Duration::from_secs),
+            outbound_queue: file.outbound_queue.unwrap_or(d.outbound_queue),
+            max_connections: file.max_connections.unwrap_or(d.max_connections),
+        };
+        if l.max_frame_bytes < 1024 {
+            return Err(Error::Config(
+                "limits.max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if l.outbound_queue == 0 || l.max_connections == 0 {
+            return Err(Error::Config(
+                "limits.outbound_queue and limits.max_connections must be positive".into(),
+            ));
+        }
+        if l.ping_interval.is_zero() || l.handshake_timeout.is_zero() {
+            return Err(Error::Config(
+                "limits.ping_interval_secs and limits.handshake_timeout_secs must be positive"
+                    .into(),
+            ));
+        }
+        Ok(l)
+    }
+}
+
+/// Everything a node needs, resolved.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The data dir (store, secret, lock, config).
+    pub data_dir: PathBuf,
+    /// `host:port`; port 0 picks a free one.
+    pub listen: String,
+    /// The node's id in the mesh.
+    pub node_id: String,
+    /// Peer URLs.
+    pub peers: Vec<String>,
+    /// File holding the mesh secret.
+    pub mesh_secret_file: Option<PathBuf>,
+    /// Durability of commits.
+    pub sync: SyncMode,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Command-line (and env) overrides for a node; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct NodeOverrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
+    /// `--peer`, repeatable; replaces the config's list when given.
+    pub peers: Vec<String>,
+    /// `--mesh-secret-file`.
+    pub mesh_secret_file: Option<PathBuf>,
+    /// `--max-frame-bytes`.
+    pub max_frame_bytes: Option<usize>,
+    /// `--send-rate`.
+    pub send_per_second: Option<u32>,
+    /// `--sync`.
+    pub sync: Option<SyncMode>,
+}
+
+/// The platform data dir (e.g. `~/.local/share/switchboard`).
+pub fn default_data_dir() -> Result<PathBuf> {
+    dirs::data_dir()
+        .map(|d| d.join("switchboard"))
+        .ok_or_else(|| {
+            Error::Config(
+                "cannot find a data dir for this platform; pass --data-dir or set SWITCHBOARD_DATA_DIR"
+                    .into(),
+            )
+        })
+}
+
+/// Reads `DATA_DIR/config.toml`, or the defaults when there is none.
+pub fn read_file_config(data_dir: &Path) -> Result<FileConfig> {
+    let path = data_dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "{}: {}",
+                path.display(),
+                e.message().replace('\n', " ")
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+impl NodeConfig {
+    /// Resolves a node's settings from overrides, the data dir's config file and defaults.
+    pub fn resolve(data_dir: PathBuf, o: NodeOverrides) -> Result<NodeConfig> {
+        let file = read_file_config(&data_dir)?;
+        let mut limits = Limits::merge(&file.limits)?;
+        if let Some(m) = o.max_frame_bytes {
+            if m < 1024 {
+                return Err(Error::Config("--max-frame-bytes must be at least 1024".into()));
+            }
+            limits.max_frame_bytes = m;
+        }
+        if let Some(r) = o.send_per_second {
+            limits.send_per_second = r;
+        }
+        let listen = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        validate_listen(&listen)?;
+        let node_id = o
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+        crate::message::validate_name(&node_id).map_err(|e| Error::Config(format!("node id {e}")))?;
+        let peers = if o.peers.is_empty() { file.peers } else { o.peers };
+        for p in &peers {
+            validate_ws_url(p).map_err(|e| Error::Config(format!("peer {e}")))?;
+        }
+        Ok(NodeConfig {
+            data_dir,
+            listen,
+            node_id,
+            peers,
+            mesh_secret_file: o.mesh_secret_file.or(file.mesh_secret_file),
+            sync: o.sync.or(file.sync).unwrap_or_default(),
+            limits,
+        })
+    }
+
+    /// Defaults for a data dir and listen address: what tests and the embedded node use.
+    pub fn for_data_dir(data_dir: PathBuf, listen: &str) -> Result<NodeConfig> {
+        NodeConfig::resolve(
+            data_dir,
+            NodeOverrides {
+                listen: Some(listen.into()),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+fn validate_listen(listen: &str) -> Result<()> {
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return Err(Error::Config(format!(
+            "listen address '{listen}' must be HOST:PORT (e.g. 127.0.0.1:8765)"
+        )));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(Error::Config(format!(
+            "listen address '{listen}' must be HOST:PORT with a port from 0 to 65535"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a node URL is `ws://` or `wss://` with a host.
+pub fn validate_ws_url(url: &str) -> std::result::Result<(), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| format!("URL '{url}' must start with ws:// or wss://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("URL '{url}' has no host"));
+    }
+    Ok(())
+}
+
+/// The WebSocket endpoint for a node URL: `/ws` is added when the URL has no path.
+pub fn ws_endpoint(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, r)| r);
+    if after_scheme.contains('/') {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/ws")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_loses_to_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:9000\"\nnode_id = \"filenode\"\n[limits]\nsend_per_second = 7\n",
+        )
+        .unwrap();
+        let c = NodeConfig::resolve(
+            dir.path().into(),
+            NodeOverrides {
+                node_id: Some("flagnode".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.node_id, "flagnode");
+        assert_eq!(c.limits.send_per_second, 7);
+    }
+
+    #[test]
+    fn config_typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "lisen = \"x\"\n").unwrap();
+        let e = NodeConfig::resolve(dir.path().into(), NodeOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(ws_endpoint("ws://h:1"), "ws://h:1/ws");
+        assert_eq!(ws_endpoint("ws://h:1/"), "ws://h:1/ws");
+        assert_eq!(ws_endpoint("ws://h:1/custom"), "ws://h:1/custom");
+        assert!(validate_ws_url("http://x").is_err());
+    }
+}

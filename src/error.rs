@@ -1,0 +1,84 @@
+//! Library errors. Each maps to a stable wire [`ErrorCode`] so the node, the CLI and the MCP
+//! server report the same failure the same way.
+
+use crate::protocol::ErrorCode;
+
+/// Everything the library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A caller-supplied value broke a rule; the text names the argument and the rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// A refusal the peer should see with a specific code (unknown agent, rate limited, ...).
+    #[error("{message}")]
+    Refused {
+        /// The wire code.
+        code: ErrorCode,
+        /// What to tell the caller.
+        message: String,
+    },
+    /// The SQLite store failed.
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// A file or socket failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Settings could not be resolved (bad flag, bad config file).
+    #[error("{0}")]
+    Config(String),
+    /// The data dir is held by another node.
+    #[error(
+        "the data dir {0} is in use by another switchboard node (only one node may hold a data dir)"
+    )]
+    Locked(String),
+    /// The node (or the store thread) has stopped.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Talking to a node failed.
+    #[error("{0}")]
+    Connection(String),
+    /// The node refused a request with an error frame.
+    #[error("{message} [{code}]", code = code.as_str())]
+    Remote {
+        /// The wire code.
+        code: ErrorCode,
+        /// The node's explanation.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A refusal with a wire code.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The wire code a peer sees for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::Refused { code, .. } | Error::Remote { code, .. } => *code,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

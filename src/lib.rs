@@ -1,0 +1,26 @@
+//! switchboard: real-time, durable messaging between LLM agents.
+//!
+//! # Layout
+//!
+//! - [`message`] — the message record and names, shared by every layer.
+//! - [`protocol`] — the WebSocket wire frames (`docs/PROTOCOL.md`).
+//! - [`store`] — SQLite: migrations, queries, the group-commit writer thread.
+//! - [`node`] — the server: HTTP/WebSocket listener, per-connection sessions, the router.
+//! - [`client`] — a reconnecting WebSocket client used by the MCP server, the CLI and bench.
+//! - [`mcp`] — the MCP stdio server (`switchboard mcp`).
+//! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
+//! - [`cli`] — the command line: parsing, settings, the human-facing commands.
+//! - [`bench`] — the load generator (`switchboard bench`).
+//! - [`auth`], [`config`], [`error`] — secrets and locks, settings, errors.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod message;
+pub mod node;
+pub mod protocol;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,111 @@
+//! The node's one port: `/ws` (clients and, later, peers), `/health` and `/metrics`.
+//! axum does the HTTP; tokio-tungstenite (under axum) does the WebSocket.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::node::router::Router;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node's state.
+    pub router: Arc<Router>,
+    /// Cancelled when the node stops.
+    pub shutdown: CancellationToken,
+    /// Owns every session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// The HTTP routes.
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", get(ws))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+}
+
+async fn ws(State(s): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    if s.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down\n").into_response();
+    }
+    let active = s.router.metrics.connections_active.load(Ordering::Relaxed) as usize;
+    if active >= s.router.limits.max_connections {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    }
+    let token = bearer(&headers);
+    let max = s.router.limits.max_frame_bytes;
+    let tracker = s.tracker.clone();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            tracker.track_future(crate::node::session::run(
+                socket,
+                s.router.clone(),
+                token,
+                s.shutdown.clone(),
+            ))
+        })
+}
+
+/// The node's resident memory, read from the kernel.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let (online, sessions) = s.router.counts();
+    let body = serde_json::json!({
+        "node_id": s.router.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.router.uptime().as_secs(),
+        "agents_online": online,
+        "sessions": sessions,
+        "connections": s.router.metrics.connections_active.load(Ordering::Relaxed),
+        "rss_bytes": rss_bytes(),
+        "peers": serde_json::Value::Array(vec![]),
+        "status": if s.shutdown.is_cancelled() { "stopping" } else { "ok" },
+    });
+    axum::Json(body).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let r = &s.router;
+    let (online, sessions) = r.counts();
+    let stats = r.store.stats();
+    let text = r.metrics.render(&[
+        ("agents_online", "Agents with an open agent session.", online as u64),
+        ("sessions", "Open authenticated sessions.", sessions as u64),
+        ("store_commits", "Store transactions committed.", stats.commits.load(Ordering::Relaxed)),
+        ("store_jobs", "Store jobs run (group commit packs many per transaction).", stats.jobs.load(Ordering::Relaxed)),
+        ("rss_bytes", "Resident memory.", rss_bytes().unwrap_or(0)),
+        ("uptime_seconds", "Seconds since start.", r.uptime().as_secs()),
+    ]);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,131 @@
+//! A node: the WebSocket server, the router and the store of one data dir.
+//!
+//! [`Node::start`] takes the data dir's lock *before* opening the store and binding the port,
+//! so two nodes can never write one SQLite file. Shutdown is ordered: stop accepting, say
+//! goodbye to every session, let in-flight sends commit, flush the store, then drop the lock.
+
+pub mod http;
+pub mod metrics;
+pub mod router;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, DataDirLock};
+use crate::config::{DB_FILE, NodeConfig};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use router::Router;
+
+/// How long shutdown waits for sessions to finish before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    server: tokio::task::JoinHandle<()>,
+    lock: Option<DataDirLock>,
+}
+
+impl Node {
+    /// Starts a node. Fails with [`Error::Locked`] if another node holds the data dir, and with a
+    /// clear message if the address cannot be bound.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let secret = auth::load_or_create_secret(&config.data_dir)?;
+        let store = Store::open(&config.data_dir.join(DB_FILE), config.sync)?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        let router = Arc::new(
+            Router::load(config.node_id.clone(), store, config.limits.clone(), secret).await?,
+        );
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let app = http::app(http::AppState {
+            router: router.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let stop = shutdown.clone();
+        // Nagle's algorithm would add up to 40 ms to small frames: latency is the product.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the HTTP server failed");
+            }
+        });
+        tracing::info!(node = %config.node_id, %addr, data_dir = %config.data_dir.display(), "node listening");
+        Ok(Node {
+            addr,
+            router,
+            shutdown,
+            tracker,
+            server,
+            lock: Some(lock),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR` for clients.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The node's shared state.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// A token that, when cancelled, stops the node (what signal handlers cancel).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the shutdown token is cancelled, then stops in order.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        self.shutdown.cancelled().await;
+        self.stop().await
+    }
+
+    /// Stops the node: no new connections, goodbye to sessions, flush the store, release the lock.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        self.router.close_all("the node is shutting down");
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close in time");
+        }
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await;
+        // Everything queued before this point is committed when it returns.
+        let flushed = self.router.store.write(|_| Ok(())).await;
+        drop(self.lock.take());
+        tracing::info!("node stopped");
+        flushed
+    }
+}

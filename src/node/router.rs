@@ -1,0 +1,708 @@
+//! The router: the one place where routing decisions are made.
+//!
+//! It owns the node's live state — who is connected (sessions), the agent directory with
+//! presence, topic subscriptions, per-sender rate limits, and sends waiting for a recipient's
+//! ack — and decides, for every message, which inboxes it goes to and which sessions get it
+//! pushed. Everything here is in memory behind one short-held `std::sync::Mutex` (never held
+//! across an `.await`); everything durable goes through the [`Store`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::message::{MAX_NAME_LEN, Target, now_ms, rfc3339, validate_name};
+use crate::node::metrics::Metrics;
+use crate::protocol::{
+    DeliveryStatus, ErrorCode, Hello, PresenceEntry, Role, SendRequest, SendResult, ServerFrame,
+    Status,
+};
+use crate::store::{AgentRow, NewMessage, Store, Stored, queries};
+
+/// How long a send waits for a recipient's session to ack before it answers `queued`.
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
+/// Longest subject, in characters.
+pub const MAX_SUBJECT: usize = 200;
+/// Longest status text, in characters.
+pub const MAX_STATUS_TEXT: usize = 200;
+
+/// A live connection, as the router sees it: where to push frames and how to cut it off.
+#[derive(Debug, Clone)]
+pub struct SessionTx {
+    /// Unique per node run.
+    pub id: u64,
+    /// What the connection is for.
+    pub role: Role,
+    /// Bounded queue of serialized frames; full means the client is too slow.
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled to cut the connection off.
+    pub kill: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Agent {
+    row: AgentRow,
+    sessions: Vec<SessionTx>,
+    connected_since: Option<i64>,
+}
+
+impl Agent {
+    fn online(&self) -> bool {
+        self.sessions.iter().any(|s| s.role == Role::Agent)
+    }
+
+    fn entry(&self) -> PresenceEntry {
+        let online = self.online();
+        PresenceEntry {
+            name: self.row.name.clone(),
+            online,
+            node: self.row.node.clone(),
+            status: self.row.status,
+            status_text: self.row.status_text.clone(),
+            last_seen: if online {
+                Some(rfc3339(now_ms()))
+            } else {
+                self.row.last_seen.map(rfc3339)
+            },
+            connected_since: self.connected_since.filter(|_| online).map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    agents: HashMap<String, Agent>,
+    topics: HashMap<String, BTreeSet<String>>,
+    buckets: HashMap<String, Bucket>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    recipients: Vec<String>,
+    done: oneshot::Sender<()>,
+}
+
+/// A send that passed validation and has an id and recipients, ready for the store.
+pub struct PreparedSend {
+    /// What to store.
+    pub message: NewMessage,
+    /// How it was addressed, for the status.
+    pub target: Target,
+}
+
+/// What the node knows and decides; shared by every connection.
+pub struct Router {
+    /// This node's id.
+    pub node_id: String,
+    /// The durable store.
+    pub store: Store,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Metrics,
+    secret: String,
+    started: Instant,
+    state: Mutex<State>,
+    pending: Mutex<HashMap<String, Pending>>,
+    ids: Mutex<ulid::Generator>,
+    next_session: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated in a way that matters
+    // more than stopping the node would, so keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Router {
+    /// Builds the router from what the store remembers.
+    pub async fn load(node_id: String, store: Store, limits: Limits, secret: String) -> Result<Router> {
+        let (rows, subs) = store
+            .read(|c| Ok((queries::agents(c)?, queries::subscriptions(c)?)))
+            .await?;
+        let mut state = State::default();
+        for row in rows {
+            state.agents.insert(
+                row.name.clone(),
+                Agent {
+                    row,
+                    sessions: Vec::new(),
+                    connected_since: None,
+                },
+            );
+        }
+        for (topic, agent) in subs {
+            state.topics.entry(topic).or_default().insert(agent);
+        }
+        Ok(Router {
+            node_id,
+            store,
+            limits,
+            metrics: Metrics::default(),
+            secret,
+            started: Instant::now(),
+            state: Mutex::new(state),
+            pending: Mutex::new(HashMap::new()),
+            ids: Mutex::new(ulid::Generator::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Seconds since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Checks a hello. Returns whether the connection holds the local secret (may act as anyone
+    /// and manage tokens).
+    pub async fn authenticate(&self, hello: &Hello, header_token: Option<&str>) -> Result<bool> {
+        if hello.v != crate::protocol::PROTOCOL_VERSION {
+            return Err(Error::refused(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {} is not supported; this node speaks v1", hello.v),
+            ));
+        }
+        validate_name(&hello.agent)
+            .map_err(|e| Error::refused(ErrorCode::InvalidArgument, format!("agent name {e}")))?;
+        let Some(token) = hello.token.as_deref().or(header_token) else {
+            return Err(Error::refused(
+                ErrorCode::Unauthorized,
+                "no token: put the local secret or an agent token in hello.token or an Authorization: Bearer header",
+            ));
+        };
+        if auth::constant_time_eq(token, &self.secret) {
+            return Ok(true);
+        }
+        let hash = auth::hash_token(token);
+        let owner = self.store.read(move |c| queries::token_owner(c, &hash)).await?;
+        match owner {
+            Some(name) if name == hello.agent => Ok(false),
+            Some(_) => Err(Error::refused(
+                ErrorCode::Unauthorized,
+                format!("this token is not valid for agent '{}'", hello.agent),
+            )),
+            None => Err(Error::refused(ErrorCode::Unauthorized, "invalid token")),
+        }
+    }
+
+    /// Adds a session; creates the agent's directory entry the first time a name is seen.
+    pub async fn register(
+        &self,
+        agent: &str,
+        role: Role,
+        tx: mpsc::Sender<Utf8Bytes>,
+        kill: CancellationToken,
+    ) -> Result<SessionTx> {
+        let session = SessionTx {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            role,
+            tx,
+            kill,
+        };
+        let now = now_ms();
+        let persist = {
+            let mut state = lock(&self.state);
+            let entry = state.agents.entry(agent.to_owned()).or_insert_with(|| Agent {
+                row: AgentRow {
+                    name: agent.to_owned(),
+                    node: self.node_id.clone(),
+                    status: Status::Available,
+                    status_text: None,
+                    last_seen: Some(now),
+                },
+                sessions: Vec::new(),
+                connected_since: None,
+            });
+            let was_online = entry.online();
+            entry.sessions.push(session.clone());
+            if role == Role::Agent && !was_online {
+                entry.connected_since = Some(now);
+                entry.row.node = self.node_id.clone();
+                entry.row.last_seen = Some(now);
+                Some(entry.row.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(row) = persist {
+            self.store
+                .write(move |c| queries::upsert_agent(c, &row, now))
+                .await?;
+        }
+        Ok(session)
+    }
+
+    /// Removes a session; the agent goes offline when its last agent session leaves.
+    pub fn unregister(&self, agent: &str, session_id: u64) {
+        let now = now_ms();
+        let persist = {
+            let mut state = lock(&self.state);
+            let Some(entry) = state.agents.get_mut(agent) else {
+                return;
+            };
+            let was_online = entry.online();
+            entry.sessions.retain(|s| s.id != session_id);
+            if was_online && !entry.online() {
+                entry.connected_since = None;
+                entry.row.last_seen = Some(now);
+                Some(entry.row.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(row) = persist {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.write(move |c| queries::upsert_agent(c, &row, now)).await {
+                    tracing::warn!(error = %e, "could not record last seen");
+                }
+            });
+        }
+    }
+
+    /// Validates a send, applies the rate limit, resolves recipients and assigns the id.
+    /// Synchronous so that the caller queues sends to the store in the order they arrived.
+    pub fn prepare_send(&self, from: &str, req: SendRequest) -> Result<PreparedSend> {
+        let target = Target::parse(&req.to).map_err(|e| Error::Invalid(format!("to: {e}")))?;
+        if req.body.trim().is_empty() {
+            return Err(Error::Invalid("body: must not be empty".into()));
+        }
+        if let Some(s) = &req.subject
+            && s.chars().count() > MAX_SUBJECT
+        {
+            return Err(Error::Invalid(format!(
+                "subject: must be at most {MAX_SUBJECT} characters"
+            )));
+        }
+        if let Some(r) = &req.reply_to {
+            ulid::Ulid::from_string(r)
+                .map_err(|_| Error::Invalid(format!("reply_to: '{r}' is not a message id")))?;
+        }
+        let now = now_ms();
+        let id = match &req.id {
+            Some(id) => {
+                let u = ulid::Ulid::from_string(id)
+                    .map_err(|_| Error::Invalid(format!("id: '{id}' is not a ULID")))?;
+                if u.timestamp_ms() as i64 > now + 300_000 {
+                    return Err(Error::Invalid(format!("id: '{id}' is from the future")));
+                }
+                u.to_string()
+            }
+            None => self.new_id()?,
+        };
+        let mut state = lock(&self.state);
+        self.take_token(&mut state, from, now)?;
+        let (recipients, topic) = match &target {
+            Target::Agent(name) => {
+                if !state.agents.contains_key(name) {
+                    return Err(unknown(
+                        ErrorCode::UnknownAgent,
+                        "agent",
+                        name,
+                        state.agents.keys(),
+                    ));
+                }
+                (vec![name.clone()], None)
+            }
+            Target::Topic(topic) => match state.topics.get(topic).filter(|s| !s.is_empty()) {
+                Some(subs) => (
+                    subs.iter().filter(|a| *a != from).cloned().collect(),
+                    Some(topic.clone()),
+                ),
+                None => {
+                    return Err(unknown(
+                        ErrorCode::UnknownTopic,
+                        "topic",
+                        topic,
+                        state.topics.iter().filter(|(_, s)| !s.is_empty()).map(|(t, _)| t),
+                    ));
+                }
+            },
+            Target::Broadcast => (
+                state
+                    .agents
+                    .keys()
+                    .filter(|a| *a != from)
+                    .cloned()
+                    .collect(),
+                None,
+            ),
+        };
+        drop(state);
+        Ok(PreparedSend {
+            message: NewMessage {
+                id,
+                origin: self.node_id.clone(),
+                sender: from.to_owned(),
+                target: req.to,
+                topic,
+                kind: req.kind,
+                priority: req.priority,
+                subject: req.subject,
+                body: req.body,
+                data: req.data,
+                reply_to: req.reply_to,
+                thread_id: None,
+                created_at: now,
+                recipients,
+            },
+            target,
+        })
+    }
+
+    fn new_id(&self) -> Result<String> {
+        lock(&self.ids)
+            .generate()
+            .map(|u| u.to_string())
+            .map_err(|_| Error::refused(ErrorCode::Internal, "message id space exhausted for this millisecond"))
+    }
+
+    fn take_token(&self, state: &mut State, from: &str, now: i64) -> Result<()> {
+        let rate = self.limits.send_per_second;
+        if rate == 0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.limits.send_burst.max(1));
+        let _ = now;
+        let b = state.buckets.entry(from.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: Instant::now(),
+        });
+        let t = Instant::now();
+        b.tokens = (b.tokens + t.duration_since(b.at).as_secs_f64() * f64::from(rate)).min(burst);
+        b.at = t;
+        if b.tokens < 1.0 {
+            Metrics::inc(&self.metrics.rate_limited_total);
+            return Err(Error::refused(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit: at most {rate} messages/s (burst {burst}) per sender; slow down — \
+                     and do not answer acknowledgements with acknowledgements"
+                ),
+            ));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Pushes a committed message to every live session of its recipients. Returns a receiver
+    /// that fires on the first ack from an agent session, or `None` when no agent session got it.
+    /// Called in commit order, so each session sees one sender's messages in order.
+    pub fn dispatch(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
+        let frame = match serde_json::to_string(&ServerFrame::Msg {
+            message: stored.message.clone(),
+        }) {
+            Ok(s) => Utf8Bytes::from(s),
+            Err(_) => return None,
+        };
+        let mut reached = Vec::new();
+        {
+            let state = lock(&self.state);
+            for r in &stored.recipients {
+                let Some(agent) = state.agents.get(r) else {
+                    continue;
+                };
+                for s in &agent.sessions {
+                    if s.role == Role::Cli {
+                        continue;
+                    }
+                    if push(&self.metrics, s, frame.clone()) && s.role == Role::Agent {
+                        reached.push(r.clone());
+                    }
+                }
+            }
+        }
+        if reached.is_empty() {
+            return None;
+        }
+        reached.dedup();
+        let (done, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            stored.message.id.clone(),
+            Pending {
+                recipients: reached,
+                done,
+            },
+        );
+        Some(rx)
+    }
+
+    /// Waits for the first ack of a dispatched message and turns it into a send's status.
+    pub async fn outcome(&self, stored: &Stored, acked: Option<oneshot::Receiver<()>>) -> SendResult {
+        let delivered = match acked {
+            Some(rx) => {
+                let got = tokio::time::timeout(ACK_WAIT, rx).await.is_ok_and(|r| r.is_ok());
+                if !got {
+                    lock(&self.pending).remove(&stored.message.id);
+                }
+                got
+            }
+            None => false,
+        };
+        let status = if stored.message.topic.is_some() {
+            DeliveryStatus::Published
+        } else if delivered {
+            Metrics::inc(&self.metrics.messages_delivered_total);
+            DeliveryStatus::Delivered
+        } else {
+            Metrics::inc(&self.metrics.messages_queued_total);
+            DeliveryStatus::Queued
+        };
+        SendResult {
+            id: stored.message.id.clone(),
+            status,
+            recipients: stored.recipients.len() as u32,
+            thread_id: stored.message.thread_id.clone(),
+        }
+    }
+
+    /// A session of `agent` holds these messages: complete waiting sends and record delivery.
+    pub async fn acked(&self, agent: &str, role: Role, ids: Vec<String>) -> Result<()> {
+        if role != Role::Agent || ids.is_empty() {
+            return Ok(());
+        }
+        self.metrics
+            .acks_total
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        {
+            let mut pending = lock(&self.pending);
+            for id in &ids {
+                if pending
+                    .get(id)
+                    .is_some_and(|p| p.recipients.iter().any(|r| r == agent))
+                    && let Some(p) = pending.remove(id)
+                {
+                    let _ = p.done.send(());
+                }
+            }
+        }
+        let agent = agent.to_owned();
+        let now = now_ms();
+        // Queue the write without waiting: the ack needs no answer, and the session loop must
+        // not stall on the disk.
+        let _ = self
+            .store
+            .submit(move |c| queries::mark_delivered(c, &agent, &ids, now))
+            .await?;
+        Ok(())
+    }
+
+    /// Presence of every known agent (or of one).
+    pub fn presence(&self, filter: Option<&str>) -> Result<Vec<PresenceEntry>> {
+        let state = lock(&self.state);
+        if let Some(name) = filter {
+            return match state.agents.get(name) {
+                Some(a) => Ok(vec![a.entry()]),
+                None => Err(unknown(ErrorCode::UnknownAgent, "agent", name, state.agents.keys())),
+            };
+        }
+        let mut all: Vec<PresenceEntry> = state.agents.values().map(Agent::entry).collect();
+        all.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+        Ok(all)
+    }
+
+    /// Sets an agent's status and returns its entry.
+    pub async fn set_status(&self, agent: &str, status: Status, text: Option<String>) -> Result<PresenceEntry> {
+        if let Some(t) = &text
+            && t.chars().count() > MAX_STATUS_TEXT
+        {
+            return Err(Error::Invalid(format!(
+                "text: must be at most {MAX_STATUS_TEXT} characters"
+            )));
+        }
+        let (row, entry) = {
+            let mut state = lock(&self.state);
+            let a = state
+                .agents
+                .get_mut(agent)
+                .ok_or_else(|| Error::refused(ErrorCode::UnknownAgent, format!("unknown agent '{agent}'")))?;
+            a.row.status = status;
+            a.row.status_text = text;
+            (a.row.clone(), a.entry())
+        };
+        let now = now_ms();
+        self.store
+            .write(move |c| queries::upsert_agent(c, &row, now))
+            .await?;
+        Ok(entry)
+    }
+
+    /// Subscribes or unsubscribes; returns the agent's topics afterwards.
+    pub async fn subscribe(&self, agent: &str, topic: &str, on: bool) -> Result<Vec<String>> {
+        let topic = topic.strip_prefix('#').unwrap_or(topic);
+        validate_name(topic).map_err(|e| Error::Invalid(format!("topic: {e}")))?;
+        let (t, a) = (topic.to_owned(), agent.to_owned());
+        let now = now_ms();
+        self.store
+            .write(move |c| queries::set_subscription(c, &t, &a, on, now))
+            .await?;
+        let mut state = lock(&self.state);
+        if on {
+            state
+                .topics
+                .entry(topic.to_owned())
+                .or_default()
+                .insert(agent.to_owned());
+        } else if let Some(s) = state.topics.get_mut(topic) {
+            s.remove(agent);
+        }
+        Ok(topics_of(&state, agent))
+    }
+
+    /// An agent's subscriptions.
+    pub fn topics(&self, agent: &str) -> Vec<String> {
+        topics_of(&lock(&self.state), agent)
+    }
+
+    /// Registers an agent name without a connection (a token was issued for it), so that
+    /// messages to it are accepted and queued before it first connects.
+    pub async fn ensure_agent(&self, name: &str) -> Result<()> {
+        let now = now_ms();
+        let row = {
+            let mut state = lock(&self.state);
+            if state.agents.contains_key(name) {
+                return Ok(());
+            }
+            let row = AgentRow {
+                name: name.to_owned(),
+                node: self.node_id.clone(),
+                status: Status::Available,
+                status_text: None,
+                last_seen: None,
+            };
+            state.agents.insert(
+                name.to_owned(),
+                Agent {
+                    row: row.clone(),
+                    sessions: Vec::new(),
+                    connected_since: None,
+                },
+            );
+            row
+        };
+        self.store
+            .write(move |c| queries::upsert_agent(c, &row, now))
+            .await
+    }
+
+    /// Counts for `/health`: (agents online, sessions).
+    pub fn counts(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        let online = state.agents.values().filter(|a| a.online()).count();
+        let sessions = state.agents.values().map(|a| a.sessions.len()).sum();
+        (online, sessions)
+    }
+
+    /// Tells every session the node is going away.
+    pub fn close_all(&self, reason: &str) {
+        let frame = serde_json::to_string(&ServerFrame::Bye {
+            reason: reason.to_owned(),
+        })
+        .map(Utf8Bytes::from)
+        .ok();
+        let state = lock(&self.state);
+        for a in state.agents.values() {
+            for s in &a.sessions {
+                if let Some(f) = &frame {
+                    let _ = s.tx.try_send(f.clone());
+                }
+                s.kill.cancel();
+            }
+        }
+    }
+}
+
+/// Pushes one frame; a full queue cuts the session off (its mail stays in the store).
+fn push(metrics: &Metrics, s: &SessionTx, frame: Utf8Bytes) -> bool {
+    match s.tx.try_send(frame) {
+        Ok(()) => {
+            Metrics::inc(&metrics.pushes_total);
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if !s.kill.is_cancelled() {
+                Metrics::inc(&metrics.slow_consumers_total);
+                tracing::warn!(session = s.id, "session too slow to take its messages; cutting it off");
+                s.kill.cancel();
+            }
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+fn topics_of(state: &State, agent: &str) -> Vec<String> {
+    let mut t: Vec<String> = state
+        .topics
+        .iter()
+        .filter(|(_, s)| s.contains(agent))
+        .map(|(t, _)| t.clone())
+        .collect();
+    t.sort();
+    t
+}
+
+/// "unknown agent 'bbo' — did you mean 'bob'?" with up to three close names.
+fn unknown<'a>(
+    code: ErrorCode,
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a String>,
+) -> Error {
+    let prefix = if what == "topic" { "#" } else { "" };
+    let mut close: Vec<(f64, &String)> = known
+        .map(|k| (strsim::normalized_damerau_levenshtein(name, k), k))
+        .filter(|(score, k)| {
+            *score >= 0.5
+                || strsim::damerau_levenshtein(name, k) <= 2
+                || k.to_lowercase() == name.to_lowercase()
+        })
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let names: Vec<String> = close
+        .iter()
+        .take(3)
+        .map(|(_, k)| format!("'{prefix}{k}'"))
+        .collect();
+    let hint = match names.len() {
+        0 => match what {
+            "topic" => " (no topic has subscribers yet; nothing was sent)".to_owned(),
+            _ => " (no such agent has ever connected; nothing was sent)".to_owned(),
+        },
+        _ => format!(" — did you mean {}? Nothing was sent.", names.join(" or ")),
+    };
+    let shown: String = name.chars().take(MAX_NAME_LEN).collect();
+    let what = if what == "topic" {
+        "topic (no subscribers)"
+    } else {
+        what
+    };
+    Error::refused(code, format!("unknown {what} '{prefix}{shown}'{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names() {
+        let known = ["bob".to_string(), "alice".to_string(), "robert".to_string()];
+        let e = unknown(ErrorCode::UnknownAgent, "agent", "bbo", known.iter());
+        assert!(e.to_string().starts_with("unknown agent 'bbo' — did you mean 'bob'"), "{e}");
+        let e = unknown(ErrorCode::UnknownAgent, "agent", "zzzzzz", known.iter());
+        assert!(!e.to_string().contains("did you mean"), "{e}");
+    }
+}

@@ -1,0 +1,431 @@
+//! The SQL behind every store job. Each function takes the writer's connection and runs inside
+//! the caller's transaction; none of them commits.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageType, Priority, rfc3339};
+use crate::protocol::{ErrorCode, Status};
+
+/// A message about to be stored, with its recipients already resolved by the router.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// ULID.
+    pub id: String,
+    /// Node that accepted it from the sender.
+    pub origin: String,
+    /// Authenticated sender.
+    pub sender: String,
+    /// The `to` as written.
+    pub target: String,
+    /// Topic name when `target` is `#topic`.
+    pub topic: Option<String>,
+    /// Message type.
+    pub kind: MessageType,
+    /// Priority.
+    pub priority: Priority,
+    /// Optional subject.
+    pub subject: Option<String>,
+    /// Body.
+    pub body: String,
+    /// Optional JSON object.
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Message this replies to.
+    pub reply_to: Option<String>,
+    /// Thread, when already known (replicated messages); derived from `reply_to` otherwise.
+    pub thread_id: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Inboxes it goes to.
+    pub recipients: Vec<String>,
+}
+
+/// What storing a message did.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The message as recipients see it (unread).
+    pub message: Message,
+    /// Inboxes it went to.
+    pub recipients: Vec<String>,
+    /// It was already stored (a retried send): nothing changed.
+    pub duplicate: bool,
+}
+
+const MESSAGE_COLUMNS: &str = "m.id, m.sender, m.target, m.topic, m.type, m.priority, m.subject, \
+     m.body, m.data, m.reply_to, m.thread_id, m.created_at";
+
+fn message_from_row(row: &Row<'_>, read: bool) -> rusqlite::Result<Message> {
+    let kind: String = row.get(4)?;
+    let priority: String = row.get(5)?;
+    let data: Option<String> = row.get(8)?;
+    Ok(Message {
+        id: row.get(0)?,
+        from: row.get(1)?,
+        to: row.get(2)?,
+        topic: row.get(3)?,
+        kind: kind.parse().unwrap_or_default(),
+        priority: priority.parse().unwrap_or_default(),
+        subject: row.get(6)?,
+        body: row.get(7)?,
+        data: data.and_then(|d| serde_json::from_str(&d).ok()),
+        reply_to: row.get(9)?,
+        thread_id: row.get(10)?,
+        created_at: rfc3339(row.get(11)?),
+        read,
+    })
+}
+
+/// Whether `agent` may read message `id`: it sent it or has it in its inbox.
+const VISIBLE: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox v WHERE v.agent = ?1 AND v.msg_id = m.id))";
+
+/// The read flag as `agent` (?1) sees it: own messages are read.
+const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
+
+/// Stores a message and its inbox rows, deduplicating by id.
+pub fn insert_message(conn: &Connection, m: NewMessage) -> Result<Stored> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1"
+        ))?
+        .query_row([&m.id], |r| message_from_row(r, false))
+        .optional()?;
+    if let Some(message) = existing {
+        let recipients = conn
+            .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?
+            .query_map([&m.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        return Ok(Stored {
+            message,
+            recipients,
+            duplicate: true,
+        });
+    }
+    let thread_id = match (&m.thread_id, &m.reply_to) {
+        (Some(t), _) => t.clone(),
+        (None, Some(parent)) => conn
+            .prepare_cached(&format!(
+                "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
+            ))?
+            .query_row(params![m.sender, parent], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| {
+                Error::refused(
+                    ErrorCode::UnknownMessage,
+                    format!("reply_to: no message '{parent}' that you can read"),
+                )
+            })?,
+        (None, None) => m.id.clone(),
+    };
+    let data = m
+        .data
+        .as_ref()
+        .map(|d| serde_json::to_string(d).unwrap_or_default());
+    conn.prepare_cached(
+        "INSERT INTO messages (id, origin, sender, target, topic, type, priority, subject, body, \
+         data, reply_to, thread_id, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+    )?
+    .execute(params![
+        m.id,
+        m.origin,
+        m.sender,
+        m.target,
+        m.topic,
+        m.kind.as_str(),
+        m.priority.as_str(),
+        m.subject,
+        m.body,
+        data,
+        m.reply_to,
+        thread_id,
+        m.created_at
+    ])?;
+    {
+        let mut stmt = conn.prepare_cached("INSERT OR IGNORE INTO inbox (agent, msg_id) VALUES (?1, ?2)")?;
+        for r in &m.recipients {
+            stmt.execute(params![r, m.id])?;
+        }
+    }
+    Ok(Stored {
+        message: Message {
+            id: m.id,
+            from: m.sender,
+            to: m.target,
+            topic: m.topic,
+            kind: m.kind,
+            priority: m.priority,
+            subject: m.subject,
+            body: m.body,
+            data: m.data,
+            reply_to: m.reply_to,
+            thread_id,
+            created_at: rfc3339(m.created_at),
+            read: false,
+        },
+        recipients: m.recipients,
+        duplicate: false,
+    })
+}
+
+/// Filters for reading an inbox.
+#[derive(Debug, Clone, Default)]
+pub struct InboxQuery {
+    /// Only unread messages.
+    pub unread_only: bool,
+    /// At most this many.
+    pub limit: u32,
+    /// Only from this sender.
+    pub from: Option<String>,
+    /// Only of this topic.
+    pub topic: Option<String>,
+    /// Mark what is returned read.
+    pub mark_read: bool,
+}
+
+/// Reads an inbox, oldest first; returns the messages and the unread count left over.
+pub fn inbox(conn: &Connection, agent: &str, q: &InboxQuery, now: i64) -> Result<(Vec<Message>, u32)> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, i.read_at IS NOT NULL FROM inbox i JOIN messages m ON m.id = i.msg_id \
+         WHERE i.agent = ?1 AND (?2 = 0 OR i.read_at IS NULL) AND (?3 IS NULL OR m.sender = ?3) \
+         AND (?4 IS NULL OR m.topic = ?4) ORDER BY i.msg_id LIMIT ?5"
+    ))?;
+    let messages = stmt
+        .query_map(
+            params![agent, q.unread_only, q.from, q.topic, q.limit],
+            |r| {
+                let read: bool = r.get(12)?;
+                message_from_row(r, read)
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let returned_unread = messages.iter().filter(|m| !m.read).count() as u32;
+    if q.mark_read {
+        let mut mark = conn.prepare_cached(
+            "UPDATE inbox SET read_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND read_at IS NULL",
+        )?;
+        for m in &messages {
+            mark.execute(params![agent, m.id, now])?;
+        }
+    }
+    let unread: u32 = conn
+        .prepare_cached("SELECT count(*) FROM inbox WHERE agent = ?1 AND read_at IS NULL")?
+        .query_row([agent], |r| r.get(0))?;
+    let remaining = if q.mark_read {
+        unread
+    } else {
+        unread.saturating_sub(returned_unread)
+    };
+    Ok((messages, remaining))
+}
+
+/// Marks messages read; `ids` empty and `all` set marks the whole inbox.
+pub fn mark_read(conn: &Connection, agent: &str, ids: &[String], all: bool, now: i64) -> Result<u32> {
+    if all {
+        return Ok(conn
+            .prepare_cached("UPDATE inbox SET read_at = ?2 WHERE agent = ?1 AND read_at IS NULL")?
+            .execute(params![agent, now])? as u32);
+    }
+    let mut stmt = conn.prepare_cached(
+        "UPDATE inbox SET read_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND read_at IS NULL",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += stmt.execute(params![agent, id, now])?;
+    }
+    Ok(n as u32)
+}
+
+/// Records that a session of `agent` holds these messages.
+pub fn mark_delivered(conn: &Connection, agent: &str, ids: &[String], now: i64) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE inbox SET delivered_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND delivered_at IS NULL",
+    )?;
+    for id in ids {
+        stmt.execute(params![agent, id, now])?;
+    }
+    Ok(())
+}
+
+/// The whole thread of message `id`, as far as `agent` may read it.
+pub fn thread(conn: &Connection, agent: &str, id: &str) -> Result<Vec<Message>> {
+    let thread_id: String = conn
+        .prepare_cached(&format!(
+            "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
+        ))?
+        .query_row(params![agent, id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| {
+            Error::refused(
+                ErrorCode::UnknownMessage,
+                format!("id: no message '{id}' that you can read"),
+            )
+        })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE m.thread_id = ?2 AND {VISIBLE} ORDER BY m.id"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, thread_id], |r| {
+            let read: bool = r.get(12)?;
+            message_from_row(r, read)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Turns free text into an FTS5 query of quoted terms (all must match), so that punctuation in
+/// what an agent types is never an FTS syntax error. A trailing `*` keeps prefix search.
+pub fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split_whitespace()
+        .filter_map(|t| {
+            let (word, prefix) = match t.strip_suffix('*') {
+                Some(w) => (w, true),
+                None => (t, false),
+            };
+            let word = word.replace('"', "\"\"");
+            (!word.is_empty()).then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
+        })
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// Full-text search over what `agent` may read, best match first.
+pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result<Vec<Message>> {
+    let Some(fts) = fts_query(query) else {
+        return Err(Error::Invalid("query: must contain at least one word".into()));
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
+         WHERE messages_fts MATCH ?2 AND {VISIBLE} ORDER BY f.rank LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, fts, limit], |r| {
+            let read: bool = r.get(12)?;
+            message_from_row(r, read)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// An agent as the directory remembers it.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    /// Name.
+    pub name: String,
+    /// Node it was last connected to.
+    pub node: String,
+    /// Self-declared status.
+    pub status: Status,
+    /// Free text with the status.
+    pub status_text: Option<String>,
+    /// ms since the epoch.
+    pub last_seen: Option<i64>,
+}
+
+/// Every known agent.
+pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, node, status, status_text, last_seen FROM agents")?;
+    let rows = stmt
+        .query_map([], |r| {
+            let status: String = r.get(2)?;
+            Ok(AgentRow {
+                name: r.get(0)?,
+                node: r.get(1)?,
+                status: Status::from_stored(&status),
+                status_text: r.get(3)?,
+                last_seen: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Creates or updates an agent's directory row.
+pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO agents (name, node, status, status_text, last_seen, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET node = ?2, status = ?3, \
+         status_text = ?4, last_seen = ?5",
+    )?
+    .execute(params![
+        a.name,
+        a.node,
+        a.status.as_str(),
+        a.status_text,
+        a.last_seen,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Every (topic, agent) subscription.
+pub fn subscriptions(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT topic, agent FROM subscriptions")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Adds or removes one subscription.
+pub fn set_subscription(conn: &Connection, topic: &str, agent: &str, on: bool, now: i64) -> Result<()> {
+    if on {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO subscriptions (topic, agent, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![topic, agent, now])?;
+    } else {
+        conn.prepare_cached("DELETE FROM subscriptions WHERE topic = ?1 AND agent = ?2")?
+            .execute(params![topic, agent])?;
+    }
+    Ok(())
+}
+
+/// A stored token: only its hash is kept.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// The agent it is bound to.
+    pub name: String,
+    /// ms since the epoch.
+    pub created_at: i64,
+}
+
+/// Stores a token hash for `name`, replacing any earlier one.
+pub fn put_token(conn: &Connection, name: &str, hash: &str, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(name) DO UPDATE SET hash = ?2, created_at = ?3",
+    )?
+    .execute(params![name, hash, now])?;
+    Ok(())
+}
+
+/// Removes `name`'s token; false if it had none.
+pub fn delete_token(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM tokens WHERE name = ?1")?
+        .execute([name])?
+        > 0)
+}
+
+/// Every agent holding a token.
+pub fn tokens(conn: &Connection) -> Result<Vec<TokenRow>> {
+    let mut stmt = conn.prepare_cached("SELECT name, created_at FROM tokens ORDER BY name")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(TokenRow {
+                name: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The agent a token hash is bound to.
+pub fn token_owner(conn: &Connection, hash: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT name FROM tokens WHERE hash = ?1")?
+        .query_row([hash], |r| r.get(0))
+        .optional()?)
+}

@@ -1,0 +1,91 @@
+//! Append-only migrations keyed on `PRAGMA user_version`.
+//!
+//! Never edit or remove an entry: a store on disk has run the old text. Add a new entry instead.
+//! All pending migrations run in one exclusive transaction, so a crash mid-upgrade leaves the
+//! old schema intact.
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE messages (
+        seq        INTEGER PRIMARY KEY,      -- local arrival order; FTS rowid
+        id         TEXT NOT NULL UNIQUE,     -- ULID, mesh-wide identity and dedup key
+        origin     TEXT NOT NULL,            -- node that accepted it from the sender
+        sender     TEXT NOT NULL,
+        target     TEXT NOT NULL,            -- 'name', '#topic' or '*'
+        topic      TEXT,
+        type       TEXT NOT NULL,
+        priority   TEXT NOT NULL,
+        subject    TEXT,
+        body       TEXT NOT NULL,
+        data       TEXT,                     -- JSON object
+        reply_to   TEXT,
+        thread_id  TEXT NOT NULL,
+        created_at INTEGER NOT NULL          -- ms since the epoch
+    );
+    CREATE INDEX messages_thread ON messages(thread_id);
+    CREATE INDEX messages_sender ON messages(sender, id);
+
+    CREATE TABLE inbox (
+        agent        TEXT NOT NULL,
+        msg_id       TEXT NOT NULL,
+        read_at      INTEGER,                -- NULL while unread
+        delivered_at INTEGER,                -- first ack from a session of the agent
+        PRIMARY KEY (agent, msg_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbox_unread ON inbox(agent, msg_id) WHERE read_at IS NULL;
+
+    CREATE TABLE agents (
+        name        TEXT PRIMARY KEY,
+        node        TEXT NOT NULL,
+        status      TEXT NOT NULL DEFAULT 'available',
+        status_text TEXT,
+        last_seen   INTEGER,
+        created_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE subscriptions (
+        topic      TEXT NOT NULL,
+        agent      TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (topic, agent)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE tokens (
+        name       TEXT PRIMARY KEY,
+        hash       TEXT NOT NULL UNIQUE,     -- hex SHA-256 of the token
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        subject, body, content='messages', content_rowid='seq'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, subject, body) VALUES (new.seq, new.subject, new.body);
+    END;
+    "#,
+];
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(crate::error::Error::Config(format!(
+            "the store has schema version {version}, newer than this switchboard knows ({}); \
+             upgrade switchboard",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
