@@ -16,8 +16,13 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod embedded;
 pub mod config;
 pub mod error;
+pub mod mcp;
 pub mod message;
 pub mod node;
 pub mod protocol;

@@ -212,6 +212,11 @@ impl Router {
             tx,
             kill,
         };
+        // One-shot commands are not presence and get no pushes: keep them out of the directory,
+        // so `switchboard who` does not invent an agent called "cli".
+        if role == Role::Cli {
+            return Ok(session);
+        }
         let now = now_ms();
         let persist = {
             let mut state = lock(&self.state);

@@ -354,6 +354,10 @@ impl Conn {
                         format!("more than {MAX_IN_FLIGHT} sends in flight on this connection; wait for answers"),
                     )
                 })?;
+                if self.role == Role::Cli {
+                    // A command-line sender becomes a known agent, so replies can reach it.
+                    r.ensure_agent(&agent).await?;
+                }
                 let prepared = r.prepare_send(&agent, req)?;
                 let rx = r
                     .store
@@ -377,7 +381,7 @@ impl Conn {
                     mark_read: q.mark_read,
                 };
                 let job = move |c: &rusqlite::Connection| queries::inbox(c, &agent, &query, now);
-                let (messages, unread_remaining) = if query_marks(&q.mark_read) {
+                let (messages, unread_remaining) = if q.mark_read {
                     r.store.write(job).await?
                 } else {
                     r.store.read(job).await?
@@ -524,10 +528,6 @@ impl Conn {
     }
 }
 
-fn query_marks(mark: &bool) -> bool {
-    *mark
-}
-
 fn check_optional_name(what: &str, name: Option<&str>) -> Result<()> {
     match name {
         Some(n) => validate_name(n).map_err(|e| Error::Invalid(format!("{what}: {e}"))),
@@ -554,12 +554,18 @@ async fn complete_sends(
                     router.dispatch(&stored)
                 };
                 let router = router.clone();
-                let answer = async move {
-                    let result = router.outcome(&stored, acked).await;
-                    answer(&router, &reply_to, &ServerFrame::Sent { req, result });
-                };
-                if acked_needs_wait(&answer) {
-                    tokio::spawn(answer);
+                match acked {
+                    // Someone must ack first: wait off this loop so later sends are not held up.
+                    Some(_) => {
+                        tokio::spawn(async move {
+                            let result = router.outcome(&stored, acked).await;
+                            answer(&router, &reply_to, &ServerFrame::Sent { req, result });
+                        });
+                    }
+                    None => {
+                        let result = router.outcome(&stored, None).await;
+                        answer(&router, &reply_to, &ServerFrame::Sent { req, result });
+                    }
                 }
             }
             Ok(Err(e)) => answer(
@@ -574,10 +580,6 @@ async fn complete_sends(
             ),
         }
     }
-}
-
-fn acked_needs_wait<T>(_: &T) -> bool {
-    true
 }
 
 /// Queues an answer to the session; a full queue means the client stopped reading.

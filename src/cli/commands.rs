@@ -1,0 +1,319 @@
+//! One function per command.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use crate::cli::connect::{self, connect};
+use crate::cli::{Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand};
+use crate::config::{NodeConfig, NodeOverrides};
+use crate::error::{Error, Result};
+use crate::message::{Message, validate_name};
+use crate::node::Node;
+use crate::protocol::{InboxRequest, Role, SendRequest, TokenAction};
+use crate::store::SyncMode;
+
+/// The name CLI commands that act as nobody in particular (who, token) say hello with.
+const CLI_AGENT: &str = "cli";
+
+/// Writes to stdout; a closed pipe (`| head`) ends the program quietly, as it should.
+fn out(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::io("writing to stdout", e)),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<()> {
+    out(&serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Node(a) => node(&g, a).await,
+        Command::Mcp(a) => {
+            let agent = match a.agent {
+                Some(a) => a,
+                None => default_agent()?,
+            };
+            validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
+            let conn = connect(&g, &agent, Role::Agent, true).await?;
+            let host = conn.host.clone();
+            let served = crate::mcp::serve_stdio(conn.client).await;
+            if let Some(h) = host {
+                h.stop().await;
+            }
+            served.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Send(a) => send(&g, a).await,
+        Command::Inbox(a) => inbox(&g, a).await,
+        Command::Who(a) => {
+            let conn = connect(&g, CLI_AGENT, Role::Cli, false).await?;
+            let r = conn.client.presence(None).await;
+            conn.close().await;
+            let r = r?;
+            if a.json {
+                json(&r)?;
+            } else if r.agents.is_empty() {
+                out("No agents known yet.")?;
+            } else {
+                let mut t = format!("{:<24} {:<8} {:<16} {:<10} {}", "NAME", "ONLINE", "NODE", "STATUS", "LAST SEEN");
+                for p in &r.agents {
+                    let mut status = p.status.as_str().to_owned();
+                    if let Some(text) = &p.status_text {
+                        status = format!("{status} ({text})");
+                    }
+                    t.push_str(&format!(
+                        "\n{:<24} {:<8} {:<16} {:<10} {}",
+                        p.name,
+                        if p.online { "yes" } else { "no" },
+                        p.node,
+                        status,
+                        if p.online { "now".into() } else { p.last_seen.clone().unwrap_or_else(|| "never".into()) }
+                    ));
+                }
+                out(&t)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail(a) => tail(&g, a).await,
+        Command::Token(t) => token(&g, t).await,
+        Command::Bench(a) => crate::bench::run(&g, a).await,
+    }
+}
+
+/// The current directory's name, made into a valid agent name.
+fn default_agent() -> Result<String> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?;
+    let name: String = cwd
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@') { c } else { '-' })
+        .collect();
+    let name = name.trim_start_matches(['.', '-']).chars().take(crate::message::MAX_NAME_LEN).collect::<String>();
+    if name.is_empty() {
+        return Err(Error::Config("cannot derive an agent name from the current directory; pass --agent".into()));
+    }
+    Ok(name)
+}
+
+async fn node(g: &crate::cli::Global, a: NodeArgs) -> Result<ExitCode> {
+    let dir = connect::data_dir(g)?;
+    let config = NodeConfig::resolve(
+        dir,
+        NodeOverrides {
+            listen: a.listen,
+            node_id: a.node_id,
+            peers: a.peers,
+            mesh_secret_file: a.mesh_secret_file,
+            max_frame_bytes: a.max_frame_bytes,
+            send_per_second: a.send_rate,
+            sync: a.sync.map(|s| match s {
+                SyncArg::Normal => SyncMode::Normal,
+                SyncArg::Full => SyncMode::Full,
+            }),
+        },
+    )?;
+    if !config.peers.is_empty() {
+        tracing::warn!("peer links are not implemented in this version yet; --peer is ignored");
+    }
+    let node = Node::start(config).await?;
+    let stop = node.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    node.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
+    let kind = a.kind.parse().map_err(|e| Error::Config(format!("--type: {e}")))?;
+    let priority = a.priority.parse().map_err(|e| Error::Config(format!("--priority: {e}")))?;
+    let data = match &a.data {
+        Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => return Err(Error::Config("--data: must be a JSON object".into())),
+        },
+        None => None,
+    };
+    validate_name(&a.from).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
+    let body = if a.body == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::io("reading the body from stdin", e))?;
+        s
+    } else {
+        a.body
+    };
+    let conn = connect(g, &a.from, Role::Cli, false).await?;
+    let to = a.to.clone();
+    let r = conn
+        .client
+        .send(SendRequest {
+            req: 0,
+            id: None,
+            to: a.to,
+            body,
+            subject: a.subject,
+            kind,
+            priority,
+            reply_to: a.reply_to,
+            data,
+        })
+        .await;
+    conn.close().await;
+    let r = r?;
+    if a.json {
+        json(&r)?;
+    } else {
+        out(&format!("{} to {to}: id {} (thread {})", status_word(&r.status), r.id, r.thread_id))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_word(s: &crate::protocol::DeliveryStatus) -> &'static str {
+    match s {
+        crate::protocol::DeliveryStatus::Delivered => "delivered",
+        crate::protocol::DeliveryStatus::Queued => "queued",
+        crate::protocol::DeliveryStatus::Published => "published",
+    }
+}
+
+fn show(m: &Message) -> String {
+    let mut s = format!("── {}  from {}  to {}  {}", m.id, m.from, m.to, m.created_at);
+    if m.kind != crate::message::MessageType::Message || m.priority != crate::message::Priority::Normal {
+        s.push_str(&format!("  [{} {}]", m.kind, m.priority));
+    }
+    if let Some(subj) = &m.subject {
+        s.push_str(&format!("\nSubject: {subj}"));
+    }
+    s.push_str(&format!("\n{}", m.body));
+    if let Some(d) = &m.data {
+        s.push_str(&format!("\ndata: {}", serde_json::Value::Object(d.clone())));
+    }
+    s
+}
+
+async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Result<ExitCode> {
+    if !(1..=200).contains(&a.limit) {
+        return Err(Error::Config("--limit: must be between 1 and 200".into()));
+    }
+    validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
+    let conn = connect(g, &a.agent, Role::Cli, false).await?;
+    let r = conn
+        .client
+        .inbox(InboxRequest {
+            req: 0,
+            unread_only: true,
+            limit: if a.count { 1 } else { a.limit },
+            from: a.from,
+            topic: a.topic,
+            mark_read: false,
+        })
+        .await;
+    let r = match r {
+        Ok(r) if !a.peek && !a.count && !r.messages.is_empty() => {
+            let ids = r.messages.iter().map(|m| m.id.clone()).collect();
+            conn.client.mark_read(ids, false).await.map(|_| r)
+        }
+        other => other,
+    };
+    conn.close().await;
+    let r = r?;
+    if a.count {
+        out(&(r.messages.len() as u32 + r.unread_remaining).to_string())?;
+    } else if a.json {
+        json(&r)?;
+    } else if r.messages.is_empty() {
+        out("No unread messages.")?;
+    } else {
+        let shown: Vec<String> = r.messages.iter().map(show).collect();
+        out(&shown.join("\n\n"))?;
+        if r.unread_remaining > 0 {
+            out(&format!("\n({} more unread)", r.unread_remaining))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tail(g: &crate::cli::Global, a: TailArgs) -> Result<ExitCode> {
+    validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
+    let conn = connect(g, &a.agent, Role::Watch, true).await?;
+    let mut pushes = conn.client.pushes();
+    if std::io::stderr().is_terminal() {
+        eprintln!("following {}'s messages; Ctrl-C to stop", a.agent);
+    }
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = wait_for_signal() => break,
+            p = pushes.recv() => match p {
+                Ok(m) => {
+                    // Reconnects replay unread mail; show each message once.
+                    if !seen.insert(m.id.clone()) { continue; }
+                    if a.json {
+                        out(&serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?)?;
+                    } else {
+                        out(&format!("{}\n", show(&m)))?;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("{n} messages were not shown (terminal too slow); they are in the inbox");
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    conn.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(g: &crate::cli::Global, t: TokenCommand) -> Result<ExitCode> {
+    let (action, name, as_json) = match t {
+        TokenCommand::Issue { name } => (TokenAction::Issue, Some(name), false),
+        TokenCommand::Revoke { name } => (TokenAction::Revoke, Some(name), false),
+        TokenCommand::List { json } => (TokenAction::List, None, json),
+    };
+    if let Some(n) = &name {
+        validate_name(n).map_err(|e| Error::Config(format!("NAME: agent name {e}")))?;
+    }
+    let conn = connect(g, CLI_AGENT, Role::Cli, false).await?;
+    let r = conn.client.token(action, name).await;
+    conn.close().await;
+    let r = r?;
+    match action {
+        TokenAction::Issue => out(r.token.as_deref().unwrap_or_default())?,
+        TokenAction::Revoke => out(&format!("revoked the token of {}", r.names.join(", ")))?,
+        TokenAction::List if as_json => json(&r.names)?,
+        TokenAction::List if r.names.is_empty() => out("No tokens issued.")?,
+        TokenAction::List => out(&r.names.join("\n"))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

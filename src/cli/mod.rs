@@ -1,0 +1,203 @@
+//! The command line: clap definitions, settings resolution, and one function per command.
+//! Everything that prints for people lives here; `switchboard mcp` prints nothing to stdout
+//! but the MCP stream.
+
+mod commands;
+mod connect;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::run;
+
+/// Real-time, durable messaging between LLM agents.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about, long_about = None)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Data dir (store, secret, lock, config.toml) [default: the platform data dir]
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node to connect to [default: ws://127.0.0.1:8765, hosted in-process if none runs]
+    #[arg(long, env = "SWITCHBOARD_NODE", global = true, value_name = "URL")]
+    pub node: Option<String>,
+    /// Token (an agent token, or the local secret) [default: DATA_DIR/local.secret]
+    #[arg(long, env = "SWITCHBOARD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the token.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: WebSocket server + SQLite store (+ mesh links to peers).
+    Node(NodeArgs),
+    /// Run the MCP stdio server for one agent.
+    Mcp(McpArgs),
+    /// Send a message from the command line.
+    Send(SendArgs),
+    /// Print an agent's unread messages (and mark them read unless --peek).
+    Inbox(InboxArgs),
+    /// Print presence: every known agent, online or not.
+    Who(WhoArgs),
+    /// Follow an agent's incoming messages live until Ctrl-C.
+    Tail(TailArgs),
+    /// Manage per-agent tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Load generator: latency percentiles and throughput of a node.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `switchboard node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Address to listen on [default: 127.0.0.1:8765]
+    #[arg(long, env = "SWITCHBOARD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// This node's id in the mesh [default: the host name]
+    #[arg(long, env = "SWITCHBOARD_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// A peer node's URL (repeatable).
+    #[arg(long = "peer", value_name = "URL")]
+    pub peers: Vec<String>,
+    /// File holding the shared mesh secret.
+    #[arg(long, value_name = "FILE")]
+    pub mesh_secret_file: Option<PathBuf>,
+    /// Largest accepted frame in bytes [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Messages per second each sender may send; 0 turns the limit off [default: 50]
+    #[arg(long, value_name = "N")]
+    pub send_rate: Option<u32>,
+    /// Commit durability: normal (survives a process crash) or full (also power loss).
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncArg>,
+}
+
+/// `--sync` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyncArg {
+    /// Survives a crash of the process.
+    Normal,
+    /// Also survives power loss (fsync on every group commit).
+    Full,
+}
+
+/// `switchboard mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Agent name [default: the name of the current directory]
+    #[arg(long, env = "SWITCHBOARD_AGENT", value_name = "NAME")]
+    pub agent: Option<String>,
+}
+
+/// `switchboard send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Send as this agent.
+    #[arg(long = "as", value_name = "NAME")]
+    pub from: String,
+    /// Agent name, #topic, or * (every known agent).
+    #[arg(long, value_name = "TO")]
+    pub to: String,
+    /// Subject line.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// message, task, result, question, answer or event.
+    #[arg(long = "type", default_value = "message")]
+    pub kind: String,
+    /// low, normal, high or urgent.
+    #[arg(long, default_value = "normal")]
+    pub priority: String,
+    /// Id of the message this answers.
+    #[arg(long, value_name = "ID")]
+    pub reply_to: Option<String>,
+    /// A JSON object to attach.
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The message; `-` reads it from stdin.
+    pub body: String,
+}
+
+/// `switchboard inbox`.
+#[derive(Debug, Args)]
+pub struct InboxArgs {
+    /// Whose inbox.
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: String,
+    /// Leave the messages unread.
+    #[arg(long)]
+    pub peek: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many (1-200).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only from this agent.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only this topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Print only the number of unread messages (cheap; for hooks).
+    #[arg(long, conflicts_with = "json")]
+    pub count: bool,
+}
+
+/// `switchboard who`.
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchboard tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Whose messages.
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: String,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `switchboard token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new token bound to NAME (replaces its old one).
+    Issue {
+        /// The agent.
+        name: String,
+    },
+    /// Revoke NAME's token.
+    Revoke {
+        /// The agent.
+        name: String,
+    },
+    /// List agents holding tokens.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
