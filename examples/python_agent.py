@@ -61,13 +61,21 @@ class Fatal(Exception):
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_last_ulid = 0
+
+
 def new_ulid() -> str:
     """A ULID: 48-bit millisecond timestamp + 80 random bits, Crockford base32, 26 chars.
 
     Sends carry a client-chosen id so that re-sending after a reconnect is idempotent: the node
-    stores a message once however often the same id arrives.
+    stores a message once however often the same id arrives. Inboxes are ordered by id, so ids
+    are monotonic: within one millisecond the random part counts up instead of being redrawn.
     """
+    global _last_ulid
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    if value >> 80 <= _last_ulid >> 80:  # same (or an earlier) millisecond as the last id
+        value = _last_ulid + 1
+    _last_ulid = value
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 

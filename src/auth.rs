@@ -41,7 +41,10 @@ pub fn hash_token(token: &str) -> String {
 /// Compares secrets without an early exit, so timing does not reveal how much matched.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Creates the data dir (0700) if needed.
@@ -79,8 +82,9 @@ pub fn load_or_create_secret(dir: &Path) -> Result<String> {
             Ok(secret)
         }
         // Another process created it between our read and our create: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret(dir)?
-            .ok_or_else(|| Error::Config(format!("{} is empty", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_secret(dir)?.ok_or_else(|| Error::Config(format!("{} is empty", path.display())))
+        }
         Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
     }
 }
@@ -117,9 +121,7 @@ impl DataDirLock {
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         match file.try_lock() {
             Ok(()) => Ok(DataDirLock { _file: file, path }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(Error::Locked(dir.display().to_string()))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.display().to_string())),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(Error::io(format!("locking {}", path.display()), e))
             }

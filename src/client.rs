@@ -68,7 +68,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(5),
             reconnect: true,
             on_unreachable: None,
-            }
+        }
     }
 }
 
@@ -92,6 +92,8 @@ enum Cmd {
 /// A connection to a node that survives node restarts.
 pub struct Client {
     cmds: mpsc::Sender<Cmd>,
+    /// Monotonic, so one client's messages are ordered by id even within a millisecond.
+    ids: std::sync::Mutex<ulid::Generator>,
     next_req: AtomicU64,
     pushes: broadcast::Sender<Message>,
     state: watch::Receiver<ConnState>,
@@ -125,9 +127,14 @@ async fn open(opts: &ClientOptions) -> Result<(Ws, Welcome)> {
         .as_str()
         .into_client_request()
         .map_err(|e| Error::Connection(format!("bad node URL '{}': {e}", opts.url)))?;
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
     let unreachable = |e: String| {
-        Error::Connection(format!("cannot reach the switchboard node at {}: {e}", opts.url))
+        Error::Connection(format!(
+            "cannot reach the switchboard node at {}: {e}",
+            opts.url
+        ))
     };
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(5),
@@ -212,6 +219,7 @@ impl Client {
         let task = tokio::spawn(run(opts.clone(), ws, rx, pushes.clone(), state_tx));
         Ok(Client {
             cmds,
+            ids: std::sync::Mutex::new(ulid::Generator::new()),
             next_req: AtomicU64::new(1),
             pushes,
             state,
@@ -238,7 +246,8 @@ impl Client {
     /// Sends a request frame and waits for its answer.
     pub async fn call(&self, build: impl FnOnce(u64) -> ClientFrame) -> Result<ServerFrame> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let frame = serde_json::to_string(&build(req)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let frame =
+            serde_json::to_string(&build(req)).map_err(|e| Error::Invalid(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         let wait = async {
             self.cmds
@@ -266,7 +275,13 @@ impl Client {
     /// Sends a message; a missing id is filled in so retries cannot duplicate it.
     pub async fn send(&self, mut req: SendRequest) -> Result<SendResult> {
         if req.id.is_none() {
-            req.id = Some(ulid::Ulid::new().to_string());
+            let id = self
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generate()
+                .unwrap_or_else(|_| ulid::Ulid::new());
+            req.id = Some(id.to_string());
         }
         match self
             .call(|n| {
@@ -455,7 +470,11 @@ async fn run(
         inflight.retain(|_, (_, reply)| !reply.is_closed());
         let mut failed = false;
         for (frame, _) in inflight.values() {
-            if ws.send(WsMessage::Text(frame.clone().into())).await.is_err() {
+            if ws
+                .send(WsMessage::Text(frame.clone().into()))
+                .await
+                .is_err()
+            {
                 failed = true;
                 break;
             }

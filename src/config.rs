@@ -203,7 +203,9 @@ impl NodeConfig {
         let mut limits = Limits::merge(&file.limits)?;
         if let Some(m) = o.max_frame_bytes {
             if m < 1024 {
-                return Err(Error::Config("--max-frame-bytes must be at least 1024".into()));
+                return Err(Error::Config(
+                    "--max-frame-bytes must be at least 1024".into(),
+                ));
             }
             limits.max_frame_bytes = m;
         }
@@ -219,8 +221,13 @@ impl NodeConfig {
             .node_id
             .or(file.node_id)
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
-        crate::message::validate_name(&node_id).map_err(|e| Error::Config(format!("node id {e}")))?;
-        let peers = if o.peers.is_empty() { file.peers } else { o.peers };
+        crate::message::validate_name(&node_id)
+            .map_err(|e| Error::Config(format!("node id {e}")))?;
+        let peers = if o.peers.is_empty() {
+            file.peers
+        } else {
+            o.peers
+        };
         for p in &peers {
             validate_ws_url(p).map_err(|e| Error::Config(format!("peer {e}")))?;
         }

@@ -19,13 +19,14 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod embedded;
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod mcp;
 pub mod message;
 pub mod node;
 pub mod protocol;
+pub mod schemas;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -198,7 +198,12 @@ mod tests {
     #[test]
     fn enums_round_trip() {
         assert_eq!("urgent".parse::<Priority>(), Ok(Priority::Urgent));
-        assert!("asap".parse::<Priority>().unwrap_err().contains("low, normal"));
+        assert!(
+            "asap"
+                .parse::<Priority>()
+                .unwrap_err()
+                .contains("low, normal")
+        );
         assert_eq!(MessageType::Question.as_str(), "question");
     }
 

@@ -60,7 +60,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             } else if r.agents.is_empty() {
                 out("No agents known yet.")?;
             } else {
-                let mut t = format!("{:<24} {:<8} {:<16} {:<10} {}", "NAME", "ONLINE", "NODE", "STATUS", "LAST SEEN");
+                let mut t = format!(
+                    "{:<24} {:<8} {:<16} {:<10} {}",
+                    "NAME", "ONLINE", "NODE", "STATUS", "LAST SEEN"
+                );
                 for p in &r.agents {
                     let mut status = p.status.as_str().to_owned();
                     if let Some(text) = &p.status_text {
@@ -72,7 +75,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         if p.online { "yes" } else { "no" },
                         p.node,
                         status,
-                        if p.online { "now".into() } else { p.last_seen.clone().unwrap_or_else(|| "never".into()) }
+                        if p.online {
+                            "now".into()
+                        } else {
+                            p.last_seen.clone().unwrap_or_else(|| "never".into())
+                        }
                     ));
                 }
                 out(&t)?;
@@ -93,11 +100,23 @@ fn default_agent() -> Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    let name = name.trim_start_matches(['.', '-']).chars().take(crate::message::MAX_NAME_LEN).collect::<String>();
+    let name = name
+        .trim_start_matches(['.', '-'])
+        .chars()
+        .take(crate::message::MAX_NAME_LEN)
+        .collect::<String>();
     if name.is_empty() {
-        return Err(Error::Config("cannot derive an agent name from the current directory; pass --agent".into()));
+        return Err(Error::Config(
+            "cannot derive an agent name from the current directory; pass --agent".into(),
+        ));
     }
     Ok(name)
 }
@@ -137,7 +156,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut i), Ok(mut t)) => {
                 tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
             }
@@ -153,8 +175,14 @@ async fn wait_for_signal() {
 }
 
 async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
-    let kind = a.kind.parse().map_err(|e| Error::Config(format!("--type: {e}")))?;
-    let priority = a.priority.parse().map_err(|e| Error::Config(format!("--priority: {e}")))?;
+    let kind = a
+        .kind
+        .parse()
+        .map_err(|e| Error::Config(format!("--type: {e}")))?;
+    let priority = a
+        .priority
+        .parse()
+        .map_err(|e| Error::Config(format!("--priority: {e}")))?;
     let data = match &a.data {
         Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
             Ok(serde_json::Value::Object(m)) => Some(m),
@@ -193,7 +221,12 @@ async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
     if a.json {
         json(&r)?;
     } else {
-        out(&format!("{} to {to}: id {} (thread {})", status_word(&r.status), r.id, r.thread_id))?;
+        out(&format!(
+            "{} to {to}: id {} (thread {})",
+            status_word(&r.status),
+            r.id,
+            r.thread_id
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -207,8 +240,13 @@ fn status_word(s: &crate::protocol::DeliveryStatus) -> &'static str {
 }
 
 fn show(m: &Message) -> String {
-    let mut s = format!("── {}  from {}  to {}  {}", m.id, m.from, m.to, m.created_at);
-    if m.kind != crate::message::MessageType::Message || m.priority != crate::message::Priority::Normal {
+    let mut s = format!(
+        "── {}  from {}  to {}  {}",
+        m.id, m.from, m.to, m.created_at
+    );
+    if m.kind != crate::message::MessageType::Message
+        || m.priority != crate::message::Priority::Normal
+    {
         s.push_str(&format!("  [{} {}]", m.kind, m.priority));
     }
     if let Some(subj) = &m.subject {

@@ -8,11 +8,11 @@
 
 pub mod params;
 mod render;
+mod schema;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
@@ -22,7 +22,9 @@ use rmcp::model::{
     UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
-use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{
+    ErrorData as McpError, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router,
+};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -110,9 +112,13 @@ impl McpServer {
 
     #[tool(
         description = "Send a message to an agent, a #topic, or * (everyone). Durable before it returns.",
-        output_schema = schema_for_output::<SendResult>()
+        output_schema = schema::output::<SendResult>(),
+        input_schema = schema::input::<SendArgs>()
     )]
-    async fn send_message(&self, Parameters(a): Parameters<SendArgs>) -> Result<CallToolResult, String> {
+    async fn send_message(
+        &self,
+        Parameters(a): Parameters<SendArgs>,
+    ) -> Result<CallToolResult, String> {
         let to = a.to.clone();
         let r = self
             .inner
@@ -136,9 +142,13 @@ impl McpServer {
 
     #[tool(
         description = "Read your inbox, oldest first. Marks returned messages read unless mark_read is false.",
-        output_schema = schema_for_output::<InboxResult>()
+        output_schema = schema::output::<InboxResult>(),
+        input_schema = schema::input::<InboxArgs>()
     )]
-    async fn get_inbox(&self, Parameters(a): Parameters<InboxArgs>) -> Result<CallToolResult, String> {
+    async fn get_inbox(
+        &self,
+        Parameters(a): Parameters<InboxArgs>,
+    ) -> Result<CallToolResult, String> {
         let limit = check_limit(a.limit)?;
         let c = &self.inner.client;
         let r = c
@@ -153,7 +163,12 @@ impl McpServer {
             .await
             .map_err(err)?;
         if a.mark_read.unwrap_or(true) {
-            let ids: Vec<String> = r.messages.iter().filter(|m| !m.read).map(|m| m.id.clone()).collect();
+            let ids: Vec<String> = r
+                .messages
+                .iter()
+                .filter(|m| !m.read)
+                .map(|m| m.id.clone())
+                .collect();
             if !ids.is_empty() {
                 c.mark_read(ids, false).await.map_err(err)?;
             }
@@ -168,7 +183,8 @@ impl McpServer {
 
     #[tool(
         description = "Wait until a message arrives (or timeout) and return it, marked read. Use instead of polling.",
-        output_schema = schema_for_output::<WaitResult>()
+        output_schema = schema::output::<WaitResult>(),
+        input_schema = schema::input::<WaitArgs>()
     )]
     async fn wait_for_messages(
         &self,
@@ -177,7 +193,9 @@ impl McpServer {
     ) -> Result<CallToolResult, String> {
         let secs = a.timeout_seconds.unwrap_or(60.0);
         if !(0.0..=MAX_WAIT_SECONDS).contains(&secs) {
-            return Err(format!("timeout_seconds: must be between 0 and 300 (got {secs})"));
+            return Err(format!(
+                "timeout_seconds: must be between 0 and 300 (got {secs})"
+            ));
         }
         let topic = a.topic.map(|t| t.trim_start_matches('#').to_owned());
         let c = &self.inner.client;
@@ -232,35 +250,67 @@ impl McpServer {
             messages,
             timed_out: false,
         };
-        let text = render::messages(&format!("{} new message(s).", r.messages.len()), &r.messages);
+        let text = render::messages(
+            &format!("{} new message(s).", r.messages.len()),
+            &r.messages,
+        );
         ok(&r, text)
     }
 
     #[tool(
         description = "Who is known: online or not, node, status, last seen.",
-        output_schema = schema_for_output::<PresenceResult>()
+        output_schema = schema::output::<PresenceResult>(),
+        input_schema = schema::input::<PresenceArgs>()
     )]
-    async fn presence(&self, Parameters(a): Parameters<PresenceArgs>) -> Result<CallToolResult, String> {
+    async fn presence(
+        &self,
+        Parameters(a): Parameters<PresenceArgs>,
+    ) -> Result<CallToolResult, String> {
         let r = self.inner.client.presence(a.agent).await.map_err(err)?;
-        let text = r.agents.iter().map(render::presence).collect::<Vec<_>>().join("\n");
-        ok(&r, if text.is_empty() { "No agents known.".into() } else { text })
+        let text = r
+            .agents
+            .iter()
+            .map(render::presence)
+            .collect::<Vec<_>>()
+            .join("\n");
+        ok(
+            &r,
+            if text.is_empty() {
+                "No agents known.".into()
+            } else {
+                text
+            },
+        )
     }
 
     #[tool(
         description = "Set your status (available, busy, away) and an optional text.",
-        output_schema = schema_for_output::<PresenceEntry>()
+        output_schema = schema::output::<PresenceEntry>(),
+        input_schema = schema::input::<StatusArgs>()
     )]
-    async fn set_status(&self, Parameters(a): Parameters<StatusArgs>) -> Result<CallToolResult, String> {
-        let r = self.inner.client.set_status(a.status, a.text).await.map_err(err)?;
+    async fn set_status(
+        &self,
+        Parameters(a): Parameters<StatusArgs>,
+    ) -> Result<CallToolResult, String> {
+        let r = self
+            .inner
+            .client
+            .set_status(a.status, a.text)
+            .await
+            .map_err(err)?;
         let text = render::presence(&r);
         ok(&r, text)
     }
 
     #[tool(
         description = "Mark messages read: ids, or all: true.",
-        output_schema = schema_for_output::<MarkResult>()
+        output_schema = schema::output::<MarkResult>(),
+        input_schema = schema::input::<MarkArgs>()
     )]
-    async fn mark_read(&self, Parameters(a): Parameters<MarkArgs>) -> Result<CallToolResult, String> {
+    async fn mark_read(
+        &self,
+        Parameters(a): Parameters<MarkArgs>,
+    ) -> Result<CallToolResult, String> {
         let ids = a.ids.unwrap_or_default();
         let all = a.all.unwrap_or(false);
         if ids.is_empty() && !all {
@@ -273,17 +323,25 @@ impl McpServer {
 
     #[tool(
         description = "Subscribe to a #topic: its messages come to your inbox.",
-        output_schema = schema_for_output::<TopicsResult>()
+        output_schema = schema::output::<TopicsResult>(),
+        input_schema = schema::input::<TopicArgs>()
     )]
-    async fn subscribe(&self, Parameters(a): Parameters<TopicArgs>) -> Result<CallToolResult, String> {
+    async fn subscribe(
+        &self,
+        Parameters(a): Parameters<TopicArgs>,
+    ) -> Result<CallToolResult, String> {
         self.topic(a.topic, true).await
     }
 
     #[tool(
         description = "Unsubscribe from a #topic.",
-        output_schema = schema_for_output::<TopicsResult>()
+        output_schema = schema::output::<TopicsResult>(),
+        input_schema = schema::input::<TopicArgs>()
     )]
-    async fn unsubscribe(&self, Parameters(a): Parameters<TopicArgs>) -> Result<CallToolResult, String> {
+    async fn unsubscribe(
+        &self,
+        Parameters(a): Parameters<TopicArgs>,
+    ) -> Result<CallToolResult, String> {
         self.topic(a.topic, false).await
     }
 
@@ -299,21 +357,37 @@ impl McpServer {
 
     #[tool(
         description = "A whole thread, oldest first, from any of its message ids.",
-        output_schema = schema_for_output::<MessagesResult>()
+        output_schema = schema::output::<MessagesResult>(),
+        input_schema = schema::input::<ThreadArgs>()
     )]
-    async fn get_thread(&self, Parameters(a): Parameters<ThreadArgs>) -> Result<CallToolResult, String> {
+    async fn get_thread(
+        &self,
+        Parameters(a): Parameters<ThreadArgs>,
+    ) -> Result<CallToolResult, String> {
         let r = self.inner.client.thread(a.id).await.map_err(err)?;
-        let text = render::messages(&format!("Thread of {} message(s).", r.messages.len()), &r.messages);
+        let text = render::messages(
+            &format!("Thread of {} message(s).", r.messages.len()),
+            &r.messages,
+        );
         ok(&r, text)
     }
 
     #[tool(
         description = "Full-text search of messages you sent or received, best match first.",
-        output_schema = schema_for_output::<MessagesResult>()
+        output_schema = schema::output::<MessagesResult>(),
+        input_schema = schema::input::<SearchArgs>()
     )]
-    async fn search_messages(&self, Parameters(a): Parameters<SearchArgs>) -> Result<CallToolResult, String> {
+    async fn search_messages(
+        &self,
+        Parameters(a): Parameters<SearchArgs>,
+    ) -> Result<CallToolResult, String> {
         let limit = check_limit(a.limit)?;
-        let r = self.inner.client.search(a.query, limit).await.map_err(err)?;
+        let r = self
+            .inner
+            .client
+            .search(a.query, limit)
+            .await
+            .map_err(err)?;
         let text = render::messages(&format!("{} match(es).", r.messages.len()), &r.messages);
         ok(&r, text)
     }
@@ -369,7 +443,10 @@ impl McpServer {
         let total = r.messages.len() as u32 + r.unread_remaining;
         let mut text = format!("{total} unread message(s) for {}.", self.inner.agent);
         for m in &r.messages {
-            let subject = m.subject.clone().unwrap_or_else(|| m.body.chars().take(80).collect());
+            let subject = m
+                .subject
+                .clone()
+                .unwrap_or_else(|| m.body.chars().take(80).collect());
             text.push_str(&format!("\n- [{}] from {}: {}", m.id, m.from, subject));
         }
         Ok(text)
@@ -386,7 +463,10 @@ impl ServerHandler for McpServer {
                 .enable_resources_subscribe()
                 .build(),
         )
-        .with_server_info(Implementation::new("switchboard", env!("CARGO_PKG_VERSION")))
+        .with_server_info(Implementation::new(
+            "switchboard",
+            env!("CARGO_PKG_VERSION"),
+        ))
         .with_instructions(instructions(&self.inner.agent))
     }
 
@@ -396,8 +476,11 @@ impl ServerHandler for McpServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         Ok(ListResourcesResult::with_all_items(vec![
-            Resource::new(self.inner.uri.clone(), format!("inbox of {}", self.inner.agent))
-                .with_mime_type("text/plain"),
+            Resource::new(
+                self.inner.uri.clone(),
+                format!("inbox of {}", self.inner.agent),
+            )
+            .with_mime_type("text/plain"),
         ]))
     }
 
@@ -418,7 +501,10 @@ impl ServerHandler for McpServer {
     ) -> Result<ReadResourceResponse, McpError> {
         if request.uri != self.inner.uri {
             return Err(McpError::resource_not_found(
-                format!("no resource {}; this server has {}", request.uri, self.inner.uri),
+                format!(
+                    "no resource {}; this server has {}",
+                    request.uri, self.inner.uri
+                ),
                 None,
             ));
         }
@@ -433,7 +519,10 @@ impl ServerHandler for McpServer {
     ) -> Result<(), McpError> {
         if request.uri != self.inner.uri {
             return Err(McpError::resource_not_found(
-                format!("no resource {}; this server has {}", request.uri, self.inner.uri),
+                format!(
+                    "no resource {}; this server has {}",
+                    request.uri, self.inner.uri
+                ),
                 None,
             ));
         }
@@ -458,7 +547,10 @@ impl ServerHandler for McpServer {
         Ok(())
     }
 
-    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
         let mut accepted = requested.clone();
         if let Some(uris) = accepted.resource_subscriptions.as_mut() {
             uris.retain(|u| *u == self.inner.uri);
@@ -467,7 +559,11 @@ impl ServerHandler for McpServer {
     }
 
     async fn listen(&self, cx: SubscriptionContext) -> Result<(), McpError> {
-        let uris = cx.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let uris = cx
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
         if uris.is_empty() {
             cx.cancelled().await;
             return Ok(());

@@ -41,7 +41,9 @@ pub fn messages(heading: &str, ms: &[Message]) -> String {
 pub fn sent(to: &str, r: &SendResult) -> String {
     let what = match r.status {
         DeliveryStatus::Delivered => format!("delivered to {to}"),
-        DeliveryStatus::Queued => format!("queued for {to} (not online; stored until they read it)"),
+        DeliveryStatus::Queued => {
+            format!("queued for {to} (not online; stored until they read it)")
+        }
         DeliveryStatus::Published => format!("published to {to} ({} subscribers)", r.recipients),
     };
     format!("{what}; id {}, thread {}", r.id, r.thread_id)

@@ -36,13 +36,16 @@ pub fn app(state: AppState) -> axum::Router {
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ")
-        .map(|t| t.trim().to_owned())
+    v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
 async fn ws(State(s): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     if s.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is shutting down\n",
+        )
+            .into_response();
     }
     let active = s.router.metrics.connections_active.load(Ordering::Relaxed) as usize;
     if active >= s.router.limits.max_connections {
@@ -96,16 +99,28 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let (online, sessions) = r.counts();
     let stats = r.store.stats();
     let text = r.metrics.render(&[
-        ("agents_online", "Agents with an open agent session.", online as u64),
+        (
+            "agents_online",
+            "Agents with an open agent session.",
+            online as u64,
+        ),
         ("sessions", "Open authenticated sessions.", sessions as u64),
-        ("store_commits", "Store transactions committed.", stats.commits.load(Ordering::Relaxed)),
-        ("store_jobs", "Store jobs run (group commit packs many per transaction).", stats.jobs.load(Ordering::Relaxed)),
+        (
+            "store_commits",
+            "Store transactions committed.",
+            stats.commits.load(Ordering::Relaxed),
+        ),
+        (
+            "store_jobs",
+            "Store jobs run (group commit packs many per transaction).",
+            stats.jobs.load(Ordering::Relaxed),
+        ),
         ("rss_bytes", "Resident memory.", rss_bytes().unwrap_or(0)),
-        ("uptime_seconds", "Seconds since start.", r.uptime().as_secs()),
+        (
+            "uptime_seconds",
+            "Seconds since start.",
+            r.uptime().as_secs(),
+        ),
     ]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -129,7 +129,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Router {
     /// Builds the router from what the store remembers.
-    pub async fn load(node_id: String, store: Store, limits: Limits, secret: String) -> Result<Router> {
+    pub async fn load(
+        node_id: String,
+        store: Store,
+        limits: Limits,
+        secret: String,
+    ) -> Result<Router> {
         let (rows, subs) = store
             .read(|c| Ok((queries::agents(c)?, queries::subscriptions(c)?)))
             .await?;
@@ -172,7 +177,10 @@ impl Router {
         if hello.v != crate::protocol::PROTOCOL_VERSION {
             return Err(Error::refused(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {} is not supported; this node speaks v1", hello.v),
+                format!(
+                    "protocol version {} is not supported; this node speaks v1",
+                    hello.v
+                ),
             ));
         }
         validate_name(&hello.agent)
@@ -187,7 +195,10 @@ impl Router {
             return Ok(true);
         }
         let hash = auth::hash_token(token);
-        let owner = self.store.read(move |c| queries::token_owner(c, &hash)).await?;
+        let owner = self
+            .store
+            .read(move |c| queries::token_owner(c, &hash))
+            .await?;
         match owner {
             Some(name) if name == hello.agent => Ok(false),
             Some(_) => Err(Error::refused(
@@ -220,17 +231,20 @@ impl Router {
         let now = now_ms();
         let persist = {
             let mut state = lock(&self.state);
-            let entry = state.agents.entry(agent.to_owned()).or_insert_with(|| Agent {
-                row: AgentRow {
-                    name: agent.to_owned(),
-                    node: self.node_id.clone(),
-                    status: Status::Available,
-                    status_text: None,
-                    last_seen: Some(now),
-                },
-                sessions: Vec::new(),
-                connected_since: None,
-            });
+            let entry = state
+                .agents
+                .entry(agent.to_owned())
+                .or_insert_with(|| Agent {
+                    row: AgentRow {
+                        name: agent.to_owned(),
+                        node: self.node_id.clone(),
+                        status: Status::Available,
+                        status_text: None,
+                        last_seen: Some(now),
+                    },
+                    sessions: Vec::new(),
+                    connected_since: None,
+                });
             let was_online = entry.online();
             entry.sessions.push(session.clone());
             if role == Role::Agent && !was_online {
@@ -271,7 +285,10 @@ impl Router {
         if let Some(row) = persist {
             let store = self.store.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.write(move |c| queries::upsert_agent(c, &row, now)).await {
+                if let Err(e) = store
+                    .write(move |c| queries::upsert_agent(c, &row, now))
+                    .await
+                {
                     tracing::warn!(error = %e, "could not record last seen");
                 }
             });
@@ -332,7 +349,11 @@ impl Router {
                         ErrorCode::UnknownTopic,
                         "topic",
                         topic,
-                        state.topics.iter().filter(|(_, s)| !s.is_empty()).map(|(t, _)| t),
+                        state
+                            .topics
+                            .iter()
+                            .filter(|(_, s)| !s.is_empty())
+                            .map(|(t, _)| t),
                     ));
                 }
             },
@@ -372,7 +393,12 @@ impl Router {
         lock(&self.ids)
             .generate()
             .map(|u| u.to_string())
-            .map_err(|_| Error::refused(ErrorCode::Internal, "message id space exhausted for this millisecond"))
+            .map_err(|_| {
+                Error::refused(
+                    ErrorCode::Internal,
+                    "message id space exhausted for this millisecond",
+                )
+            })
     }
 
     fn take_token(&self, state: &mut State, from: &str, now: i64) -> Result<()> {
@@ -446,10 +472,16 @@ impl Router {
     }
 
     /// Waits for the first ack of a dispatched message and turns it into a send's status.
-    pub async fn outcome(&self, stored: &Stored, acked: Option<oneshot::Receiver<()>>) -> SendResult {
+    pub async fn outcome(
+        &self,
+        stored: &Stored,
+        acked: Option<oneshot::Receiver<()>>,
+    ) -> SendResult {
         let delivered = match acked {
             Some(rx) => {
-                let got = tokio::time::timeout(ACK_WAIT, rx).await.is_ok_and(|r| r.is_ok());
+                let got = tokio::time::timeout(ACK_WAIT, rx)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
                 if !got {
                     lock(&self.pending).remove(&stored.message.id);
                 }
@@ -498,10 +530,11 @@ impl Router {
         let now = now_ms();
         // Queue the write without waiting: the ack needs no answer, and the session loop must
         // not stall on the disk.
-        let _ = self
+        let answer = self
             .store
             .submit(move |c| queries::mark_delivered(c, &agent, &ids, now))
             .await?;
+        drop(answer);
         Ok(())
     }
 
@@ -511,7 +544,12 @@ impl Router {
         if let Some(name) = filter {
             return match state.agents.get(name) {
                 Some(a) => Ok(vec![a.entry()]),
-                None => Err(unknown(ErrorCode::UnknownAgent, "agent", name, state.agents.keys())),
+                None => Err(unknown(
+                    ErrorCode::UnknownAgent,
+                    "agent",
+                    name,
+                    state.agents.keys(),
+                )),
             };
         }
         let mut all: Vec<PresenceEntry> = state.agents.values().map(Agent::entry).collect();
@@ -520,7 +558,12 @@ impl Router {
     }
 
     /// Sets an agent's status and returns its entry.
-    pub async fn set_status(&self, agent: &str, status: Status, text: Option<String>) -> Result<PresenceEntry> {
+    pub async fn set_status(
+        &self,
+        agent: &str,
+        status: Status,
+        text: Option<String>,
+    ) -> Result<PresenceEntry> {
         if let Some(t) = &text
             && t.chars().count() > MAX_STATUS_TEXT
         {
@@ -530,10 +573,9 @@ impl Router {
         }
         let (row, entry) = {
             let mut state = lock(&self.state);
-            let a = state
-                .agents
-                .get_mut(agent)
-                .ok_or_else(|| Error::refused(ErrorCode::UnknownAgent, format!("unknown agent '{agent}'")))?;
+            let a = state.agents.get_mut(agent).ok_or_else(|| {
+                Error::refused(ErrorCode::UnknownAgent, format!("unknown agent '{agent}'"))
+            })?;
             a.row.status = status;
             a.row.status_text = text;
             (a.row.clone(), a.entry())
@@ -640,7 +682,10 @@ fn push(metrics: &Metrics, s: &SessionTx, frame: Utf8Bytes) -> bool {
         Err(mpsc::error::TrySendError::Full(_)) => {
             if !s.kill.is_cancelled() {
                 Metrics::inc(&metrics.slow_consumers_total);
-                tracing::warn!(session = s.id, "session too slow to take its messages; cutting it off");
+                tracing::warn!(
+                    session = s.id,
+                    "session too slow to take its messages; cutting it off"
+                );
                 s.kill.cancel();
             }
             false
@@ -706,7 +751,11 @@ mod tests {
     fn suggests_close_names() {
         let known = ["bob".to_string(), "alice".to_string(), "robert".to_string()];
         let e = unknown(ErrorCode::UnknownAgent, "agent", "bbo", known.iter());
-        assert!(e.to_string().starts_with("unknown agent 'bbo' — did you mean 'bob'"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown agent 'bbo' — did you mean 'bob'"),
+            "{e}"
+        );
         let e = unknown(ErrorCode::UnknownAgent, "agent", "zzzzzz", known.iter());
         assert!(!e.to_string().contains("did you mean"), "{e}");
     }

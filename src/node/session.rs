@@ -50,7 +50,11 @@ async fn write(sink: &mut Sink, frame: Utf8Bytes) -> bool {
 
 /// Sends an error frame and closes: used where the connection cannot go on.
 async fn refuse(mut sink: Sink, code: ErrorCode, message: String) {
-    let _ = write(&mut sink, encode(&ServerFrame::error(None, code, message.clone()))).await;
+    let _ = write(
+        &mut sink,
+        encode(&ServerFrame::error(None, code, message.clone())),
+    )
+    .await;
     let reason: String = message.chars().take(100).collect();
     let close = CloseFrame {
         code: match code {
@@ -158,7 +162,12 @@ async fn serve(
         }
     };
     if shutdown.is_cancelled() {
-        return refuse(sink, ErrorCode::ShuttingDown, "the node is shutting down".into()).await;
+        return refuse(
+            sink,
+            ErrorCode::ShuttingDown,
+            "the node is shutting down".into(),
+        )
+        .await;
     }
     let (tx, mut rx) = mpsc::channel(router.limits.outbound_queue);
     let kill = shutdown.child_token();
@@ -319,7 +328,11 @@ impl Conn {
                 let req = serde_json::from_str::<serde_json::Value>(text)
                     .ok()
                     .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
-                return Some(ServerFrame::error(req, ErrorCode::BadFrame, format!("bad frame: {e}")));
+                return Some(ServerFrame::error(
+                    req,
+                    ErrorCode::BadFrame,
+                    format!("bad frame: {e}"),
+                ));
             }
         };
         let req = frame.req();
@@ -506,7 +519,11 @@ impl Conn {
             TokenAction::Revoke => {
                 let n = need_name()?;
                 let n2 = n.clone();
-                if !r.store.write(move |c| queries::delete_token(c, &n2)).await? {
+                if !r
+                    .store
+                    .write(move |c| queries::delete_token(c, &n2))
+                    .await?
+                {
                     return Err(Error::Invalid(format!("name: '{n}' has no token")));
                 }
                 Ok(TokenResult {
@@ -576,7 +593,11 @@ async fn complete_sends(
             Err(_) => answer(
                 &router,
                 &reply_to,
-                &ServerFrame::error(Some(req), ErrorCode::ShuttingDown, "the node is shutting down"),
+                &ServerFrame::error(
+                    Some(req),
+                    ErrorCode::ShuttingDown,
+                    "the node is shutting down",
+                ),
             ),
         }
     }

@@ -157,7 +157,10 @@ impl Store {
                 let _ = reply.send(result);
             })
         });
-        self.tx.send(JobBox(job)).await.map_err(|_| Error::ShuttingDown)?;
+        self.tx
+            .send(JobBox(job))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         Ok(rx)
     }
 }

@@ -76,7 +76,8 @@ fn message_from_row(row: &Row<'_>, read: bool) -> rusqlite::Result<Message> {
 }
 
 /// Whether `agent` may read message `id`: it sent it or has it in its inbox.
-const VISIBLE: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox v WHERE v.agent = ?1 AND v.msg_id = m.id))";
+const VISIBLE: &str =
+    "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox v WHERE v.agent = ?1 AND v.msg_id = m.id))";
 
 /// The read flag as `agent` (?1) sees it: own messages are read.
 const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
@@ -140,7 +141,8 @@ pub fn insert_message(conn: &Connection, m: NewMessage) -> Result<Stored> {
         m.created_at
     ])?;
     {
-        let mut stmt = conn.prepare_cached("INSERT OR IGNORE INTO inbox (agent, msg_id) VALUES (?1, ?2)")?;
+        let mut stmt =
+            conn.prepare_cached("INSERT OR IGNORE INTO inbox (agent, msg_id) VALUES (?1, ?2)")?;
         for r in &m.recipients {
             stmt.execute(params![r, m.id])?;
         }
@@ -182,7 +184,12 @@ pub struct InboxQuery {
 }
 
 /// Reads an inbox, oldest first; returns the messages and the unread count left over.
-pub fn inbox(conn: &Connection, agent: &str, q: &InboxQuery, now: i64) -> Result<(Vec<Message>, u32)> {
+pub fn inbox(
+    conn: &Connection,
+    agent: &str,
+    q: &InboxQuery,
+    now: i64,
+) -> Result<(Vec<Message>, u32)> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, i.read_at IS NOT NULL FROM inbox i JOIN messages m ON m.id = i.msg_id \
          WHERE i.agent = ?1 AND (?2 = 0 OR i.read_at IS NULL) AND (?3 IS NULL OR m.sender = ?3) \
@@ -218,7 +225,13 @@ pub fn inbox(conn: &Connection, agent: &str, q: &InboxQuery, now: i64) -> Result
 }
 
 /// Marks messages read; `ids` empty and `all` set marks the whole inbox.
-pub fn mark_read(conn: &Connection, agent: &str, ids: &[String], all: bool, now: i64) -> Result<u32> {
+pub fn mark_read(
+    conn: &Connection,
+    agent: &str,
+    ids: &[String],
+    all: bool,
+    now: i64,
+) -> Result<u32> {
     if all {
         return Ok(conn
             .prepare_cached("UPDATE inbox SET read_at = ?2 WHERE agent = ?1 AND read_at IS NULL")?
@@ -291,7 +304,9 @@ pub fn fts_query(text: &str) -> Option<String> {
 /// Full-text search over what `agent` may read, best match first.
 pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result<Vec<Message>> {
     let Some(fts) = fts_query(query) else {
-        return Err(Error::Invalid("query: must contain at least one word".into()));
+        return Err(Error::Invalid(
+            "query: must contain at least one word".into(),
+        ));
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
@@ -368,7 +383,13 @@ pub fn subscriptions(conn: &Connection) -> Result<Vec<(String, String)>> {
 }
 
 /// Adds or removes one subscription.
-pub fn set_subscription(conn: &Connection, topic: &str, agent: &str, on: bool, now: i64) -> Result<()> {
+pub fn set_subscription(
+    conn: &Connection,
+    topic: &str,
+    agent: &str,
+    on: bool,
+    now: i64,
+) -> Result<()> {
     if on {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO subscriptions (topic, agent, created_at) VALUES (?1, ?2, ?3)",

@@ -1,0 +1,190 @@
+//! The command line as a user runs it: exit codes, output, errors.
+
+use std::process::Output;
+
+use crate::common::*;
+
+async fn sb(node: &NodeProc, args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["--node", &node.url()])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn send_inbox_who_and_tokens_from_the_shell() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    drop(node.client("bob").await);
+
+    let o = sb(
+        &node,
+        &[
+            "send",
+            "--as",
+            "alice",
+            "--to",
+            "bob",
+            "--subject",
+            "hi",
+            "hello bob",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("queued to bob"), "{}", stdout(&o));
+
+    let o = sb(&node, &["send", "--as", "alice", "--to", "bbo", "typo"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("did you mean 'bob'"), "{}", stderr(&o));
+
+    let o = sb(
+        &node,
+        &[
+            "send",
+            "--as",
+            "alice",
+            "--to",
+            "bob",
+            "--priority",
+            "asap",
+            "x",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--priority"), "{}", stderr(&o));
+
+    let o = sb(&node, &["send", "--bogus-flag"]).await;
+    assert_eq!(o.status.code(), Some(2));
+
+    // A hook can count mail cheaply without reading it.
+    let o = sb(&node, &["inbox", "--as", "bob", "--count"]).await;
+    assert_eq!(stdout(&o).trim(), "1");
+    let o = sb(&node, &["inbox", "--as", "bob", "--peek"]).await;
+    assert!(stdout(&o).contains("hello bob"), "{}", stdout(&o));
+    let o = sb(&node, &["inbox", "--as", "bob", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["messages"][0]["subject"], "hi");
+    let o = sb(&node, &["inbox", "--as", "bob"]).await;
+    assert_eq!(stdout(&o).trim(), "No unread messages.");
+
+    let o = sb(&node, &["who", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"alice") && names.contains(&"bob"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"cli"),
+        "CLI commands are not agents: {names:?}"
+    );
+
+    let o = sb(&node, &["token", "issue", "carol"]).await;
+    let token = stdout(&o).trim().to_owned();
+    assert!(token.starts_with("sbt_"), "{token}");
+    let o = sb(&node, &["token", "list"]).await;
+    assert_eq!(stdout(&o).trim(), "carol");
+    // The token acts as carol only.
+    let o = sb(
+        &node,
+        &[
+            "--token",
+            &token,
+            "send",
+            "--as",
+            "carol",
+            "--to",
+            "bob",
+            "from carol",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb(
+        &node,
+        &[
+            "--token", &token, "send", "--as", "bob", "--to", "carol", "spoof",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not valid for agent 'bob'"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb(&node, &["token", "revoke", "carol"]).await;
+    assert!(o.status.success());
+}
+
+#[tokio::test]
+async fn body_from_stdin() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args([
+            "--node",
+            &node.url(),
+            "send",
+            "--as",
+            "alice",
+            "--to",
+            "alice",
+            "--json",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").await.unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "queued");
+    let alice = node.client("alice").await;
+    let m = alice
+        .thread(v["id"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    assert_eq!(m.messages[0].body, "line one\nline two\n");
+}
+
+#[tokio::test]
+async fn unreachable_node_is_a_clear_error() {
+    let dir = tempdir();
+    let url = format!("ws://127.0.0.1:{}", free_port());
+    let o = tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--node", &url, "--token", "x", "who"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the switchboard node"));
+}

@@ -1,0 +1,168 @@
+//! Shared test helpers: real node processes on free ports with their own temp data dirs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use switchboard::client::{Client, ClientOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `switchboard node` child process.
+pub struct NodeProc {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl NodeProc {
+    /// Starts a node on `dir` and waits until it logs that it listens.
+    pub async fn start(dir: &Path, extra: &[&str]) -> NodeProc {
+        let port = free_port();
+        Self::start_on(dir, port, extra).await
+    }
+
+    pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> NodeProc {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "node",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-id",
+                "test-node",
+            ])
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("node did not start in 20 s")
+                .expect("node exited before listening");
+            if line.contains("node listening") {
+                break;
+            }
+        }
+        NodeProc {
+            child,
+            dir: dir.to_owned(),
+            port,
+            stderr_lines: rx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(self.dir.join("local.secret"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A client acting as `agent` with the local secret.
+    pub async fn client(&self, agent: &str) -> Client {
+        self.client_opts(agent, |_| {}).await
+    }
+
+    pub async fn client_opts(&self, agent: &str, f: impl FnOnce(&mut ClientOptions)) -> Client {
+        let mut o = ClientOptions::new(self.url(), agent, self.secret());
+        o.reconnect = false;
+        f(&mut o);
+        Client::connect(o).await.unwrap()
+    }
+
+    /// kill -9.
+    pub async fn kill9(mut self) -> PathBuf {
+        self.child.kill().await.unwrap();
+        self.dir.clone()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().await.unwrap()
+    }
+}
+
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket to the node, for speaking (bad) protocol by hand.
+pub async fn raw(url: &str) -> RawWs {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws"))
+        .await
+        .unwrap();
+    ws
+}
+
+pub async fn send_text(ws: &mut RawWs, text: impl Into<String>) {
+    ws.send(WsMessage::Text(text.into().into())).await.unwrap();
+}
+
+/// The next JSON text frame, or None when the connection closed.
+pub async fn next_json(ws: &mut RawWs) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no frame within 10 s")
+        {
+            Some(Ok(WsMessage::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Raw connection that has said hello as `agent`.
+pub async fn raw_hello(node: &NodeProc, agent: &str) -> RawWs {
+    let mut ws = raw(&node.url()).await;
+    send_text(
+        &mut ws,
+        serde_json::json!({"op":"hello","agent":agent,"token":node.secret(),"v":1}).to_string(),
+    )
+    .await;
+    let w = next_json(&mut ws).await.unwrap();
+    assert_eq!(w["op"], "welcome", "{w}");
+    ws
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
