@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use commands::run;
+pub use connect::data_dir as data_dir_of;
 
 /// Real-time, durable messaging between LLM agents.
 #[derive(Debug, Parser)]

@@ -1,1 +1,111 @@
+//! The embedded default: `switchboard mcp` without --node hosts the node when none runs, and
+//! another one takes over when the host exits — losing nothing.
 
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::mcp::{ok, spawn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
+    let dir = tempdir();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+
+    // alice's MCP finds no node and hosts it; bob's connects to it.
+    let (alice, _) = spawn(dir.path(), "alice", None).await;
+    let (bob, _) = spawn(dir.path(), "bob", None).await;
+    let health = reqwest_health(port).await;
+    assert_eq!(health["agents_online"], 2, "{health}");
+
+    let sent = ok(
+        &alice,
+        "send_message",
+        json!({"to":"bob","body":"before takeover"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "delivered");
+    // A message for carol waits in the store across the takeover.
+    drop(
+        switchboard::client::Client::connect({
+            let mut o = switchboard::client::ClientOptions::new(
+                format!("ws://127.0.0.1:{port}"),
+                "carol",
+                std::fs::read_to_string(dir.path().join("local.secret")).unwrap(),
+            );
+            o.reconnect = false;
+            o
+        })
+        .await
+        .unwrap(),
+    );
+    ok(
+        &alice,
+        "send_message",
+        json!({"to":"carol","body":"kept for carol"}),
+    )
+    .await;
+
+    // The host goes away (its client closes stdin, the usual way an agent session ends).
+    alice.cancel().await.unwrap();
+
+    // bob's MCP takes over: his tool calls keep working, and nothing was lost.
+    let took_over = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = crate::mcp::call(&bob, "presence", json!({})).await;
+            if r.is_error != Some(true) {
+                return r.structured_content.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("bob's MCP should take over hosting");
+    let names: Vec<&str> = took_over["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"carol"), "{names:?}");
+    let back = ok(
+        &bob,
+        "send_message",
+        json!({"to":"carol","body":"after takeover"}),
+    )
+    .await;
+    assert_eq!(back["status"], "queued");
+
+    // carol finds both messages: the one from before the takeover and the one after.
+    let (carol, _) = spawn(dir.path(), "carol", None).await;
+    let inbox = ok(&carol, "get_inbox", json!({})).await;
+    let bodies: Vec<&str> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["kept for carol", "after takeover"]);
+    bob.cancel().await.unwrap();
+    carol.cancel().await.unwrap();
+}
+
+/// GET /health over a plain TCP socket (no HTTP client dependency needed for one request).
+async fn reqwest_health(port: u16) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let body = buf.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(body).unwrap()
+}
