@@ -80,11 +80,20 @@ async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
         .and_then(|l| l.local_addr())
         .map_err(|e| Error::io("finding a free port", e))?
         .port();
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the switchboard binary", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the switchboard binary", e))?;
     let mut child = tokio::process::Command::new(exe)
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--node-id", "bench", "--send-rate", "0"])
+        .args([
+            "node",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--node-id",
+            "bench",
+            "--send-rate",
+            "0",
+        ])
         .env("SWITCHBOARD_LOG", "warn,switchboard::node=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -92,7 +101,10 @@ async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::io("starting a node", e))?;
-    let stderr = child.stderr.take().ok_or_else(|| Error::Connection("no stderr".into()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::Connection("no stderr".into()))?;
     let mut lines = BufReader::new(stderr).lines();
     loop {
         match lines.next_line().await {
@@ -102,16 +114,23 @@ async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let secret = auth::read_secret(dir.path())?.ok_or_else(|| Error::Connection("no secret".into()))?;
-    Ok((format!("ws://127.0.0.1:{port}"), secret, Some(OwnNode { child, _dir: dir })))
+    let secret =
+        auth::read_secret(dir.path())?.ok_or_else(|| Error::Connection("no secret".into()))?;
+    Ok((
+        format!("ws://127.0.0.1:{port}"),
+        secret,
+        Some(OwnNode { child, _dir: dir }),
+    ))
 }
 
 async fn health(url: &str) -> Option<serde_json::Value> {
     let hostport = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
     let mut s = tokio::net::TcpStream::connect(&hostport).await.ok()?;
-    s.write_all(format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
@@ -156,12 +175,21 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     let mut connect = Vec::new();
     for i in 0..a.agents {
         let t = Instant::now();
-        clients.push(Arc::new(Client::connect(opts(&url, &format!("bench-{i}"), &token)).await?));
+        clients.push(Arc::new(
+            Client::connect(opts(&url, &format!("bench-{i}"), &token)).await?,
+        ));
         connect.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let c = Stats(connect);
-    table.push(format!("connect (TCP+WS+hello)      p50 {:>7.3} ms  p99 {:>7.3} ms", c.pct(50.0), c.pct(99.0)));
-    report.insert("connect_ms".into(), serde_json::json!({"p50": c.pct(50.0), "p99": c.pct(99.0)}));
+    table.push(format!(
+        "connect (TCP+WS+hello)      p50 {:>7.3} ms  p99 {:>7.3} ms",
+        c.pct(50.0),
+        c.pct(99.0)
+    ));
+    report.insert(
+        "connect_ms".into(),
+        serde_json::json!({"p50": c.pct(50.0), "p99": c.pct(99.0)}),
+    );
 
     // Receivers: every push records its one-way latency against the send time.
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -176,8 +204,15 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
                     Ok(m) => {
                         let now = Instant::now();
                         received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if let Some(t) = sent_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&m.body) {
-                            latencies.lock().unwrap_or_else(|e| e.into_inner()).push((now - t).as_secs_f64() * 1e3);
+                        if let Some(t) = sent_at
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&m.body)
+                        {
+                            latencies
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((now - t).as_secs_f64() * 1e3);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -198,10 +233,18 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
         let from = (n as usize) % clients.len();
         let to = (from + 1) % clients.len();
         let body = format!("lat-{n}");
-        sent_at.lock().unwrap_or_else(|e| e.into_inner()).insert(body.clone(), Instant::now());
+        sent_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(body.clone(), Instant::now());
         let cl = clients[from].clone();
         handles.push(tokio::spawn(async move {
-            cl.send(SendRequest { to: format!("bench-{to}"), body, ..Default::default() }).await
+            cl.send(SendRequest {
+                to: format!("bench-{to}"),
+                body,
+                ..Default::default()
+            })
+            .await
         }));
     }
     let mut failed = 0;
@@ -216,7 +259,9 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let l = Stats(std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner())));
+    let l = Stats(std::mem::take(
+        &mut *latencies.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
     let lost = total as usize - l.0.len();
     table.push(format!(
         "one-way delivery @{} msg/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} msgs, {} not received, {} failed)",
@@ -225,7 +270,12 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     report.insert("delivery_ms".into(), serde_json::json!({"rate": a.rate, "p50": l.pct(50.0), "p99": l.pct(99.0), "p999": l.pct(99.9), "messages": total, "not_received": lost}));
 
     // 3. Sustained throughput: every sender keeps `window` sends in flight.
-    progress(&format!("throughput: {} senders × {} in flight for {} s", clients.len(), a.window, a.seconds));
+    progress(&format!(
+        "throughput: {} senders × {} in flight for {} s",
+        clients.len(),
+        a.window,
+        a.seconds
+    ));
     received.store(0, std::sync::atomic::Ordering::Relaxed);
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(a.seconds);
@@ -245,7 +295,14 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
                     let to = to.clone();
                     n += 1;
                     let body = format!("tp-{i}-{n}");
-                    inflight.push(async move { cl.send(SendRequest { to, body, ..Default::default() }).await });
+                    inflight.push(async move {
+                        cl.send(SendRequest {
+                            to,
+                            body,
+                            ..Default::default()
+                        })
+                        .await
+                    });
                 }
                 if let Some(Ok(_)) = inflight.next().await {
                     acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -270,7 +327,9 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     }
     let acked_n = acked.load(std::sync::atomic::Ordering::Relaxed);
     let drain = Instant::now();
-    while received.load(std::sync::atomic::Ordering::Relaxed) < acked_n && drain.elapsed() < Duration::from_secs(10) {
+    while received.load(std::sync::atomic::Ordering::Relaxed) < acked_n
+        && drain.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
@@ -286,13 +345,20 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     // 4. Idle connections.
     if a.idle > 0 {
         let before = rss(&url).await.unwrap_or(0);
-        progress(&format!("opening {} idle connections (node RSS now {} MiB)", a.idle, before >> 20));
+        progress(&format!(
+            "opening {} idle connections (node RSS now {} MiB)",
+            a.idle,
+            before >> 20
+        ));
         let idle = open_idle(&url, &token, a.idle).await?;
         let after = rss(&url).await.unwrap_or(0);
         let per = after.saturating_sub(before) as f64 / idle.len() as f64 / 1024.0;
         table.push(format!(
             "idle connections            {} open, node RSS {} → {} MiB: {:.1} KiB each",
-            idle.len(), before >> 20, after >> 20, per
+            idle.len(),
+            before >> 20,
+            after >> 20,
+            per
         ));
         report.insert("idle".into(), serde_json::json!({"connections": idle.len(), "rss_before": before, "rss_after": after, "kib_per_connection": per}));
         drop(idle);
@@ -300,13 +366,21 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
 
     // 5. Through MCP.
     if a.mcp_rounds > 0 {
-        progress(&format!("mcp: {} send_message → wait_for_messages round trips", a.mcp_rounds));
+        progress(&format!(
+            "mcp: {} send_message → wait_for_messages round trips",
+            a.mcp_rounds
+        ));
         let m = mcp_rounds(&url, &token, a.mcp_rounds).await?;
         table.push(format!(
             "mcp send→wait returns       p50 {:>7.3} ms  p99 {:>7.3} ms  ({} round trips)",
-            m.pct(50.0), m.pct(99.0), m.0.len()
+            m.pct(50.0),
+            m.pct(99.0),
+            m.0.len()
         ));
-        report.insert("mcp_ms".into(), serde_json::json!({"p50": m.pct(50.0), "p99": m.pct(99.0), "rounds": m.0.len()}));
+        report.insert(
+            "mcp_ms".into(),
+            serde_json::json!({"p50": m.pct(50.0), "p99": m.pct(99.0), "rounds": m.0.len()}),
+        );
     }
     if let Some(r) = rss(&url).await {
         table.push(format!("node RSS                    {} MiB", r >> 20));
@@ -328,7 +402,8 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open_idle(url: &str, token: &str, n: usize) -> Result<Vec<RawWs>> {
     let endpoint = crate::config::ws_endpoint(url);
@@ -344,10 +419,15 @@ async fn open_idle(url: &str, token: &str, n: usize) -> Result<Vec<RawWs>> {
                 let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(0);
-                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(endpoint.as_str(), Some(cfg), true)
-                    .await
-                    .map_err(|e| Error::Connection(e.to_string()))?;
-                let hello = serde_json::json!({"op":"hello","agent":agent,"token":token,"v":1}).to_string();
+                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+                    endpoint.as_str(),
+                    Some(cfg),
+                    true,
+                )
+                .await
+                .map_err(|e| Error::Connection(e.to_string()))?;
+                let hello =
+                    serde_json::json!({"op":"hello","agent":agent,"token":token,"v":1}).to_string();
                 ws.send(tokio_tungstenite::tungstenite::Message::Text(hello.into()))
                     .await
                     .map_err(|e| Error::Connection(e.to_string()))?;
@@ -373,7 +453,8 @@ async fn mcp_rounds(url: &str, token: &str, rounds: usize) -> Result<Stats> {
     use rmcp::ServiceExt;
     use rmcp::model::CallToolRequestParams;
     use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the switchboard binary", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the switchboard binary", e))?;
     let spawn = |agent: &'static str| {
         let cmd = tokio::process::Command::new(&exe).configure(|c| {
             c.args(["mcp", "--agent", agent, "--node", url, "--token", token])
@@ -388,17 +469,30 @@ async fn mcp_rounds(url: &str, token: &str, rounds: usize) -> Result<Stats> {
     for i in 0..rounds {
         let peer = b.peer().clone();
         let wait = tokio::spawn(async move {
-            peer.call_tool(CallToolRequestParams::new("wait_for_messages").with_arguments(args(serde_json::json!({"timeout_seconds": 10}))))
-                .await
+            peer.call_tool(
+                CallToolRequestParams::new("wait_for_messages")
+                    .with_arguments(args(serde_json::json!({"timeout_seconds": 10}))),
+            )
+            .await
         });
         let t = Instant::now();
-        a.call_tool(CallToolRequestParams::new("send_message").with_arguments(args(serde_json::json!({"to": "bench-mcp-b", "body": format!("m{i}")}))))
+        a.call_tool(
+            CallToolRequestParams::new("send_message").with_arguments(args(
+                serde_json::json!({"to": "bench-mcp-b", "body": format!("m{i}")}),
+            )),
+        )
+        .await
+        .map_err(|e| Error::Connection(e.to_string()))?;
+        let r = wait
             .await
+            .map_err(|e| Error::Connection(e.to_string()))?
             .map_err(|e| Error::Connection(e.to_string()))?;
-        let r = wait.await.map_err(|e| Error::Connection(e.to_string()))?.map_err(|e| Error::Connection(e.to_string()))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         if r.is_error == Some(true) {
-            return Err(Error::Connection(format!("wait_for_messages failed: {:?}", r.content)));
+            return Err(Error::Connection(format!(
+                "wait_for_messages failed: {:?}",
+                r.content
+            )));
         }
     }
     let _ = a.cancel().await;

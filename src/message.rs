@@ -150,8 +150,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!("'{name}' is longer than {MAX_NAME_LEN} characters"));
+    if name.chars().count() > MAX_NAME_LEN {
+        let shown: String = name.chars().take(MAX_NAME_LEN).collect();
+        return Err(format!(
+            "'{shown}…' is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if name.starts_with(['.', '-']) {
         return Err(format!("'{name}' must not start with '.' or '-'"));

@@ -113,7 +113,7 @@ impl Node {
     /// Stops the node: no new connections, goodbye to sessions, flush the store, release the lock.
     pub async fn stop(mut self) -> Result<()> {
         self.shutdown.cancel();
-        self.router.close_all("the node is shutting down");
+        self.router.close_all();
         self.tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
             .await

@@ -653,19 +653,11 @@ impl Router {
         (online, sessions)
     }
 
-    /// Tells every session the node is going away.
-    pub fn close_all(&self, reason: &str) {
-        let frame = serde_json::to_string(&ServerFrame::Bye {
-            reason: reason.to_owned(),
-        })
-        .map(Utf8Bytes::from)
-        .ok();
+    /// Cuts every session off; each says goodbye (`bye`) as it closes.
+    pub fn close_all(&self) {
         let state = lock(&self.state);
         for a in state.agents.values() {
             for s in &a.sessions {
-                if let Some(f) = &frame {
-                    let _ = s.tx.try_send(f.clone());
-                }
                 s.kill.cancel();
             }
         }

@@ -55,7 +55,14 @@ async fn refuse(mut sink: Sink, code: ErrorCode, message: String) {
         encode(&ServerFrame::error(None, code, message.clone())),
     )
     .await;
-    let reason: String = message.chars().take(100).collect();
+    // A close reason may hold at most 123 bytes; cut on a character boundary.
+    let mut reason = String::new();
+    for c in message.chars() {
+        if reason.len() + c.len_utf8() > 120 {
+            break;
+        }
+        reason.push(c);
+    }
     let close = CloseFrame {
         code: match code {
             ErrorCode::FrameTooLarge => 1009,
@@ -105,27 +112,31 @@ async fn handshake(
     stream: &mut SplitStream<WebSocket>,
     router: &Router,
 ) -> std::result::Result<Hello, (ErrorCode, String)> {
-    let first = tokio::time::timeout(router.limits.handshake_timeout, stream.next()).await;
-    let text = match first {
-        Err(_) => {
-            return Err((
-                ErrorCode::HandshakeTimeout,
-                format!(
-                    "no hello within {} s",
-                    router.limits.handshake_timeout.as_secs()
-                ),
-            ));
-        }
-        Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => {
-            return Err((ErrorCode::BadFrame, String::new()));
-        }
-        Ok(Some(Err(e))) => return Err(describe_read_error(&e)),
-        Ok(Some(Ok(WsMessage::Text(t)))) => t,
-        Ok(Some(Ok(_))) => {
-            return Err((
-                ErrorCode::BadFrame,
-                "the first frame must be a JSON text frame {\"op\":\"hello\",...}".into(),
-            ));
+    let deadline = tokio::time::Instant::now() + router.limits.handshake_timeout;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                return Err((
+                    ErrorCode::HandshakeTimeout,
+                    format!(
+                        "no hello within {} s",
+                        router.limits.handshake_timeout.as_secs()
+                    ),
+                ));
+            }
+            Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => {
+                return Err((ErrorCode::BadFrame, String::new()));
+            }
+            Ok(Some(Err(e))) => return Err(describe_read_error(&e)),
+            Ok(Some(Ok(WsMessage::Text(t)))) => break t,
+            // Keep-alives before hello are fine (tungstenite answers pings itself).
+            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => {
+                return Err((
+                    ErrorCode::BadFrame,
+                    "the first frame must be a JSON text frame {\"op\":\"hello\",...}".into(),
+                ));
+            }
         }
     };
     match serde_json::from_str::<ClientFrame>(&text) {

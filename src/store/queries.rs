@@ -91,6 +91,13 @@ pub fn insert_message(conn: &Connection, m: NewMessage) -> Result<Stored> {
         .query_row([&m.id], |r| message_from_row(r, false))
         .optional()?;
     if let Some(message) = existing {
+        if message.from != m.sender {
+            // An id names one message mesh-wide; another sender's retry cannot claim it.
+            return Err(Error::Invalid(format!(
+                "id: '{}' is already used by another message",
+                m.id
+            )));
+        }
         let recipients = conn
             .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?
             .query_map([&m.id], |r| r.get(0))?
