@@ -249,7 +249,10 @@ fn writer(conn: Connection, mut rx: mpsc::Receiver<JobBox>, stats: &StoreStats) 
         }
         let commit = match begun {
             Ok(()) if poisoned => Err("a write failed inside the batch".to_owned()),
-            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+            Ok(()) => conn
+                .execute_batch(schema::INDEX_NEW_MESSAGES)
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let error = commit.err().inspect(|e| {
