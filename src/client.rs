@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -495,67 +495,108 @@ async fn connection(
     let mut silence = Box::pin(tokio::time::sleep(SILENCE_LIMIT));
     loop {
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                None => {
+            cmd = cmds.recv() => {
+                let Some(first) = cmd else {
                     let _ = ws.close(None).await;
                     return Ended::Closed;
-                }
-                Some(Cmd::Request { req, frame, reply }) => {
+                };
+                // Send every request already queued, then flush once.
+                let mut next = Some(first);
+                let mut n = 0;
+                while let Some(Cmd::Request { req, frame, reply }) = next.take() {
                     let text = frame.clone();
                     inflight.insert(req, (frame, reply));
-                    if let Err(e) = ws.send(WsMessage::Text(text.into())).await {
+                    if let Err(e) = ws.feed(WsMessage::Text(text.into())).await {
                         return Ended::Lost(e.to_string());
                     }
+                    n += 1;
+                    if n < 128 {
+                        next = cmds.try_recv().ok();
+                    }
+                }
+                if let Err(e) = ws.flush().await {
+                    return Ended::Lost(e.to_string());
                 }
             },
             _ = &mut silence => return Ended::Lost("the node went silent".into()),
             frame = ws.next() => {
                 silence.as_mut().reset(tokio::time::Instant::now() + SILENCE_LIMIT);
-                let text = match frame {
-                    None => return Ended::Lost("closed by the node".into()),
-                    Some(Err(e)) => return Ended::Lost(e.to_string()),
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Close(_))) => return Ended::Lost("closed by the node".into()),
-                    Some(Ok(_)) => continue,
-                };
-                let frame = match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring an unreadable frame from the node");
-                        continue;
+                // Handle this frame and every one already received, acking pushes in one frame.
+                let mut acks = Vec::new();
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    if let Err(ended) = on_frame(opts, frame, pushes, inflight, &mut acks) {
+                        return ended;
                     }
-                };
-                match frame {
-                    ServerFrame::Msg { message } => {
-                        if opts.role != Role::Cli {
-                            let ack = ClientFrame::Ack(AckFrame { ids: vec![message.id.clone()] });
-                            if let Ok(t) = serde_json::to_string(&ack)
-                                && let Err(e) = ws.send(WsMessage::Text(t.into())).await
-                            {
-                                return Ended::Lost(e.to_string());
-                            }
-                        }
-                        let _ = pushes.send(message);
+                    if acks.len() < 256 {
+                        next = ws.next().now_or_never();
                     }
-                    ServerFrame::Bye { reason } => return Ended::Lost(reason),
-                    ServerFrame::Error(e) => match e.req.and_then(|r| inflight.remove(&r)) {
-                        Some((_, reply)) => {
-                            let _ = reply.send(Err(Error::Remote { code: e.code, message: e.message }));
-                        }
-                        None => tracing::warn!(code = e.code.as_str(), message = %e.message, "error from the node"),
-                    },
-                    ServerFrame::Welcome(_) => {}
-                    other => {
-                        if let Some(req) = answer_req(&other)
-                            && let Some((_, reply)) = inflight.remove(&req)
-                        {
-                            let _ = reply.send(Ok(other));
-                        }
+                }
+                if !acks.is_empty() {
+                    let ack = ClientFrame::Ack(AckFrame { ids: acks });
+                    if let Ok(t) = serde_json::to_string(&ack)
+                        && let Err(e) = ws.send(WsMessage::Text(t.into())).await
+                    {
+                        return Ended::Lost(e.to_string());
                     }
                 }
             }
         }
     }
+}
+
+type FrameResult = Option<std::result::Result<WsMessage, tokio_tungstenite::tungstenite::Error>>;
+
+fn on_frame(
+    opts: &ClientOptions,
+    frame: FrameResult,
+    pushes: &broadcast::Sender<Message>,
+    inflight: &mut Inflight,
+    acks: &mut Vec<String>,
+) -> std::result::Result<(), Ended> {
+    let text = match frame {
+        None => return Err(Ended::Lost("closed by the node".into())),
+        Some(Err(e)) => return Err(Ended::Lost(e.to_string())),
+        Some(Ok(WsMessage::Text(t))) => t,
+        Some(Ok(WsMessage::Close(_))) => return Err(Ended::Lost("closed by the node".into())),
+        Some(Ok(_)) => return Ok(()),
+    };
+    let frame = match serde_json::from_str::<ServerFrame>(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable frame from the node");
+            return Ok(());
+        }
+    };
+    match frame {
+        ServerFrame::Msg { message } => {
+            if opts.role != Role::Cli {
+                acks.push(message.id.clone());
+            }
+            let _ = pushes.send(message);
+        }
+        ServerFrame::Bye { reason } => return Err(Ended::Lost(reason)),
+        ServerFrame::Error(e) => match e.req.and_then(|r| inflight.remove(&r)) {
+            Some((_, reply)) => {
+                let _ = reply.send(Err(Error::Remote {
+                    code: e.code,
+                    message: e.message,
+                }));
+            }
+            None => {
+                tracing::warn!(code = e.code.as_str(), message = %e.message, "error from the node")
+            }
+        },
+        ServerFrame::Welcome(_) => {}
+        other => {
+            if let Some(req) = answer_req(&other)
+                && let Some((_, reply)) = inflight.remove(&req)
+            {
+                let _ = reply.send(Ok(other));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn answer_req(frame: &ServerFrame) -> Option<u64> {

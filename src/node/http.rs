@@ -58,8 +58,9 @@ async fn ws(State(s): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpg
         .max_message_size(max)
         .max_frame_size(max)
         // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
+        // Writes are buffered up to 16 KiB and flushed per batch (see session::write_batch).
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             tracker.track_future(crate::node::session::run(
                 socket,
