@@ -109,3 +109,59 @@ async fn reqwest_health(port: u16) -> serde_json::Value {
     let body = buf.split("\r\n\r\n").nth(1).unwrap();
     serde_json::from_str(body).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_is_replaced_and_acknowledged_mail_survives() {
+    let dir = tempdir();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    // The host: a raw `switchboard mcp` process we can kill -9.
+    let mut host = tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["mcp", "--agent", "host"])
+        .env_remove("SWITCHBOARD_NODE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut log = tokio::io::BufReader::new(host.stderr.take().unwrap()).lines();
+    while let Some(l) = log.next_line().await.unwrap() {
+        if l.contains("hosting it in this process") {
+            break;
+        }
+    }
+    let (bob, _) = spawn(dir.path(), "bob", None).await;
+    let (carol, _) = spawn(dir.path(), "carol", None).await;
+    let sent = ok(
+        &bob,
+        "send_message",
+        json!({"to":"carol","body":"survives kill -9"}),
+    )
+    .await;
+    assert_eq!(sent["status"], "delivered");
+    host.kill().await.unwrap();
+    // bob or carol hosts now; both keep working and the message is there.
+    let inbox = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = crate::mcp::call(&carol, "get_inbox", json!({})).await;
+            if r.is_error != Some(true) {
+                return r.structured_content.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a survivor should host the node");
+    assert_eq!(inbox["messages"][0]["body"], "survives kill -9");
+    let after = ok(&bob, "send_message", json!({"to":"carol","body":"after"})).await;
+    assert_eq!(after["status"], "delivered");
+    bob.cancel().await.unwrap();
+    carol.cancel().await.unwrap();
+}
