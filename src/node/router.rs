@@ -257,8 +257,9 @@ impl Router {
             }
         };
         if let Some(row) = persist {
+            let origin = self.node_id.clone();
             self.store
-                .write(move |c| queries::upsert_agent(c, &row, now))
+                .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
                 .await?;
         }
         Ok(session)
@@ -283,10 +284,11 @@ impl Router {
             }
         };
         if let Some(row) = persist {
+            let origin = self.node_id.clone();
             let store = self.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store
-                    .write(move |c| queries::upsert_agent(c, &row, now))
+                    .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
                     .await
                 {
                     tracing::warn!(error = %e, "could not record last seen");
@@ -581,8 +583,9 @@ impl Router {
             (a.row.clone(), a.entry())
         };
         let now = now_ms();
+        let origin = self.node_id.clone();
         self.store
-            .write(move |c| queries::upsert_agent(c, &row, now))
+            .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
             .await?;
         Ok(entry)
     }
@@ -593,8 +596,9 @@ impl Router {
         validate_name(topic).map_err(|e| Error::Invalid(format!("topic: {e}")))?;
         let (t, a) = (topic.to_owned(), agent.to_owned());
         let now = now_ms();
+        let origin = self.node_id.clone();
         self.store
-            .write(move |c| queries::set_subscription(c, &t, &a, on, now))
+            .write(move |c| queries::set_subscription(c, &t, &a, on, now, Some(&origin)))
             .await?;
         let mut state = lock(&self.state);
         if on {
@@ -640,8 +644,9 @@ impl Router {
             );
             row
         };
+        let origin = self.node_id.clone();
         self.store
-            .write(move |c| queries::upsert_agent(c, &row, now))
+            .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
             .await
     }
 

@@ -247,7 +247,7 @@ async fn replay(sink: &mut Sink, router: &Router, agent: &str) -> bool {
     };
     let Ok((messages, _)) = router
         .store
-        .read(move |c| queries::inbox(c, &a, &q, now_ms()))
+        .read(move |c| queries::inbox(c, &a, &q, now_ms(), None))
         .await
     else {
         return true;
@@ -406,9 +406,10 @@ impl Conn {
                     r.ensure_agent(&agent).await?;
                 }
                 let prepared = r.prepare_send(&agent, req)?;
+                let origin = r.node_id.clone();
                 let rx = r
                     .store
-                    .submit(move |c| queries::insert_message(c, prepared.message))
+                    .submit(move |c| queries::insert_message(c, prepared.message, Some(&origin)))
                     .await?;
                 permit.send((id, rx));
                 return Ok(None);
@@ -427,7 +428,8 @@ impl Conn {
                     topic,
                     mark_read: q.mark_read,
                 };
-                let job = move |c: &rusqlite::Connection| queries::inbox(c, &agent, &query, now);
+                let origin = r.node_id.clone();
+                let job = move |c: &rusqlite::Connection| queries::inbox(c, &agent, &query, now, Some(&origin));
                 let (messages, unread_remaining) = if q.mark_read {
                     r.store.write(job).await?
                 } else {
@@ -451,9 +453,10 @@ impl Conn {
                     return Err(Error::Invalid("ids: at most 10000 per call".into()));
                 }
                 let (ids, all) = (m.ids, m.all);
+                let origin = r.node_id.clone();
                 let marked = r
                     .store
-                    .write(move |c| queries::mark_read(c, &agent, &ids, all, now))
+                    .write(move |c| queries::mark_read(c, &agent, &ids, all, now, Some(&origin)))
                     .await?;
                 ServerFrame::Marked {
                     req: m.req,
@@ -541,8 +544,9 @@ impl Conn {
                 let n = need_name()?;
                 let token = auth::new_token();
                 let (hash, n2, now) = (auth::hash_token(&token), n.clone(), now_ms());
+                let origin = r.node_id.clone();
                 r.store
-                    .write(move |c| queries::put_token(c, &n2, &hash, now))
+                    .write(move |c| queries::put_token(c, &n2, &hash, now, Some(&origin)))
                     .await?;
                 r.ensure_agent(&n).await?;
                 Ok(TokenResult {
@@ -552,10 +556,11 @@ impl Conn {
             }
             TokenAction::Revoke => {
                 let n = need_name()?;
+                let origin = r.node_id.clone();
                 let n2 = n.clone();
                 if !r
                     .store
-                    .write(move |c| queries::delete_token(c, &n2))
+                    .write(move |c| queries::delete_token(c, &n2, Some(&origin)))
                     .await?
                 {
                     return Err(Error::Invalid(format!("name: '{n}' has no token")));

@@ -8,6 +8,7 @@
 //! batch-mates. The async runtime never touches SQLite; it only awaits the answer.
 
 pub mod queries;
+pub mod replication;
 mod schema;
 
 use std::path::Path;

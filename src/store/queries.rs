@@ -6,6 +6,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageType, Priority, rfc3339};
 use crate::protocol::{ErrorCode, Status};
+use crate::store::replication::{self, EventBody, ReplicatedMessage};
+
+/// Which node's replication log a local change is recorded in; `None` for changes that came
+/// from a peer (they are in the peer's log already).
+pub type LogAs<'a> = Option<&'a str>;
 
 /// A message about to be stored, with its recipients already resolved by the router.
 #[derive(Debug, Clone)]
@@ -83,7 +88,7 @@ const VISIBLE: &str =
 const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
 
 /// Stores a message and its inbox rows, deduplicating by id.
-pub fn insert_message(conn: &Connection, m: NewMessage) -> Result<Stored> {
+pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Result<Stored> {
     let existing = conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1"
@@ -154,6 +159,28 @@ pub fn insert_message(conn: &Connection, m: NewMessage) -> Result<Stored> {
             stmt.execute(params![r, m.id])?;
         }
     }
+    if let Some(origin) = log_as {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Message(ReplicatedMessage {
+                id: m.id.clone(),
+                origin: m.origin.clone(),
+                sender: m.sender.clone(),
+                target: m.target.clone(),
+                topic: m.topic.clone(),
+                kind: m.kind,
+                priority: m.priority,
+                subject: m.subject.clone(),
+                body: m.body.clone(),
+                data: m.data.clone(),
+                reply_to: m.reply_to.clone(),
+                thread_id: thread_id.clone(),
+                created_at: m.created_at,
+                recipients: m.recipients.clone(),
+            }),
+        )?;
+    }
     Ok(Stored {
         message: Message {
             id: m.id,
@@ -196,6 +223,7 @@ pub fn inbox(
     agent: &str,
     q: &InboxQuery,
     now: i64,
+    log_as: LogAs<'_>,
 ) -> Result<(Vec<Message>, u32)> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, i.read_at IS NOT NULL FROM inbox i JOIN messages m ON m.id = i.msg_id \
@@ -213,12 +241,8 @@ pub fn inbox(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let returned_unread = messages.iter().filter(|m| !m.read).count() as u32;
     if q.mark_read {
-        let mut mark = conn.prepare_cached(
-            "UPDATE inbox SET read_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND read_at IS NULL",
-        )?;
-        for m in &messages {
-            mark.execute(params![agent, m.id, now])?;
-        }
+        let ids: Vec<String> = messages.iter().filter(|m| !m.read).map(|m| m.id.clone()).collect();
+        mark_read(conn, agent, &ids, false, now, log_as)?;
     }
     let unread: u32 = conn
         .prepare_cached("SELECT count(*) FROM inbox WHERE agent = ?1 AND read_at IS NULL")?
@@ -238,20 +262,42 @@ pub fn mark_read(
     ids: &[String],
     all: bool,
     now: i64,
+    log_as: LogAs<'_>,
 ) -> Result<u32> {
-    if all {
-        return Ok(conn
-            .prepare_cached("UPDATE inbox SET read_at = ?2 WHERE agent = ?1 AND read_at IS NULL")?
-            .execute(params![agent, now])? as u32);
-    }
+    let all_ids;
+    let ids = if all {
+        all_ids = conn
+            .prepare_cached("SELECT msg_id FROM inbox WHERE agent = ?1 AND read_at IS NULL")?
+            .query_map([agent], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        &all_ids[..]
+    } else {
+        ids
+    };
     let mut stmt = conn.prepare_cached(
         "UPDATE inbox SET read_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND read_at IS NULL",
     )?;
-    let mut n = 0;
+    let mut marked = Vec::new();
     for id in ids {
-        n += stmt.execute(params![agent, id, now])?;
+        if stmt.execute(params![agent, id, now])? > 0 {
+            marked.push(id.clone());
+        }
     }
-    Ok(n as u32)
+    let n = marked.len() as u32;
+    if let Some(origin) = log_as
+        && !marked.is_empty()
+    {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Read {
+                agent: agent.to_owned(),
+                ids: marked,
+                at: now,
+            },
+        )?;
+    }
+    Ok(n)
 }
 
 /// Records that a session of `agent` holds these messages.
@@ -363,7 +409,20 @@ pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
 }
 
 /// Creates or updates an agent's directory row.
-pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64) -> Result<()> {
+pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
+    if let Some(origin) = log_as {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Agent {
+                name: a.name.clone(),
+                node: a.node.clone(),
+                status: a.status,
+                status_text: a.status_text.clone(),
+                last_seen: a.last_seen,
+            },
+        )?;
+    }
     conn.prepare_cached(
         "INSERT INTO agents (name, node, status, status_text, last_seen, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET node = ?2, status = ?3, \
@@ -396,7 +455,19 @@ pub fn set_subscription(
     agent: &str,
     on: bool,
     now: i64,
+    log_as: LogAs<'_>,
 ) -> Result<()> {
+    if let Some(origin) = log_as {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Subscription {
+                topic: topic.to_owned(),
+                agent: agent.to_owned(),
+                on,
+            },
+        )?;
+    }
     if on {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO subscriptions (topic, agent, created_at) VALUES (?1, ?2, ?3)",
@@ -419,7 +490,23 @@ pub struct TokenRow {
 }
 
 /// Stores a token hash for `name`, replacing any earlier one.
-pub fn put_token(conn: &Connection, name: &str, hash: &str, now: i64) -> Result<()> {
+pub fn put_token(
+    conn: &Connection,
+    name: &str,
+    hash: &str,
+    now: i64,
+    log_as: LogAs<'_>,
+) -> Result<()> {
+    if let Some(origin) = log_as {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Token {
+                name: name.to_owned(),
+                hash: Some(hash.to_owned()),
+            },
+        )?;
+    }
     conn.prepare_cached(
         "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT(name) DO UPDATE SET hash = ?2, created_at = ?3",
@@ -429,11 +516,24 @@ pub fn put_token(conn: &Connection, name: &str, hash: &str, now: i64) -> Result<
 }
 
 /// Removes `name`'s token; false if it had none.
-pub fn delete_token(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn
+pub fn delete_token(conn: &Connection, name: &str, log_as: LogAs<'_>) -> Result<bool> {
+    let removed = conn
         .prepare_cached("DELETE FROM tokens WHERE name = ?1")?
         .execute([name])?
-        > 0)
+        > 0;
+    if let Some(origin) = log_as
+        && removed
+    {
+        replication::append(
+            conn,
+            origin,
+            &EventBody::Token {
+                name: name.to_owned(),
+                hash: None,
+            },
+        )?;
+    }
+    Ok(removed)
 }
 
 /// Every agent holding a token.

@@ -76,6 +76,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE fts_progress (last_seq INTEGER NOT NULL);
     INSERT INTO fts_progress (last_seq) SELECT coalesce(max(seq), 0) FROM messages;
     "#,
+    // 3: the replication log for the mesh.
+    r#"
+    CREATE TABLE events (
+        origin  TEXT NOT NULL,      -- node that made the change (this node, for its own log)
+        seq     INTEGER NOT NULL,   -- 1, 2, 3, ... per origin
+        payload TEXT NOT NULL,      -- JSON EventBody
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE peer_cursors (
+        origin TEXT PRIMARY KEY,    -- a peer node
+        seq    INTEGER NOT NULL     -- its events applied here, up to and including this one
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.
