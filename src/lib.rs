@@ -8,6 +8,7 @@
 //! - [`node`] — the server: HTTP/WebSocket listener, per-connection sessions, the router.
 //! - [`client`] — a reconnecting WebSocket client used by the MCP server, the CLI and bench.
 //! - [`mcp`] — the MCP stdio server (`switchboard mcp`).
+//! - [`mesh`] — peer links between nodes: authentication, log replication, presence.
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
 //! - [`bench`] — the load generator (`switchboard bench`).
@@ -23,6 +24,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod mcp;
+pub mod mesh;
 pub mod message;
 pub mod node;
 pub mod protocol;

@@ -138,9 +138,6 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Result<ExitCode> {
             }),
         },
     )?;
-    if !config.peers.is_empty() {
-        tracing::warn!("peer links are not implemented in this version yet; --peer is ignored");
-    }
     let node = Node::start(config).await?;
     let stop = node.shutdown_token();
     tokio::spawn(async move {

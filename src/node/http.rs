@@ -23,6 +23,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Owns every session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Peer links, when the node is part of a mesh.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 /// The HTTP routes.
@@ -39,7 +41,12 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
-async fn ws(State(s): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     if s.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,8 +72,10 @@ async fn ws(State(s): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpg
             tracker.track_future(crate::node::session::run(
                 socket,
                 s.router.clone(),
+                s.mesh.clone(),
                 token,
                 s.shutdown.clone(),
+                remote.to_string(),
             ))
         })
 }
@@ -89,7 +98,7 @@ async fn health(State(s): State<AppState>) -> Response {
         "sessions": sessions,
         "connections": s.router.metrics.connections_active.load(Ordering::Relaxed),
         "rss_bytes": rss_bytes(),
-        "peers": serde_json::Value::Array(vec![]),
+        "peers": s.mesh.as_ref().map(|m| m.status()).unwrap_or_default(),
         "status": if s.shutdown.is_cancelled() { "stopping" } else { "ok" },
     });
     axum::Json(body).into_response()

@@ -45,6 +45,10 @@ counters! {
     slow_consumers_total: "counter", "Sessions cut off because their queue was full or they stopped answering pings.";
     frames_rejected_total: "counter", "Frames answered with an error (bad, oversized, refused).";
     rate_limited_total: "counter", "Sends refused by the per-sender rate limit.";
+    forwarded_total: "counter", "Log entries sent to peer nodes.";
+    replicated_total: "counter", "Messages received from peer nodes and stored.";
+    retried_total: "counter", "Log entries sent to a peer again after a link restarted.";
+    deduplicated_total: "counter", "Entries or messages from peers that were already here.";
 }
 
 impl Metrics {

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, DataDirLock};
 use crate::config::{DB_FILE, NodeConfig};
 use crate::error::{Error, Result};
+use crate::mesh::Mesh;
 use crate::store::Store;
 use router::Router;
 
@@ -55,10 +56,26 @@ impl Node {
         );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let mesh = match &config.mesh_secret_file {
+            Some(f) => Some(Mesh::start(
+                router.clone(),
+                crate::mesh::read_secret(f)?,
+                config.peers.clone(),
+                shutdown.clone(),
+                &tracker,
+            )),
+            None if !config.peers.is_empty() => {
+                return Err(Error::Config(
+                    "peers need a shared mesh secret: pass --mesh-secret-file (or mesh_secret_file in config.toml)".into(),
+                ));
+            }
+            None => None,
+        };
         let app = http::app(http::AppState {
             router: router.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            mesh,
         });
         let stop = shutdown.clone();
         // Nagle's algorithm would add up to 40 ms to small frames: latency is the product.
@@ -66,9 +83,12 @@ impl Node {
             let _ = tcp.set_nodelay(true);
         });
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            if let Err(e) = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
             {
                 tracing::error!(error = %e, "the HTTP server failed");
             }

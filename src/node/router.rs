@@ -58,12 +58,18 @@ impl Agent {
         self.sessions.iter().any(|s| s.role == Role::Agent)
     }
 
-    fn entry(&self) -> PresenceEntry {
-        let online = self.online();
+    /// The presence entry, given where (if anywhere) a live peer reports the agent online.
+    fn entry(&self, remote: Option<(&String, &RemoteAgent)>) -> PresenceEntry {
+        let local = self.online();
+        let (online, node, since) = match (local, remote) {
+            (true, _) => (true, self.row.node.clone(), self.connected_since),
+            (false, Some((node, r))) => (true, node.clone(), Some(r.connected_since)),
+            (false, None) => (false, self.row.node.clone(), None),
+        };
         PresenceEntry {
             name: self.row.name.clone(),
             online,
-            node: self.row.node.clone(),
+            node,
             status: self.row.status,
             status_text: self.row.status_text.clone(),
             last_seen: if online {
@@ -71,9 +77,26 @@ impl Agent {
             } else {
                 self.row.last_seen.map(rfc3339)
             },
-            connected_since: self.connected_since.filter(|_| online).map(rfc3339),
+            connected_since: since.map(rfc3339),
         }
     }
+}
+
+/// An agent online at a peer node, as that node reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct RemoteAgent {
+    /// Agent name.
+    pub name: String,
+    /// ms since the epoch.
+    pub connected_since: i64,
+}
+
+/// A peer node's presence: replaced wholesale by a newer (incarnation, version).
+#[derive(Debug)]
+struct RemoteNode {
+    incarnation: u64,
+    version: u64,
+    agents: HashMap<String, RemoteAgent>,
 }
 
 #[derive(Debug)]
@@ -87,6 +110,34 @@ struct State {
     agents: HashMap<String, Agent>,
     topics: HashMap<String, BTreeSet<String>>,
     buckets: HashMap<String, Bucket>,
+    /// Presence reported by peer nodes with a live link.
+    remote: HashMap<String, RemoteNode>,
+}
+
+impl State {
+    /// A live peer that reports `name` online (the earliest connection wins, so every node
+    /// resolves the same way).
+    fn remote_of(&self, name: &str) -> Option<(&String, &RemoteAgent)> {
+        self.remote
+            .iter()
+            .filter_map(|(node, n)| n.agents.get(name).map(|a| (node, a)))
+            .min_by(|a, b| {
+                a.1.connected_since
+                    .cmp(&b.1.connected_since)
+                    .then(a.0.cmp(b.0))
+            })
+    }
+
+    fn entry(&self, a: &Agent) -> PresenceEntry {
+        a.entry(self.remote_of(&a.row.name))
+    }
+}
+
+/// A live link to a peer node, for frames the router must send it.
+#[derive(Debug, Clone)]
+pub struct PeerTx {
+    /// Serialized peer frames.
+    pub tx: mpsc::Sender<String>,
 }
 
 #[derive(Debug)]
@@ -117,6 +168,12 @@ pub struct Router {
     started: Instant,
     state: Mutex<State>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Live peer links by node id.
+    peers: Mutex<HashMap<String, PeerTx>>,
+    /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
+    presence_version: tokio::sync::watch::Sender<u64>,
+    /// This run of the node; a restarted node's presence replaces its stale entries.
+    pub incarnation: u64,
     ids: Mutex<ulid::Generator>,
     next_session: AtomicU64,
 }
@@ -161,6 +218,9 @@ impl Router {
             started: Instant::now(),
             state: Mutex::new(state),
             pending: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            presence_version: tokio::sync::watch::channel(0).0,
+            incarnation: u64::try_from(now_ms()).unwrap_or_default(),
             ids: Mutex::new(ulid::Generator::new()),
             next_session: AtomicU64::new(1),
         })
@@ -257,6 +317,7 @@ impl Router {
             }
         };
         if let Some(row) = persist {
+            self.presence_changed();
             let origin = self.node_id.clone();
             self.store
                 .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
@@ -445,6 +506,10 @@ impl Router {
         {
             let state = lock(&self.state);
             for r in &stored.recipients {
+                if state.remote_of(r).is_some() {
+                    // Online at a peer: that node acks it back to us with `delivered`.
+                    reached.push(r.clone());
+                }
                 let Some(agent) = state.agents.get(r) else {
                     continue;
                 };
@@ -545,7 +610,7 @@ impl Router {
         let state = lock(&self.state);
         if let Some(name) = filter {
             return match state.agents.get(name) {
-                Some(a) => Ok(vec![a.entry()]),
+                Some(a) => Ok(vec![state.entry(a)]),
                 None => Err(unknown(
                     ErrorCode::UnknownAgent,
                     "agent",
@@ -554,7 +619,7 @@ impl Router {
                 )),
             };
         }
-        let mut all: Vec<PresenceEntry> = state.agents.values().map(Agent::entry).collect();
+        let mut all: Vec<PresenceEntry> = state.agents.values().map(|a| state.entry(a)).collect();
         all.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
         Ok(all)
     }
@@ -580,8 +645,12 @@ impl Router {
             })?;
             a.row.status = status;
             a.row.status_text = text;
-            (a.row.clone(), a.entry())
+            let row = a.row.clone();
+            let entry = state.agents.get(agent).map(|a| state.entry(a));
+            (row, entry)
         };
+        self.presence_changed();
+        let entry = entry.ok_or_else(|| Error::refused(ErrorCode::Internal, "agent vanished"))?;
         let now = now_ms();
         let origin = self.node_id.clone();
         self.store
@@ -656,6 +725,179 @@ impl Router {
         let online = state.agents.values().filter(|a| a.online()).count();
         let sessions = state.agents.values().map(|a| a.sessions.len()).sum();
         (online, sessions)
+    }
+
+    /// Tells peer links that local presence changed.
+    fn presence_changed(&self) {
+        self.presence_version.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes when local presence changes.
+    pub fn presence_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.presence_version.subscribe()
+    }
+
+    /// Agents online here, for peers.
+    pub fn local_presence(&self) -> Vec<RemoteAgent> {
+        let state = lock(&self.state);
+        state
+            .agents
+            .values()
+            .filter(|a| a.online())
+            .map(|a| RemoteAgent {
+                name: a.row.name.clone(),
+                connected_since: a.connected_since.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// A peer's presence snapshot; older (incarnation, version) pairs are ignored.
+    pub fn remote_presence(
+        &self,
+        node: &str,
+        incarnation: u64,
+        version: u64,
+        agents: Vec<RemoteAgent>,
+    ) {
+        let mut state = lock(&self.state);
+        if let Some(old) = state.remote.get(node)
+            && (old.incarnation, old.version) >= (incarnation, version)
+        {
+            return;
+        }
+        state.remote.insert(
+            node.to_owned(),
+            RemoteNode {
+                incarnation,
+                version,
+                agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
+            },
+        );
+    }
+
+    /// A peer link is up: the router can send it frames.
+    pub fn peer_up(&self, node: &str, tx: mpsc::Sender<String>) {
+        lock(&self.peers).insert(node.to_owned(), PeerTx { tx });
+    }
+
+    /// A peer link went down: its agents are no longer known to be online anywhere.
+    pub fn peer_down(&self, node: &str, tx: &mpsc::Sender<String>) {
+        let mut peers = lock(&self.peers);
+        if peers.get(node).is_some_and(|p| p.tx.same_channel(tx)) {
+            peers.remove(node);
+            lock(&self.state).remote.remove(node);
+        }
+    }
+
+    /// Ids of nodes with a live link.
+    pub fn live_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.peers).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A peer says a session of a recipient there holds these messages.
+    pub fn remote_delivered(&self, ids: &[String]) {
+        let mut pending = lock(&self.pending);
+        for id in ids {
+            if let Some(p) = pending.remove(id) {
+                let _ = p.done.send(());
+            }
+        }
+    }
+
+    /// Takes in what a peer's events changed: directory rows, subscriptions, and new messages,
+    /// which are pushed to local sessions; when a local session acks one, its origin hears so.
+    pub fn apply_remote(self: &std::sync::Arc<Self>, applied: crate::store::replication::Applied) {
+        {
+            let mut state = lock(&self.state);
+            for row in applied.agents {
+                match state.agents.get_mut(&row.name) {
+                    Some(a) => {
+                        // Where the agent is online here, this node's view of it wins.
+                        if !a.online() {
+                            a.row = row;
+                        } else {
+                            a.row.status = row.status;
+                            a.row.status_text = row.status_text;
+                        }
+                    }
+                    None => {
+                        state.agents.insert(
+                            row.name.clone(),
+                            Agent {
+                                row,
+                                sessions: Vec::new(),
+                                connected_since: None,
+                            },
+                        );
+                    }
+                }
+            }
+            for (topic, agent, on) in applied.subscriptions {
+                if on {
+                    state.topics.entry(topic).or_default().insert(agent);
+                } else if let Some(s) = state.topics.get_mut(&topic) {
+                    s.remove(&agent);
+                }
+            }
+        }
+        for stored in applied.messages {
+            let Some(acked) = self.dispatch_local(&stored) else {
+                continue;
+            };
+            let origin = stored.origin.clone();
+            let id = stored.message.id.clone();
+            let router = self.clone();
+            tokio::spawn(async move {
+                if tokio::time::timeout(ACK_WAIT, acked)
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                    && let Some(p) = lock(&router.peers).get(&origin).cloned()
+                {
+                    let frame = serde_json::json!({"op": "delivered", "ids": [id]}).to_string();
+                    let _ = p.tx.try_send(frame);
+                }
+            });
+        }
+    }
+
+    /// Pushes a replicated message to local sessions only; fires on the first local agent ack.
+    fn dispatch_local(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
+        let frame = Utf8Bytes::from(
+            serde_json::to_string(&ServerFrame::Msg {
+                message: stored.message.clone(),
+            })
+            .ok()?,
+        );
+        let mut reached = Vec::new();
+        {
+            let state = lock(&self.state);
+            for r in &stored.recipients {
+                if let Some(agent) = state.agents.get(r) {
+                    for s in &agent.sessions {
+                        if s.role != Role::Cli
+                            && push(&self.metrics, s, frame.clone())
+                            && s.role == Role::Agent
+                        {
+                            reached.push(r.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if reached.is_empty() {
+            return None;
+        }
+        let (done, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            stored.message.id.clone(),
+            Pending {
+                recipients: reached,
+                done,
+            },
+        );
+        Some(rx)
     }
 
     /// Cuts every session off; each says goodbye (`bye`) as it closes.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::error::{Error, Result};
+use crate::mesh::{Mesh, PeerFrame};
 use crate::message::{now_ms, validate_name};
 use crate::node::metrics::Metrics;
 use crate::node::router::{Router, SessionTx};
@@ -116,25 +117,35 @@ fn describe_read_error(e: &axum::Error) -> (ErrorCode, String) {
 pub async fn run(
     socket: WebSocket,
     router: Arc<Router>,
+    mesh: Option<Arc<Mesh>>,
     header_token: Option<String>,
     shutdown: CancellationToken,
+    remote: String,
 ) {
     Metrics::inc(&router.metrics.connections_total);
     router
         .metrics
         .connections_active
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve(socket, &router, header_token, shutdown).await;
+    serve(socket, &router, mesh, header_token, shutdown, remote).await;
     router
         .metrics
         .connections_active
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// What the first frame says the connection is.
+enum First {
+    /// A client's hello.
+    Client(Hello),
+    /// A peer node's `peer_hello` with its nonce.
+    Peer(String),
+}
+
 async fn handshake(
     stream: &mut SplitStream<WebSocket>,
     router: &Router,
-) -> std::result::Result<Hello, (ErrorCode, String)> {
+) -> std::result::Result<First, (ErrorCode, String)> {
     let deadline = tokio::time::Instant::now() + router.limits.handshake_timeout;
     let text = loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -162,8 +173,11 @@ async fn handshake(
             }
         }
     };
+    if let Ok(PeerFrame::PeerHello { nonce, .. }) = serde_json::from_str::<PeerFrame>(&text) {
+        return Ok(First::Peer(nonce));
+    }
     match serde_json::from_str::<ClientFrame>(&text) {
-        Ok(ClientFrame::Hello(h)) => Ok(h),
+        Ok(ClientFrame::Hello(h)) => Ok(First::Client(h)),
         Ok(_) => Err((
             ErrorCode::NotAuthenticated,
             "the first frame must be hello: {\"op\":\"hello\",\"agent\":\"NAME\",\"token\":\"...\",\"v\":1}".into(),
@@ -175,12 +189,43 @@ async fn handshake(
 async fn serve(
     socket: WebSocket,
     router: &Arc<Router>,
+    mesh: Option<Arc<Mesh>>,
     header_token: Option<String>,
     shutdown: CancellationToken,
+    remote: String,
 ) {
     let (mut sink, mut stream) = socket.split();
     let hello = match handshake(&mut stream, router).await {
-        Ok(h) => h,
+        Ok(First::Client(h)) => h,
+        Ok(First::Peer(nonce)) => {
+            let Some(mesh) = mesh else {
+                Metrics::inc(&router.metrics.auth_failures_total);
+                tracing::warn!(%remote, "refused a peer link: this node has no mesh secret");
+                let f = PeerFrame::Error {
+                    code: "unauthorized".into(),
+                    message: "mesh authentication failed".into(),
+                };
+                let _ = write(
+                    &mut sink,
+                    Utf8Bytes::from(serde_json::to_string(&f).unwrap_or_default()),
+                )
+                .await;
+                return;
+            };
+            let sink = sink.with(|t: String| {
+                futures_util::future::ready(Ok::<_, axum::Error>(WsMessage::Text(t.into())))
+            });
+            let stream = stream.filter_map(|m| {
+                futures_util::future::ready(match m {
+                    Ok(WsMessage::Text(t)) => Some(Ok(t.to_string())),
+                    Ok(WsMessage::Close(_)) | Err(_) => Some(Err(())),
+                    Ok(_) => None,
+                })
+            });
+            return mesh
+                .accept(nonce, Box::pin(sink), Box::pin(stream), remote)
+                .await;
+        }
         Err((_, m)) if m.is_empty() => return,
         Err((code, message)) => {
             Metrics::inc(&router.metrics.frames_rejected_total);
@@ -429,7 +474,9 @@ impl Conn {
                     mark_read: q.mark_read,
                 };
                 let origin = r.node_id.clone();
-                let job = move |c: &rusqlite::Connection| queries::inbox(c, &agent, &query, now, Some(&origin));
+                let job = move |c: &rusqlite::Connection| {
+                    queries::inbox(c, &agent, &query, now, Some(&origin))
+                };
                 let (messages, unread_remaining) = if q.mark_read {
                     r.store.write(job).await?
                 } else {

@@ -41,7 +41,16 @@ const MAX_BATCH: usize = 2048;
 const QUEUE_DEPTH: usize = 8192;
 
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
-type Job = Box<dyn FnOnce(&Connection, &mut bool) -> Finish + Send>;
+type Job = Box<dyn FnOnce(&Connection, &mut Batch) -> Finish + Send>;
+
+/// What the jobs of one transaction did.
+#[derive(Default)]
+struct Batch {
+    /// A hot-path write failed: roll everything back.
+    poisoned: bool,
+    /// Some job may have written: tell the commit watchers.
+    wrote: bool,
+}
 
 /// How a job is isolated from its batch-mates.
 #[derive(Clone, Copy)]
@@ -77,6 +86,8 @@ pub struct StoreStats {
 pub struct Store {
     tx: mpsc::Sender<JobBox>,
     stats: Arc<StoreStats>,
+    /// Bumped after every commit: peer links wake on it to ship new log entries.
+    commits: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Store {
@@ -107,13 +118,14 @@ impl Store {
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(StoreStats::default());
+        let (commit_tx, commits) = tokio::sync::watch::channel(0u64);
         let thread_stats = stats.clone();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let still_running = running.clone();
         std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || {
-                writer(conn, rx, &thread_stats);
+                writer(conn, rx, &thread_stats, &commit_tx);
                 still_running.store(false, Ordering::Relaxed);
             })
             .map_err(|e| Error::io("starting the store thread", e))?;
@@ -121,7 +133,12 @@ impl Store {
             .name("switchboard-checkpoint".into())
             .spawn(move || checkpoints(checkpointer, &running))
             .map_err(|e| Error::io("starting the checkpoint thread", e))?;
-        Ok(Store { tx, stats })
+        Ok(Store { tx, stats, commits })
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.clone()
     }
 
     /// Counters for metrics.
@@ -175,14 +192,18 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection, poisoned: &mut bool| {
+        let job: Job = Box::new(move |conn: &Connection, batch: &mut Batch| {
             let result = match guard {
-                Guard::Savepoint => in_savepoint(conn, f),
+                Guard::Savepoint => {
+                    batch.wrote = true;
+                    in_savepoint(conn, f)
+                }
                 Guard::ReadOnly => f(conn),
                 Guard::Unguarded => {
+                    batch.wrote = true;
                     let r = f(conn);
                     if matches!(r, Err(Error::Store(_))) {
-                        *poisoned = true;
+                        batch.poisoned = true;
                     }
                     r
                 }
@@ -242,7 +263,12 @@ fn checkpoints(conn: Connection, running: &std::sync::atomic::AtomicBool) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-fn writer(conn: Connection, mut rx: mpsc::Receiver<JobBox>, stats: &StoreStats) {
+fn writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<JobBox>,
+    stats: &StoreStats,
+    commits: &tokio::sync::watch::Sender<u64>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut finishes: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
     while let Some(JobBox(first)) = rx.blocking_recv() {
@@ -254,12 +280,12 @@ fn writer(conn: Connection, mut rx: mpsc::Receiver<JobBox>, stats: &StoreStats) 
             }
         }
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let mut poisoned = false;
+        let mut state = Batch::default();
         for job in batch.drain(..) {
-            finishes.push(job(&conn, &mut poisoned));
+            finishes.push(job(&conn, &mut state));
         }
         let commit = match begun {
-            Ok(()) if poisoned => Err("a write failed inside the batch".to_owned()),
+            Ok(()) if state.poisoned => Err("a write failed inside the batch".to_owned()),
             Ok(()) => conn
                 .execute_batch(schema::INDEX_NEW_MESSAGES)
                 .and_then(|()| conn.execute_batch("COMMIT"))
@@ -270,7 +296,10 @@ fn writer(conn: Connection, mut rx: mpsc::Receiver<JobBox>, stats: &StoreStats) 
             tracing::error!(error = %e, "store commit failed; the batch was rolled back");
             let _ = conn.execute_batch("ROLLBACK");
         });
-        stats.commits.fetch_add(1, Ordering::Relaxed);
+        let n = stats.commits.fetch_add(1, Ordering::Relaxed);
+        if state.wrote && error.is_none() {
+            commits.send_replace(n + 1);
+        }
         stats
             .jobs
             .fetch_add(finishes.len() as u64, Ordering::Relaxed);

@@ -54,6 +54,8 @@ pub struct Stored {
     pub recipients: Vec<String>,
     /// It was already stored (a retried send): nothing changed.
     pub duplicate: bool,
+    /// The node that accepted it from its sender.
+    pub origin: String,
 }
 
 const MESSAGE_COLUMNS: &str = "m.id, m.sender, m.target, m.topic, m.type, m.priority, m.subject, \
@@ -111,6 +113,7 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
             message,
             recipients,
             duplicate: true,
+            origin: m.origin,
         });
     }
     let thread_id = match (&m.thread_id, &m.reply_to) {
@@ -199,6 +202,7 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
         },
         recipients: m.recipients,
         duplicate: false,
+        origin: m.origin,
     })
 }
 
@@ -241,7 +245,11 @@ pub fn inbox(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let returned_unread = messages.iter().filter(|m| !m.read).count() as u32;
     if q.mark_read {
-        let ids: Vec<String> = messages.iter().filter(|m| !m.read).map(|m| m.id.clone()).collect();
+        let ids: Vec<String> = messages
+            .iter()
+            .filter(|m| !m.read)
+            .map(|m| m.id.clone())
+            .collect();
         mark_read(conn, agent, &ids, false, now, log_as)?;
     }
     let unread: u32 = conn

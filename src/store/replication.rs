@@ -17,7 +17,7 @@ use crate::store::queries::{self, AgentRow, NewMessage, Stored};
 
 /// One replicated change.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventBody {
     /// A message accepted from a sender at the origin, with its resolved recipients.
     Message(ReplicatedMessage),
@@ -124,15 +124,21 @@ pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> 
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(seq, p)| {
-            serde_json::from_str(&p).ok().map(|body| Event {
+    let mut events = Vec::with_capacity(rows.len());
+    for (seq, p) in rows {
+        match serde_json::from_str(&p) {
+            Ok(body) => events.push(Event {
                 seq: seq as u64,
                 body,
-            })
-        })
-        .collect())
+            }),
+            Err(e) => {
+                // Shipping past it would leave a gap peers never fill; stop here loudly.
+                tracing::error!(origin, seq, error = %e, "unreadable replication log entry");
+                break;
+            }
+        }
+    }
+    Ok(events)
 }
 
 /// The last seq of `origin` applied here.
@@ -231,7 +237,14 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
                 out.agents.push(row);
             }
             EventBody::Subscription { topic, agent, on } => {
-                queries::set_subscription(conn, &topic, &agent, on, crate::message::now_ms(), None)?;
+                queries::set_subscription(
+                    conn,
+                    &topic,
+                    &agent,
+                    on,
+                    crate::message::now_ms(),
+                    None,
+                )?;
                 out.subscriptions.push((topic, agent, on));
             }
             EventBody::Token { name, hash } => match hash {
@@ -250,4 +263,50 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
     .execute(params![origin, at as i64])?;
     out.cursor = at;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips_through_json() {
+        let bodies = vec![
+            EventBody::Message(ReplicatedMessage {
+                id: "01J0000000000000000000000A".into(),
+                origin: "n1".into(),
+                sender: "alice".into(),
+                target: "bob".into(),
+                topic: None,
+                kind: MessageType::Task,
+                priority: Priority::High,
+                subject: Some("s".into()),
+                body: "b".into(),
+                data: None,
+                reply_to: None,
+                thread_id: "01J0000000000000000000000A".into(),
+                created_at: 1,
+                recipients: vec!["bob".into()],
+            }),
+            EventBody::Read {
+                agent: "bob".into(),
+                ids: vec!["x".into()],
+                at: 2,
+            },
+            EventBody::Subscription {
+                topic: "t".into(),
+                agent: "bob".into(),
+                on: true,
+            },
+            EventBody::Token {
+                name: "bob".into(),
+                hash: None,
+            },
+        ];
+        for b in bodies {
+            let text = serde_json::to_string(&b).unwrap();
+            let back: EventBody = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        }
+    }
 }

@@ -38,6 +38,10 @@ impl NodeProc {
     }
 
     pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> NodeProc {
+        Self::start_named(dir, port, "test-node", extra).await
+    }
+
+    pub async fn start_named(dir: &Path, port: u16, id: &str, extra: &[&str]) -> NodeProc {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(dir)
@@ -46,7 +50,7 @@ impl NodeProc {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--node-id",
-                "test-node",
+                id,
             ])
             .args(extra)
             .env("SWITCHBOARD_LOG", "info")
@@ -165,4 +169,36 @@ pub async fn raw_hello(node: &NodeProc, agent: &str) -> RawWs {
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
+}
+
+/// GET /health of a node on this machine.
+pub async fn health(port: u16) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    serde_json::from_str(buf.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+/// Polls `check` (each poll is a real round trip) until it holds, or panics after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(Duration::from_secs(secs), async {
+        while !check().await {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out after {secs} s waiting for: {what}"
+    );
 }

@@ -5,5 +5,6 @@ mod common;
 mod durability;
 mod embedded;
 mod mcp;
+mod mesh;
 mod schemas;
 mod wire;

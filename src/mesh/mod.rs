@@ -1,0 +1,526 @@
+//! The mesh: nodes on many machines, each a full replica.
+//!
+//! Every node keeps a log of the changes it made for its own clients (`store::replication`).
+//! A link to a peer — dialed from `--peer`, or accepted on `/ws` — authenticates with the mesh
+//! secret ([`handshake`]), then each side says how far it has applied the other's log (`sync`),
+//! and the other streams the rest and every new entry as it commits (`events`). Applying is
+//! idempotent and records the cursor in the same transaction, so a link that drops (or a node
+//! that is killed) resumes exactly where it stopped: no entry lost, none applied twice.
+//! Presence is soft state: each node sends a snapshot of its online agents on every change and
+//! as a heartbeat every second; a link that is silent for 10 s is closed, and its node's agents
+//! stop counting as online.
+//!
+//! The topology is a full mesh: a node ships only its own log, so every node must link to every
+//! other (links are two-way: configuring `--peer` on one side is enough).
+
+pub mod handshake;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::error::{Error, Result};
+use crate::message::now_ms;
+use crate::node::metrics::Metrics;
+use crate::node::router::{RemoteAgent, Router};
+use crate::store::replication::{self, Event};
+
+/// Events per `events` frame.
+const BATCH: u32 = 512;
+/// Presence heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A link silent this long is dead.
+const SILENCE: Duration = Duration::from_secs(10);
+/// Time for the whole handshake.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// Frames between nodes on `/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerFrame {
+    /// Dialer's first frame.
+    PeerHello {
+        /// Dialer's random nonce.
+        nonce: String,
+        /// Mesh protocol version (1).
+        v: u32,
+    },
+    /// Acceptor's challenge.
+    PeerChallenge {
+        /// Acceptor's random nonce.
+        nonce: String,
+    },
+    /// Dialer proves it knows the secret.
+    PeerAuth {
+        /// Dialer's node id.
+        node: String,
+        /// HMAC proof.
+        proof: String,
+    },
+    /// Acceptor proves it knows the secret.
+    PeerWelcome {
+        /// Acceptor's node id.
+        node: String,
+        /// HMAC proof.
+        proof: String,
+    },
+    /// "I have applied your log up to `cursor`": send me what follows.
+    Sync {
+        /// Last seq applied.
+        cursor: u64,
+    },
+    /// Entries of the sender's own log, in order.
+    Events {
+        /// The entries.
+        events: Vec<Event>,
+    },
+    /// Entries applied up to here.
+    Ack {
+        /// Last seq applied.
+        cursor: u64,
+    },
+    /// The sender's online agents (also the heartbeat).
+    Presence {
+        /// Increases on every restart of the node.
+        incarnation: u64,
+        /// Increases on every change within an incarnation.
+        version: u64,
+        /// Agents online there.
+        agents: Vec<RemoteAgent>,
+    },
+    /// A session of a recipient on the sender's node holds these messages.
+    Delivered {
+        /// Message ids.
+        ids: Vec<String>,
+    },
+    /// The link is refused.
+    Error {
+        /// Stable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+impl PeerFrame {
+    fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// A link's state, for `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    /// Peer node id, once known.
+    pub node: Option<String>,
+    /// The URL dialed (dialed links only).
+    pub url: Option<String>,
+    /// `connecting`, `up` or `down`.
+    pub state: &'static str,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Last error, if any.
+    pub error: Option<String>,
+    /// Our log entries the peer has confirmed.
+    pub acked: u64,
+}
+
+/// The mesh side of a node.
+pub struct Mesh {
+    router: Arc<Router>,
+    secret: Vec<u8>,
+    links: Mutex<BTreeMap<String, LinkStatus>>,
+    shutdown: CancellationToken,
+}
+
+/// Reads the mesh secret file.
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("mesh secret file {}: {e}", path.display())))?;
+    let s = s.trim();
+    if s.len() < 16 {
+        return Err(Error::Config(format!(
+            "mesh secret file {}: the secret must be at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(s.as_bytes().to_vec())
+}
+
+fn set_status(mesh: &Mesh, key: &str, f: impl FnOnce(&mut LinkStatus)) {
+    let mut links = mesh.links.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = links.entry(key.to_owned()).or_insert_with(|| LinkStatus {
+        node: None,
+        url: None,
+        state: "connecting",
+        since: crate::message::rfc3339(now_ms()),
+        error: None,
+        acked: 0,
+    });
+    f(entry);
+}
+
+impl Mesh {
+    /// Starts dialing every peer; accepted links arrive through [`Mesh::accept`].
+    pub fn start(
+        router: Arc<Router>,
+        secret: Vec<u8>,
+        peers: Vec<String>,
+        shutdown: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Arc<Mesh> {
+        let mesh = Arc::new(Mesh {
+            router,
+            secret,
+            links: Mutex::new(BTreeMap::new()),
+            shutdown,
+        });
+        for url in peers {
+            let m = mesh.clone();
+            tracker.spawn(async move { m.dial_forever(url).await });
+        }
+        mesh
+    }
+
+    /// Link states for `/health`.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    async fn dial_forever(self: Arc<Self>, url: String) {
+        let key = format!("dial {url}");
+        set_status(&self, &key, |s| s.url = Some(url.clone()));
+        let mut attempt = 0u32;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let result = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.dial_once(&url, &key) => r,
+            };
+            match result {
+                Ok(()) => attempt = 0,
+                Err(e) => {
+                    tracing::debug!(peer = %url, error = %e, "peer link failed");
+                    set_status(&self, &key, |s| {
+                        s.state = "down";
+                        s.error = Some(e.to_string());
+                        s.since = crate::message::rfc3339(now_ms());
+                    });
+                }
+            }
+            let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
+            let pause = base
+                .min(Duration::from_secs(5))
+                .mul_f64(rand::random_range(0.5..1.5));
+            attempt += 1;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn dial_once(self: &Arc<Self>, url: &str, key: &str) -> Result<()> {
+        let endpoint = crate::config::ws_endpoint(url);
+        let (ws, _) = tokio::time::timeout(
+            HANDSHAKE,
+            tokio_tungstenite::connect_async_with_config(endpoint.as_str(), None, true),
+        )
+        .await
+        .map_err(|_| Error::Connection(format!("{url}: timed out")))?
+        .map_err(|e| Error::Connection(format!("{url}: {e}")))?;
+        let (sink, stream) = ws.split();
+        let mut sink = sink.with(|t: String| {
+            futures_util::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                WsMessage::Text(t.into()),
+            ))
+        });
+        let mut stream = stream.filter_map(|m| {
+            futures_util::future::ready(match m {
+                Ok(WsMessage::Text(t)) => Some(Ok(t.to_string())),
+                Ok(WsMessage::Close(_)) | Err(_) => Some(Err(())),
+                Ok(_) => None,
+            })
+        });
+        let nonce = auth::random_hex();
+        let me = self.router.node_id.clone();
+        let peer = tokio::time::timeout(HANDSHAKE, async {
+            send(&mut sink, PeerFrame::PeerHello { nonce: nonce.clone(), v: 1 }).await?;
+            let theirs = match recv(&mut stream).await? {
+                PeerFrame::PeerChallenge { nonce } => nonce,
+                PeerFrame::Error { message, .. } => return Err(Error::Connection(message)),
+                _ => return Err(Error::Connection("unexpected frame in handshake".into())),
+            };
+            let proof = handshake::proof(&self.secret, "dial", &nonce, &theirs, &me);
+            send(&mut sink, PeerFrame::PeerAuth { node: me.clone(), proof }).await?;
+            match recv(&mut stream).await? {
+                PeerFrame::PeerWelcome { node, proof }
+                    if handshake::verify(&self.secret, "accept", &nonce, &theirs, &node, &proof) =>
+                {
+                    Ok(node)
+                }
+                PeerFrame::PeerWelcome { .. } => {
+                    tracing::warn!(peer = %url, "peer failed mesh authentication (wrong mesh secret?)");
+                    Err(Error::Connection("the peer failed mesh authentication".into()))
+                }
+                PeerFrame::Error { message, .. } => Err(Error::Connection(message)),
+                _ => Err(Error::Connection("unexpected frame in handshake".into())),
+            }
+        })
+        .await
+        .map_err(|_| Error::Connection("mesh handshake timed out".into()))??;
+        if peer == me {
+            return Err(Error::Connection(format!("{url} is this node itself")));
+        }
+        set_status(self, key, |s| {
+            s.node = Some(peer.clone());
+            s.state = "up";
+            s.error = None;
+            s.since = crate::message::rfc3339(now_ms());
+        });
+        tracing::info!(peer = %peer, %url, "mesh link up (dialed)");
+        self.clone().link(peer, key.to_owned(), sink, stream).await;
+        Ok(())
+    }
+
+    /// Serves a peer that dialed us; `hello` is its first frame, already read.
+    pub async fn accept<S, R, E>(
+        self: Arc<Self>,
+        hello_nonce: String,
+        mut sink: S,
+        mut stream: R,
+        remote: String,
+    ) where
+        S: Sink<String, Error = E> + Unpin + Send,
+        E: std::fmt::Display,
+        R: Stream<Item = std::result::Result<String, ()>> + Unpin + Send,
+    {
+        let nonce = auth::random_hex();
+        let me = self.router.node_id.clone();
+        let result = tokio::time::timeout(HANDSHAKE, async {
+            send(
+                &mut sink,
+                PeerFrame::PeerChallenge {
+                    nonce: nonce.clone(),
+                },
+            )
+            .await?;
+            match recv(&mut stream).await? {
+                PeerFrame::PeerAuth { node, proof }
+                    if handshake::verify(
+                        &self.secret,
+                        "dial",
+                        &hello_nonce,
+                        &nonce,
+                        &node,
+                        &proof,
+                    ) =>
+                {
+                    let proof = handshake::proof(&self.secret, "accept", &hello_nonce, &nonce, &me);
+                    send(
+                        &mut sink,
+                        PeerFrame::PeerWelcome {
+                            node: me.clone(),
+                            proof,
+                        },
+                    )
+                    .await?;
+                    Ok(node)
+                }
+                _ => Err(Error::Connection("mesh authentication failed".into())),
+            }
+        })
+        .await;
+        let peer = match result {
+            Ok(Ok(p)) if p != me => p,
+            Ok(Ok(_)) => return,
+            other => {
+                Metrics::inc(&self.router.metrics.auth_failures_total);
+                tracing::warn!(%remote, "refused a peer link: mesh authentication failed");
+                let _ = send(
+                    &mut sink,
+                    PeerFrame::Error {
+                        code: "unauthorized".into(),
+                        message: "mesh authentication failed".into(),
+                    },
+                )
+                .await;
+                drop(other);
+                return;
+            }
+        };
+        let key = format!("accepted {peer}");
+        set_status(&self, &key, |s| {
+            s.node = Some(peer.clone());
+            s.state = "up";
+            s.error = None;
+            s.since = crate::message::rfc3339(now_ms());
+        });
+        tracing::info!(%peer, %remote, "mesh link up (accepted)");
+        self.clone().link(peer, key.clone(), sink, stream).await;
+        set_status(&self, &key, |s| {
+            s.state = "down";
+            s.since = crate::message::rfc3339(now_ms());
+        });
+    }
+
+    /// Runs an authenticated link until it fails.
+    async fn link<S, R, E>(self: Arc<Self>, peer: String, key: String, mut sink: S, mut stream: R)
+    where
+        S: Sink<String, Error = E> + Unpin + Send,
+        E: std::fmt::Display,
+        R: Stream<Item = std::result::Result<String, ()>> + Unpin + Send,
+    {
+        let router = self.router.clone();
+        let store = router.store.clone();
+        let me = router.node_id.clone();
+        let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
+        router.peer_up(&peer, out_tx.clone());
+        let mut commits = store.commits();
+        let mut presence = router.presence_watch();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut silence = Box::pin(tokio::time::sleep(SILENCE));
+        let mut sent_upto: Option<u64> = None;
+        let mut version = 0u64;
+        let p = peer.clone();
+        let cursor = store
+            .read(move |c| replication::cursor(c, &p))
+            .await
+            .unwrap_or(0);
+        let ended: String = 'link: {
+            if let Err(e) = sink.send(PeerFrame::Sync { cursor }.text()).await {
+                break 'link e.to_string();
+            }
+            let mut pump = false;
+            loop {
+                if pump && let Some(after) = sent_upto {
+                    let me2 = me.clone();
+                    let events = match store
+                        .read(move |c| replication::events_after(c, &me2, after, BATCH))
+                        .await
+                    {
+                        Ok(e) => e,
+                        Err(e) => break 'link e.to_string(),
+                    };
+                    pump = events.len() as u32 == BATCH;
+                    if let Some(last) = events.last().map(|e| e.seq) {
+                        router
+                            .metrics
+                            .forwarded_total
+                            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        if let Err(e) = sink.send(PeerFrame::Events { events }.text()).await {
+                            break 'link e.to_string();
+                        }
+                        sent_upto = Some(last);
+                    }
+                    if pump {
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break 'link "shutting down".into(),
+                    _ = &mut silence => break 'link "the peer went silent".into(),
+                    r = commits.changed() => {
+                        if r.is_err() { break 'link "store closed".into(); }
+                        pump = true;
+                    }
+                    r = presence.changed() => {
+                        if r.is_err() { break 'link "router closed".into(); }
+                        version += 1;
+                        let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
+                        if let Err(e) = sink.send(f.text()).await { break 'link e.to_string(); }
+                    }
+                    _ = heartbeat.tick() => {
+                        version += 1;
+                        let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
+                        if let Err(e) = sink.send(f.text()).await { break 'link e.to_string(); }
+                    }
+                    out = out_rx.recv() => {
+                        let Some(text) = out else { break 'link "closed".into() };
+                        if let Err(e) = sink.send(text).await { break 'link e.to_string(); }
+                    }
+                    frame = stream.next() => {
+                        silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
+                        let text = match frame {
+                            Some(Ok(t)) => t,
+                            _ => break 'link "closed by the peer".into(),
+                        };
+                        let frame = match serde_json::from_str::<PeerFrame>(&text) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "ignoring a bad frame from a peer");
+                                continue;
+                            }
+                        };
+                        match frame {
+                            PeerFrame::Sync { cursor } => {
+                                if let Some(prev) = sent_upto && prev > cursor {
+                                    router.metrics.retried_total.fetch_add(prev - cursor, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                sent_upto = Some(cursor);
+                                pump = true;
+                            }
+                            PeerFrame::Events { events } => {
+                                let p = peer.clone();
+                                let applied = match store.write(move |c| replication::apply(c, &p, events)).await {
+                                    Ok(a) => a,
+                                    Err(e) => break 'link e.to_string(),
+                                };
+                                router.metrics.deduplicated_total.fetch_add(applied.duplicates, std::sync::atomic::Ordering::Relaxed);
+                                router.metrics.replicated_total.fetch_add(applied.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                                let cursor = applied.cursor;
+                                router.apply_remote(applied);
+                                if let Err(e) = sink.send(PeerFrame::Ack { cursor }.text()).await {
+                                    break 'link e.to_string();
+                                }
+                            }
+                            PeerFrame::Ack { cursor } => set_status(&self, &key, |s| s.acked = cursor),
+                            PeerFrame::Presence { incarnation, version, agents } => {
+                                router.remote_presence(&peer, incarnation, version, agents);
+                            }
+                            PeerFrame::Delivered { ids } => router.remote_delivered(&ids),
+                            PeerFrame::Error { message, .. } => break 'link message,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        };
+        router.peer_down(&peer, &out_tx);
+        tracing::info!(%peer, reason = %ended, "mesh link down");
+    }
+}
+
+async fn send<S: Sink<String> + Unpin>(sink: &mut S, f: PeerFrame) -> Result<()>
+where
+    S::Error: std::fmt::Display,
+{
+    sink.send(f.text())
+        .await
+        .map_err(|e| Error::Connection(e.to_string()))
+}
+
+async fn recv<R: Stream<Item = std::result::Result<String, ()>> + Unpin>(
+    stream: &mut R,
+) -> Result<PeerFrame> {
+    match stream.next().await {
+        Some(Ok(t)) => {
+            serde_json::from_str(&t).map_err(|e| Error::Connection(format!("bad peer frame: {e}")))
+        }
+        _ => Err(Error::Connection("the peer closed the link".into())),
+    }
+}

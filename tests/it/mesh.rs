@@ -1,0 +1,320 @@
+//! Real meshes of separate node processes on loopback, each with its own port and data dir.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use switchboard::client::Client;
+use switchboard::protocol::{DeliveryStatus, InboxRequest, SendRequest};
+
+use crate::common::*;
+
+pub struct Mesh {
+    pub dirs: Vec<tempfile::TempDir>,
+    pub ports: Vec<u16>,
+    pub nodes: Vec<Option<NodeProc>>,
+    pub secret: PathBuf,
+    _secret_dir: tempfile::TempDir,
+}
+
+pub fn secret_file(dir: &std::path::Path, secret: &str) -> PathBuf {
+    let p = dir.join("mesh.secret");
+    std::fs::write(&p, secret).unwrap();
+    p
+}
+
+impl Mesh {
+    /// `n` nodes n1..nN; node i dials every node before it, which makes a full mesh.
+    pub async fn start(n: usize) -> Mesh {
+        let secret_dir = tempdir();
+        let secret = secret_file(secret_dir.path(), "correct horse battery staple");
+        let dirs: Vec<_> = (0..n).map(|_| tempdir()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut m = Mesh {
+            dirs,
+            ports,
+            nodes: Vec::new(),
+            secret,
+            _secret_dir: secret_dir,
+        };
+        for i in 0..n {
+            let node = m.spawn(i).await;
+            m.nodes.push(Some(node));
+        }
+        m.wait_linked().await;
+        m
+    }
+
+    pub async fn spawn(&self, i: usize) -> NodeProc {
+        let mut args = vec![
+            "--mesh-secret-file".to_owned(),
+            self.secret.display().to_string(),
+        ];
+        for j in 0..i {
+            args.push("--peer".into());
+            args.push(format!("ws://127.0.0.1:{}", self.ports[j]));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        NodeProc::start_named(
+            self.dirs[i].path(),
+            self.ports[i],
+            &format!("n{}", i + 1),
+            &args,
+        )
+        .await
+    }
+
+    pub fn node(&self, i: usize) -> &NodeProc {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    /// Waits until every running node has a live link to every other running node.
+    pub async fn wait_linked(&self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect();
+        for &i in &running {
+            let want = running.len() - 1;
+            let port = self.ports[i];
+            eventually(
+                20,
+                &format!("n{} linked to {want} peers", i + 1),
+                || async move {
+                    let h = health(port).await;
+                    let up: HashSet<String> = h["peers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|p| p["state"] == "up")
+                        .filter_map(|p| p["node"].as_str().map(str::to_owned))
+                        .collect();
+                    up.len() >= want
+                },
+            )
+            .await;
+        }
+    }
+
+    /// A client of node i, with node i's local secret.
+    pub async fn client(&self, i: usize, agent: &str) -> Client {
+        self.node(i).client(agent).await
+    }
+}
+
+async fn online_at(c: &Client, agent: &str) -> Option<String> {
+    let p = c.presence(Some(agent.into())).await.ok()?.agents.pop()?;
+    p.online.then_some(p.node)
+}
+
+fn unread(limit: u32) -> InboxRequest {
+    InboxRequest {
+        req: 0,
+        unread_only: true,
+        limit,
+        from: None,
+        topic: None,
+        mark_read: false,
+    }
+}
+
+fn msg(to: &str, body: &str) -> SendRequest {
+    SendRequest {
+        to: to.into(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_presence_and_deliver_across_nodes() {
+    let mesh = Mesh::start(3).await;
+    let bob = mesh.client(2, "bob").await;
+    let mut pushes = bob.pushes();
+    let alice = mesh.client(0, "alice").await;
+    // Presence converges: n1 sees bob online at n3, n2 sees alice online at n1.
+    eventually(5, "bob online at n3, seen from n1", || async {
+        online_at(&alice, "bob").await.as_deref() == Some("n3")
+    })
+    .await;
+    let watcher = mesh.client(1, "watcher").await;
+    eventually(5, "alice online at n1, seen from n2", || async {
+        online_at(&watcher, "alice").await.as_deref() == Some("n1")
+    })
+    .await;
+    // A message from n1 reaches bob on n3, and the status is true.
+    let r = alice.send(msg("bob", "across the mesh")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    let m = pushes.recv().await.unwrap();
+    assert_eq!(m.id, r.id);
+    assert_eq!(m.from, "alice");
+    // Topics reach subscribers on every node, once each.
+    bob.subscribe("ops".into(), true).await.unwrap();
+    watcher.subscribe("ops".into(), true).await.unwrap();
+    eventually(5, "subscriptions replicated to n1", || async {
+        alice
+            .send(msg("#ops", "deploy done"))
+            .await
+            .map(|r| r.recipients == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    eventually(5, "the topic message at n2", || async {
+        watcher
+            .inbox(unread(50))
+            .await
+            .unwrap()
+            .messages
+            .iter()
+            .any(|m| m.body == "deploy done")
+    })
+    .await;
+    // bob leaves: n1 shows him offline within a second or so (link presence).
+    drop(pushes);
+    drop(bob);
+    eventually(5, "bob offline, seen from n1", || async {
+        online_at(&alice, "bob").await.is_none()
+    })
+    .await;
+    let h = health(mesh.ports[0]).await;
+    assert_eq!(
+        h["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "up")
+            .count(),
+        2,
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mail_and_read_state_follow_the_agent_across_nodes() {
+    let mesh = Mesh::start(3).await;
+    drop(mesh.client(1, "bob").await);
+    let alice = mesh.client(0, "alice").await;
+    eventually(5, "bob known at n1", || async {
+        alice.presence(Some("bob".into())).await.is_ok()
+    })
+    .await;
+    let r = alice.send(msg("bob", "waiting for you")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Queued);
+    // bob shows up at n3 instead of n2: his mail is there.
+    let bob3 = mesh.client(2, "bob").await;
+    eventually(5, "the message at n3", || async {
+        bob3.inbox(unread(10))
+            .await
+            .unwrap()
+            .messages
+            .iter()
+            .any(|m| m.id == r.id)
+    })
+    .await;
+    assert_eq!(
+        bob3.mark_read(vec![r.id.clone()], false)
+            .await
+            .unwrap()
+            .marked,
+        1
+    );
+    drop(bob3);
+    // ... and reading it there is remembered on n2.
+    let bob2 = mesh.client(1, "bob").await;
+    eventually(5, "the read mark at n2", || async {
+        bob2.inbox(unread(10)).await.unwrap().messages.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_mesh_secret_is_refused() {
+    let mesh = Mesh::start(1).await;
+    let dir = tempdir();
+    let bad = secret_file(dir.path(), "not the right secret at all");
+    let port = free_port();
+    let intruder = NodeProc::start_named(
+        dir.path(),
+        port,
+        "intruder",
+        &[
+            "--mesh-secret-file",
+            bad.to_str().unwrap(),
+            "--peer",
+            &mesh.node(0).url(),
+        ],
+    )
+    .await;
+    eventually(10, "the intruder's link reported down", || async {
+        let h = health(port).await;
+        h["peers"][0]["state"] == "down"
+            && h["peers"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("authentication"))
+    })
+    .await;
+    let h = health(mesh.ports[0]).await;
+    assert!(h["peers"].as_array().unwrap().is_empty(), "{h}");
+    drop(intruder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_sigstop_lose_nothing_and_duplicate_nothing() {
+    let mut mesh = Mesh::start(3).await;
+    drop(mesh.client(1, "bob").await);
+    let alice = std::sync::Arc::new(mesh.client(0, "alice").await);
+    eventually(5, "bob known at n1", || async {
+        alice.presence(Some("bob".into())).await.is_ok()
+    })
+    .await;
+    let mut acked = Vec::new();
+    for i in 0..150 {
+        if i == 50 {
+            // kill -9 the node bob belongs to, mid-stream.
+            mesh.nodes[1].take().unwrap().kill9().await;
+        }
+        if i == 100 {
+            mesh.nodes[1] = Some(mesh.spawn(1).await);
+            // Pause n3 for a while: its link goes quiet, then resumes.
+            let pid = mesh.node(2).child.id().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap();
+            let r = alice.send(msg("bob", &format!("{i}"))).await.unwrap();
+            acked.push(r.id);
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap();
+            continue;
+        }
+        let r = alice.send(msg("bob", &format!("{i}"))).await.unwrap();
+        acked.push(r.id);
+    }
+    mesh.wait_linked().await;
+    for node in [1, 2] {
+        let bob = mesh.client(node, "bob").await;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let got = bob.inbox(unread(200)).await.unwrap().messages;
+                if got.len() >= acked.len() {
+                    return got;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not all 150 messages reached n{}", node + 1));
+        let ids: Vec<&str> = got.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            acked.len(),
+            "a message twice or missing at n{}",
+            node + 1
+        );
+        assert_eq!(
+            ids,
+            acked.iter().map(String::as_str).collect::<Vec<_>>(),
+            "order per sender at n{}",
+            node + 1
+        );
+    }
+}
