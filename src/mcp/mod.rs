@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    CallToolResult, ContentBlock, Implementation, ListResourcesResult,
     PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam,
+    Resource, ResourceContents, ResourceUpdatedNotificationParam,
     ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
     UnsubscribeRequestParams,
 };
@@ -481,16 +481,6 @@ impl ServerHandler for McpServer {
                 format!("inbox of {}", self.inner.agent),
             )
             .with_mime_type("text/plain"),
-        ]))
-    }
-
-    async fn list_resource_templates(
-        &self,
-        _r: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(ListResourceTemplatesResult::with_all_items(vec![
-            ResourceTemplate::new("inbox://{name}", "inbox").with_mime_type("text/plain"),
         ]))
     }
 

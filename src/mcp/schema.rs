@@ -98,7 +98,33 @@ fn inline(v: &mut Value, defs: &Map<String, Value>, output: bool) {
     }
 }
 
+/// `Option<T>` arguments come out as `"type": [T, "null"]` or `anyOf: [T, null]`; many clients
+/// (and models) handle only a single type, and leaving an argument out already means "none".
+fn not_null(o: &mut Map<String, Value>) {
+    if let Some(Value::Array(types)) = o.get("type") {
+        let rest: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+        if rest.len() == 1 {
+            o.insert("type".into(), rest[0].clone());
+        }
+    }
+    if let Some(Value::Array(any)) = o.get("anyOf") {
+        let rest: Vec<Value> = any
+            .iter()
+            .filter(|v| v.get("type") != Some(&Value::from("null")))
+            .cloned()
+            .collect();
+        if let [Value::Object(only)] = &rest[..] {
+            let only = only.clone();
+            o.remove("anyOf");
+            for (k, v) in only {
+                o.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
 fn strip(o: &mut Map<String, Value>) {
+    not_null(o);
     o.remove("description");
     o.remove("format");
     o.remove("title");

@@ -967,19 +967,16 @@ fn unknown<'a>(
         .map(|(_, k)| format!("'{prefix}{k}'"))
         .collect();
     let hint = match names.len() {
-        0 => match what {
-            "topic" => " (no topic has subscribers yet; nothing was sent)".to_owned(),
-            _ => " (no such agent has ever connected; nothing was sent)".to_owned(),
-        },
+        0 => " Nothing was sent.".to_owned(),
         _ => format!(" — did you mean {}? Nothing was sent.", names.join(" or ")),
     };
     let shown: String = name.chars().take(MAX_NAME_LEN).collect();
-    let what = if what == "topic" {
-        "topic (no subscribers)"
+    let why = if what == "topic" {
+        ": nobody subscribes to it"
     } else {
-        what
+        ""
     };
-    Error::refused(code, format!("unknown {what} '{prefix}{shown}'{hint}"))
+    Error::refused(code, format!("unknown {what} '{prefix}{shown}'{why}{hint}"))
 }
 
 #[cfg(test)]
