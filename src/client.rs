@@ -65,7 +65,7 @@ impl ClientOptions {
             role: Role::Agent,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_millis(500),
             reconnect: true,
             on_unreachable: None,
         }

@@ -34,8 +34,11 @@ use crate::store::replication::{self, Event};
 
 /// Events per `events` frame.
 const BATCH: u32 = 512;
-/// Presence heartbeat.
+/// Liveness heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Presence changes within this window go out as one snapshot (a restarted node's agents
+/// reconnect by the thousand).
+const PRESENCE_COALESCE: Duration = Duration::from_millis(20);
 /// A link silent this long is dead.
 const SILENCE: Duration = Duration::from_secs(10);
 /// Time for the whole handshake.
@@ -95,6 +98,8 @@ pub enum PeerFrame {
         /// Agents online there.
         agents: Vec<RemoteAgent>,
     },
+    /// Liveness, every second; presence itself travels only when it changes.
+    Heartbeat,
     /// A session of a recipient on the sender's node holds these messages.
     Delivered {
         /// Message ids.
@@ -363,7 +368,11 @@ impl Mesh {
                 return;
             }
         };
-        let key = format!("accepted {peer}");
+        // One entry per accepted link: a restarted peer's new link must not share the old one's.
+        let key = format!(
+            "accepted {peer} {}",
+            auth::random_hex().get(..8).unwrap_or_default()
+        );
         set_status(&self, &key, |s| {
             s.node = Some(peer.clone());
             s.state = "up";
@@ -372,10 +381,11 @@ impl Mesh {
         });
         tracing::info!(%peer, %remote, "mesh link up (accepted)");
         self.clone().link(peer, key.clone(), sink, stream).await;
-        set_status(&self, &key, |s| {
-            s.state = "down";
-            s.since = crate::message::rfc3339(now_ms());
-        });
+        // An accepted link that ends is gone for good (the peer dials again): forget it.
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 
     /// Runs an authenticated link until it fails.
@@ -396,6 +406,8 @@ impl Mesh {
         let mut silence = Box::pin(tokio::time::sleep(SILENCE));
         let mut sent_upto: Option<u64> = None;
         let mut version = 0u64;
+        // Send a first snapshot right away; later ones when presence changes.
+        let mut presence_due = Some(tokio::time::Instant::now());
         let p = peer.clone();
         let cursor = store
             .read(move |c| replication::cursor(c, &p))
@@ -440,14 +452,16 @@ impl Mesh {
                     }
                     r = presence.changed() => {
                         if r.is_err() { break 'link "router closed".into(); }
+                        presence_due.get_or_insert(tokio::time::Instant::now() + PRESENCE_COALESCE);
+                    }
+                    _ = tokio::time::sleep_until(presence_due.unwrap_or_else(far_future)), if presence_due.is_some() => {
+                        presence_due = None;
                         version += 1;
                         let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
                         if let Err(e) = sink.send(f.text()).await { break 'link e.to_string(); }
                     }
                     _ = heartbeat.tick() => {
-                        version += 1;
-                        let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
-                        if let Err(e) = sink.send(f.text()).await { break 'link e.to_string(); }
+                        if let Err(e) = sink.send(PeerFrame::Heartbeat.text()).await { break 'link e.to_string(); }
                     }
                     out = out_rx.recv() => {
                         let Some(text) = out else { break 'link "closed".into() };
@@ -503,6 +517,10 @@ impl Mesh {
         router.peer_down(&peer, &out_tx);
         tracing::info!(%peer, reason = %ended, "mesh link down");
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
 async fn send<S: Sink<String> + Unpin>(sink: &mut S, f: PeerFrame) -> Result<()>

@@ -345,6 +345,7 @@ impl Router {
             }
         };
         if let Some(row) = persist {
+            self.presence_changed();
             let origin = self.node_id.clone();
             let store = self.store.clone();
             tokio::spawn(async move {

@@ -23,6 +23,8 @@ use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
 use crate::protocol::SendRequest;
 
+mod mesh;
+
 /// `switchboard bench` flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -47,9 +49,13 @@ pub struct BenchArgs {
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
+    /// Mesh mode: start this many nodes in a full mesh and measure cross-node delivery,
+    /// presence convergence and reconnection after a node restart (`--agents` per node).
+    #[arg(long, default_value_t = 0, value_name = "NODES")]
+    pub mesh: usize,
 }
 
-struct Stats(Vec<f64>);
+pub(super) struct Stats(pub(super) Vec<f64>);
 
 impl Stats {
     fn pct(&self, p: f64) -> f64 {
@@ -74,27 +80,33 @@ struct OwnNode {
     _dir: tempfile::TempDir,
 }
 
-async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
-    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::io("finding a free port", e))?
-        .port();
+/// Starts `switchboard node` on `dir` and waits until it listens.
+async fn spawn_node(
+    dir: &std::path::Path,
+    port: u16,
+    id: &str,
+    extra: &[String],
+) -> Result<tokio::process::Child> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the switchboard binary", e))?;
     let mut child = tokio::process::Command::new(exe)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .args([
             "node",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--node-id",
-            "bench",
+            id,
             "--send-rate",
             "0",
         ])
-        .env("SWITCHBOARD_LOG", "warn,switchboard::node=info")
+        .args(extra)
+        .env(
+            "SWITCHBOARD_LOG",
+            std::env::var("SWITCHBOARD_BENCH_NODE_LOG")
+                .unwrap_or_else(|_| "warn,switchboard::node=info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -110,10 +122,33 @@ async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
         match lines.next_line().await {
             Ok(Some(l)) if l.contains("node listening") => break,
             Ok(Some(_)) => {}
-            _ => return Err(Error::Connection("the bench node did not start".into())),
+            _ => return Err(Error::Connection("a bench node did not start".into())),
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // With SWITCHBOARD_BENCH_NODE_LOG set, the nodes' logs are shown (prefixed) for diagnosis.
+    let show = std::env::var_os("SWITCHBOARD_BENCH_NODE_LOG").is_some();
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if show {
+                eprintln!("[{id}] {l}");
+            }
+        }
+    });
+    Ok(child)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::io("finding a free port", e))?
+        .port())
+}
+
+async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
+    let port = free_port()?;
+    let child = spawn_node(dir.path(), port, "bench", &[]).await?;
     let secret =
         auth::read_secret(dir.path())?.ok_or_else(|| Error::Connection("no secret".into()))?;
     Ok((
@@ -151,6 +186,9 @@ fn opts(url: &str, agent: &str, token: &str) -> ClientOptions {
 pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     if a.agents < 2 {
         return Err(Error::Config("--agents: at least 2".into()));
+    }
+    if a.mesh > 0 {
+        return mesh::run(a).await;
     }
     let (url, token, own) = match &g.node {
         Some(u) => {

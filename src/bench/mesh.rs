@@ -1,0 +1,319 @@
+//! `switchboard bench --mesh N`: N node processes in a full mesh on loopback.
+//!
+//! Measures cross-node one-way delivery at a paced rate, how fast presence converges (an agent
+//! joins at the first node; how long until the last node shows it online, and offline after
+//! it leaves), and how fast every agent of a node is back after that node is killed and
+//! restarted.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{BenchArgs, Stats, free_port, health, opts, progress, spawn_node};
+use crate::auth;
+use crate::client::{Client, ConnState};
+use crate::error::{Error, Result};
+use crate::protocol::SendRequest;
+
+struct Node {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<tokio::process::Child>,
+    secret: String,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+fn peer_args(secret_file: &std::path::Path, earlier: &[u16]) -> Vec<String> {
+    let mut v = vec![
+        "--mesh-secret-file".to_owned(),
+        secret_file.display().to_string(),
+    ];
+    for p in earlier {
+        v.push("--peer".into());
+        v.push(format!("ws://127.0.0.1:{p}"));
+    }
+    v
+}
+
+async fn linked(port: u16, want: usize) -> bool {
+    let url = format!("ws://127.0.0.1:{port}");
+    health(&url).await.is_some_and(|h| {
+        h["peers"]
+            .as_array()
+            .map(|p| p.iter().filter(|p| p["state"] == "up").count() >= want)
+            .unwrap_or(false)
+    })
+}
+
+async fn wait_linked(nodes: &[Node]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in nodes {
+        while !linked(n.port, nodes.len() - 1).await {
+            if Instant::now() > deadline {
+                return Err(Error::Connection("the mesh did not link up".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the mesh benchmark.
+pub async fn run(a: BenchArgs) -> Result<ExitCode> {
+    let n = a.mesh;
+    if n < 2 {
+        return Err(Error::Config("--mesh: at least 2 nodes".into()));
+    }
+    let secret_dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
+    let secret_file = secret_dir.path().join("mesh.secret");
+    std::fs::write(&secret_file, auth::random_hex())
+        .map_err(|e| Error::io("writing the mesh secret", e))?;
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
+        let port = free_port()?;
+        let earlier: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let child = spawn_node(
+            dir.path(),
+            port,
+            &format!("n{}", i + 1),
+            &peer_args(&secret_file, &earlier),
+        )
+        .await?;
+        let secret =
+            auth::read_secret(dir.path())?.ok_or_else(|| Error::Connection("no secret".into()))?;
+        nodes.push(Node {
+            dir,
+            port,
+            child: Some(child),
+            secret,
+        });
+    }
+    wait_linked(&nodes).await?;
+    progress(&format!(
+        "{n} nodes linked; connecting {} agents per node",
+        a.agents
+    ));
+    let mut table = Vec::new();
+    let mut report = serde_json::Map::new();
+
+    // Agents on every node.
+    let mut clients: Vec<Vec<Arc<Client>>> = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let mut v = Vec::new();
+        for i in 0..a.agents {
+            let mut o = opts(&node.url(), &format!("m{}-{i}", k + 1), &node.secret);
+            o.reconnect = true;
+            v.push(Arc::new(Client::connect(o).await?));
+        }
+        clients.push(v);
+    }
+
+    // Presence convergence: join at n1, seen at nN; leave, seen offline at nN.
+    let observer = clients[n - 1][0].clone();
+    let mut joins = Vec::new();
+    let mut leaves = Vec::new();
+    for r in 0..20 {
+        let name = format!("probe-{r}");
+        let t = Instant::now();
+        let probe = Client::connect(opts(&nodes[0].url(), &name, &nodes[0].secret)).await?;
+        loop {
+            let online = observer
+                .presence(Some(name.clone()))
+                .await
+                .ok()
+                .and_then(|p| p.agents.first().map(|e| e.online))
+                .unwrap_or(false);
+            if online {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(Error::Connection(
+                    "presence did not converge in 10 s".into(),
+                ));
+            }
+        }
+        joins.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        drop(probe);
+        loop {
+            let online = observer
+                .presence(Some(name.clone()))
+                .await
+                .ok()
+                .and_then(|p| p.agents.first().map(|e| e.online))
+                .unwrap_or(true);
+            if !online {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(40) {
+                return Err(Error::Connection(
+                    "offline presence did not converge".into(),
+                ));
+            }
+        }
+        leaves.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (j, l) = (Stats(joins), Stats(leaves));
+    table.push(format!(
+        "presence join n1→n{n}       p50 {:>7.3} ms  max {:>7.3} ms;  leave p50 {:>7.3} ms  max {:>7.3} ms",
+        j.pct(50.0),
+        j.pct(100.0),
+        l.pct(50.0),
+        l.pct(100.0)
+    ));
+    report.insert(
+        "presence_ms".into(),
+        serde_json::json!({"join_p50": j.pct(50.0), "join_max": j.pct(100.0), "leave_p50": l.pct(50.0), "leave_max": l.pct(100.0)}),
+    );
+
+    // Cross-node one-way delivery at a paced rate: node k → node k+1.
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    for c in clients.iter().flatten() {
+        let mut pushes = c.pushes();
+        let (sent_at, lat) = (sent_at.clone(), lat.clone());
+        tokio::spawn(async move {
+            while let Ok(m) = pushes.recv().await {
+                let now = Instant::now();
+                if let Some(t) = sent_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&m.body)
+                {
+                    lat.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((now - t).as_secs_f64() * 1e3);
+                }
+            }
+        });
+    }
+    let total = u64::from(a.rate) * a.seconds;
+    progress(&format!(
+        "cross-node latency: {total} messages at {} msg/s",
+        a.rate
+    ));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for m in 0..total {
+        let due = start + Duration::from_secs_f64(m as f64 / f64::from(a.rate));
+        tokio::time::sleep_until(due.into()).await;
+        let k = (m as usize) % n;
+        let i = (m as usize / n) % a.agents;
+        let to = format!("m{}-{i}", (k + 1) % n + 1);
+        let body = format!("x-{m}");
+        sent_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(body.clone(), Instant::now());
+        let c = clients[k][i].clone();
+        handles.push(tokio::spawn(async move {
+            c.send(SendRequest {
+                to,
+                body,
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let drain = Instant::now();
+    while lat.lock().unwrap_or_else(|e| e.into_inner()).len() < total as usize
+        && drain.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let d = Stats(std::mem::take(
+        &mut *lat.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
+    table.push(format!(
+        "cross-node delivery @{} msg/s p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} msgs, {} not received)",
+        a.rate,
+        d.pct(50.0),
+        d.pct(99.0),
+        d.pct(99.9),
+        total,
+        total as usize - d.0.len()
+    ));
+    report.insert(
+        "cross_node_ms".into(),
+        serde_json::json!({"p50": d.pct(50.0), "p99": d.pct(99.0), "p999": d.pct(99.9), "messages": total, "received": d.0.len()}),
+    );
+
+    // Restart: kill -9 node 2, start it again, time until every one of its agents is back.
+    progress("killing n2 and restarting it");
+    let victim = 1;
+    if let Some(mut c) = nodes[victim].child.take() {
+        let _ = c.kill().await;
+    }
+    let mut watches: Vec<_> = clients[victim].iter().map(|c| c.state()).collect();
+    for w in &mut watches {
+        while matches!(*w.borrow_and_update(), ConnState::Connected(_)) {
+            if w.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    let earlier: Vec<u16> = nodes[..victim].iter().map(|n| n.port).collect();
+    let child = spawn_node(
+        nodes[victim].dir.path(),
+        nodes[victim].port,
+        &format!("n{}", victim + 1),
+        &peer_args(&secret_file, &earlier),
+    )
+    .await?;
+    let restarted = Instant::now();
+    nodes[victim].child = Some(child);
+    let mut back = Vec::new();
+    for mut w in watches {
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while !matches!(*w.borrow_and_update(), ConnState::Connected(_)) {
+                if w.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        back.push(restarted.elapsed().as_secs_f64() * 1e3);
+    }
+    let b = Stats(back);
+    table.push(format!(
+        "reconnect after restart     p50 {:>7.3} ms  p99 {:>7.3} ms  ({} agents of n2)",
+        b.pct(50.0),
+        b.pct(99.0),
+        b.0.len()
+    ));
+    report.insert(
+        "reconnect_ms".into(),
+        serde_json::json!({"p50": b.pct(50.0), "p99": b.pct(99.0), "agents": b.0.len()}),
+    );
+
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "switchboard bench --mesh {n} — {} agents per node",
+        a.agents
+    );
+    for line in &table {
+        let _ = writeln!(out, "{line}");
+    }
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::Value::Object(report));
+    }
+    drop(clients);
+    for node in &mut nodes {
+        if let Some(c) = node.child.as_mut() {
+            let _ = c.kill().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
