@@ -273,17 +273,28 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
     .await?;
     let restarted = Instant::now();
     nodes[victim].child = Some(child);
-    let mut back = Vec::new();
-    for mut w in watches {
-        let _ = tokio::time::timeout(Duration::from_secs(30), async {
-            while !matches!(*w.borrow_and_update(), ConnState::Connected(_)) {
-                if w.changed().await.is_err() {
-                    break;
-                }
-            }
+    // One waiter per agent, so each reconnection is timed when it happens.
+    let waiters: Vec<_> = watches
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    while !matches!(*w.borrow_and_update(), ConnState::Connected(_)) {
+                        if w.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                restarted.elapsed().as_secs_f64() * 1e3
+            })
         })
-        .await;
-        back.push(restarted.elapsed().as_secs_f64() * 1e3);
+        .collect();
+    let mut back = Vec::new();
+    for w in waiters {
+        if let Ok(ms) = w.await {
+            back.push(ms);
+        }
     }
     let b = Stats(back);
     table.push(format!(

@@ -28,6 +28,29 @@ use router::Router;
 /// How long shutdown waits for sessions to finish before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pending connections the kernel may queue. A restarted node is hit by all its agents at
+/// once; with tokio's default of 1024 the overflow waits for a SYN retransmit (1 s).
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the address resolves to nothing")
+    }))
+}
+
 /// A running node.
 pub struct Node {
     addr: SocketAddr,
@@ -45,7 +68,7 @@ impl Node {
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let secret = auth::load_or_create_secret(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join(DB_FILE), config.sync)?;
-        let listener = TcpListener::bind(&config.listen)
+        let listener = listen(&config.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
         let addr = listener
