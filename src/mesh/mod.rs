@@ -420,21 +420,33 @@ impl Mesh {
             let mut pump = false;
             loop {
                 if pump && let Some(after) = sent_upto {
-                    let me2 = me.clone();
-                    let events = match store
-                        .read(move |c| replication::events_after(c, &me2, after, BATCH))
-                        .await
-                    {
-                        Ok(e) => e,
-                        Err(e) => break 'link e.to_string(),
+                    // Recent entries come from the in-memory tail; older ones (a peer catching
+                    // up after a long absence) from the store.
+                    let (frame, n, last) = match store.tail_after(after, BATCH as usize) {
+                        Some(entries) => {
+                            let last = entries.last().map(|e| e.0);
+                            (events_frame(&entries), entries.len(), last)
+                        }
+                        None => {
+                            let me2 = me.clone();
+                            let events = match store
+                                .read(move |c| replication::events_after(c, &me2, after, BATCH))
+                                .await
+                            {
+                                Ok(e) => e,
+                                Err(e) => break 'link e.to_string(),
+                            };
+                            let (n, last) = (events.len(), events.last().map(|e| e.seq));
+                            (PeerFrame::Events { events }.text(), n, last)
+                        }
                     };
-                    pump = events.len() as u32 == BATCH;
-                    if let Some(last) = events.last().map(|e| e.seq) {
+                    pump = n as u32 == BATCH;
+                    if let Some(last) = last {
                         router
                             .metrics
                             .forwarded_total
-                            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        if let Err(e) = sink.send(PeerFrame::Events { events }.text()).await {
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        if let Err(e) = sink.send(frame).await {
                             break 'link e.to_string();
                         }
                         sent_upto = Some(last);
@@ -517,6 +529,19 @@ impl Mesh {
         router.peer_down(&peer, &out_tx);
         tracing::info!(%peer, reason = %ended, "mesh link down");
     }
+}
+
+/// An `events` frame from raw log payloads, without parsing them again.
+fn events_frame(entries: &[(u64, Arc<str>)]) -> String {
+    let mut s = String::from("{\"op\":\"events\",\"events\":[");
+    for (i, (seq, body)) in entries.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{{\"seq\":{seq},\"body\":{body}}}"));
+    }
+    s.push_str("]}");
+    s
 }
 
 fn far_future() -> tokio::time::Instant {

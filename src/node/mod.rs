@@ -47,7 +47,10 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the address resolves to nothing")
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the address resolves to nothing",
+        )
     }))
 }
 

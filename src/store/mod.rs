@@ -37,6 +37,12 @@ pub enum SyncMode {
 /// Most jobs run in one transaction; bounds the time a commit holds the answers back.
 const MAX_BATCH: usize = 2048;
 
+/// The newest committed entries of this node's log: (seq, JSON payload).
+type Tail = std::sync::Mutex<std::collections::VecDeque<(u64, Arc<str>)>>;
+
+/// Log entries kept in memory for peer links.
+const TAIL_LEN: usize = 16_384;
+
 /// Jobs waiting for the writer; full means the disk is the bottleneck and senders wait.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -85,6 +91,9 @@ pub struct StoreStats {
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: mpsc::Sender<JobBox>,
+    /// The newest entries of this node's replication log, committed, for peer links to ship
+    /// without a store round trip.
+    tail: Arc<Tail>,
     stats: Arc<StoreStats>,
     /// Bumped after every commit: peer links wake on it to ship new log entries.
     commits: tokio::sync::watch::Receiver<u64>,
@@ -119,13 +128,15 @@ impl Store {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(StoreStats::default());
         let (commit_tx, commits) = tokio::sync::watch::channel(0u64);
+        let tail: Arc<Tail> = Arc::default();
+        let writer_tail = tail.clone();
         let thread_stats = stats.clone();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let still_running = running.clone();
         std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || {
-                writer(conn, rx, &thread_stats, &commit_tx);
+                writer(conn, rx, &thread_stats, &commit_tx, &writer_tail);
                 still_running.store(false, Ordering::Relaxed);
             })
             .map_err(|e| Error::io("starting the store thread", e))?;
@@ -133,7 +144,24 @@ impl Store {
             .name("switchboard-checkpoint".into())
             .spawn(move || checkpoints(checkpointer, &running))
             .map_err(|e| Error::io("starting the checkpoint thread", e))?;
-        Ok(Store { tx, stats, commits })
+        Ok(Store {
+            tx,
+            tail,
+            stats,
+            commits,
+        })
+    }
+
+    /// Committed log entries after `after`, oldest first, if the in-memory tail still holds the
+    /// next one; `None` means "read them from the store".
+    pub fn tail_after(&self, after: u64, max: usize) -> Option<Vec<(u64, Arc<str>)>> {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let first = tail.front()?.0;
+        if first > after + 1 {
+            return None;
+        }
+        let skip = (after + 1).saturating_sub(first) as usize;
+        Some(tail.iter().skip(skip).take(max).cloned().collect())
     }
 
     /// A receiver that changes after every commit.
@@ -228,6 +256,7 @@ impl Store {
 }
 
 fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    let logged = replication::pending_len();
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(conn) {
         Ok(r) => {
@@ -235,6 +264,7 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
             Ok(r)
         }
         Err(e) => {
+            replication::truncate_pending(logged);
             conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
             conn.prepare_cached("RELEASE job")?.execute([])?;
             Err(e)
@@ -268,6 +298,7 @@ fn writer(
     mut rx: mpsc::Receiver<JobBox>,
     stats: &StoreStats,
     commits: &tokio::sync::watch::Sender<u64>,
+    tail: &Tail,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut finishes: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
@@ -296,6 +327,16 @@ fn writer(
             tracing::error!(error = %e, "store commit failed; the batch was rolled back");
             let _ = conn.execute_batch("ROLLBACK");
         });
+        let logged = replication::take_pending();
+        if error.is_none() && !logged.is_empty() {
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            for (seq, payload) in logged {
+                t.push_back((seq, Arc::from(payload)));
+            }
+            while t.len() > TAIL_LEN {
+                t.pop_front();
+            }
+        }
         let n = stats.commits.fetch_add(1, Ordering::Relaxed);
         if state.wrote && error.is_none() {
             commits.send_replace(n + 1);

@@ -103,14 +103,37 @@ pub struct Event {
     pub body: EventBody,
 }
 
+thread_local! {
+    /// Entries appended by the writer thread's current transaction, published to the in-memory
+    /// tail only once it commits (see `store::Store::tail_after`).
+    static PENDING: std::cell::RefCell<Vec<(u64, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many entries the current transaction has appended so far.
+pub(crate) fn pending_len() -> usize {
+    PENDING.with(|p| p.borrow().len())
+}
+
+/// Forgets entries appended after `len` (their savepoint was rolled back).
+pub(crate) fn truncate_pending(len: usize) {
+    PENDING.with(|p| p.borrow_mut().truncate(len));
+}
+
+/// Takes the entries of the transaction that just ended.
+pub(crate) fn take_pending() -> Vec<(u64, String)> {
+    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
 /// Appends a change to this node's log (inside the caller's transaction).
 pub fn append(conn: &Connection, origin: &str, body: &EventBody) -> Result<()> {
     let payload = serde_json::to_string(body).unwrap_or_default();
-    conn.prepare_cached(
-        "INSERT INTO events (origin, seq, payload) VALUES \
-         (?1, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE origin = ?1), ?2)",
-    )?
-    .execute(params![origin, payload])?;
+    let seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO events (origin, seq, payload) VALUES \
+             (?1, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE origin = ?1), ?2) RETURNING seq",
+        )?
+        .query_row(params![origin, payload], |r| r.get(0))?;
+    PENDING.with(|p| p.borrow_mut().push((seq as u64, payload)));
     Ok(())
 }
 
