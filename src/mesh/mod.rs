@@ -532,13 +532,13 @@ impl Mesh {
 }
 
 /// An `events` frame from raw log payloads, without parsing them again.
-fn events_frame(entries: &[(u64, Arc<str>)]) -> String {
+fn events_frame(entries: &[(u64, replication::TailBody)]) -> String {
     let mut s = String::from("{\"op\":\"events\",\"events\":[");
     for (i, (seq, body)) in entries.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{{\"seq\":{seq},\"body\":{body}}}"));
+        s.push_str(&format!("{{\"seq\":{seq},\"body\":{}}}", body.to_json()));
     }
     s.push_str("]}");
     s

@@ -77,6 +77,10 @@ impl Node {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
+        let (origin, meshed) = (config.node_id.clone(), config.mesh_secret_file.is_some());
+        store
+            .write(move |c| crate::store::replication::configure(c, &origin, meshed))
+            .await?;
         let router = Arc::new(
             Router::load(config.node_id.clone(), store, config.limits.clone(), secret).await?,
         );

@@ -38,7 +38,7 @@ pub enum SyncMode {
 const MAX_BATCH: usize = 2048;
 
 /// The newest committed entries of this node's log: (seq, JSON payload).
-type Tail = std::sync::Mutex<std::collections::VecDeque<(u64, Arc<str>)>>;
+type Tail = std::sync::Mutex<std::collections::VecDeque<(u64, replication::TailBody)>>;
 
 /// Log entries kept in memory for peer links.
 const TAIL_LEN: usize = 16_384;
@@ -154,7 +154,7 @@ impl Store {
 
     /// Committed log entries after `after`, oldest first, if the in-memory tail still holds the
     /// next one; `None` means "read them from the store".
-    pub fn tail_after(&self, after: u64, max: usize) -> Option<Vec<(u64, Arc<str>)>> {
+    pub fn tail_after(&self, after: u64, max: usize) -> Option<Vec<(u64, replication::TailBody)>> {
         let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let first = tail.front()?.0;
         if first > after + 1 {
@@ -327,12 +327,10 @@ fn writer(
             tracing::error!(error = %e, "store commit failed; the batch was rolled back");
             let _ = conn.execute_batch("ROLLBACK");
         });
-        let logged = replication::take_pending();
-        if error.is_none() && !logged.is_empty() {
+        let logged = replication::take_pending(error.is_none());
+        if !logged.is_empty() {
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            for (seq, payload) in logged {
-                t.push_back((seq, Arc::from(payload)));
-            }
+            t.extend(logged);
             while t.len() > TAIL_LEN {
                 t.pop_front();
             }

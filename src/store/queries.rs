@@ -163,10 +163,10 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
         }
     }
     if let Some(origin) = log_as {
-        replication::append(
+        replication::append_message(
             conn,
             origin,
-            &EventBody::Message(ReplicatedMessage {
+            || ReplicatedMessage {
                 id: m.id.clone(),
                 origin: m.origin.clone(),
                 sender: m.sender.clone(),
@@ -181,7 +181,8 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
                 thread_id: thread_id.clone(),
                 created_at: m.created_at,
                 recipients: m.recipients.clone(),
-            }),
+            },
+            &m.id,
         )?;
     }
     Ok(Stored {

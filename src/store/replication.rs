@@ -7,6 +7,8 @@
 //! from each origin in the same transaction as the apply. So a crash anywhere neither loses nor
 //! repeats an effect, and a link that comes back resumes where it stopped.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -103,10 +105,136 @@ pub struct Event {
     pub body: EventBody,
 }
 
+/// A committed log entry as the in-memory tail keeps it: messages stay typed (serialized only
+/// when a link ships them, off the writer thread), everything else is its JSON.
+#[derive(Debug, Clone)]
+pub enum TailBody {
+    /// An event's JSON.
+    Json(Arc<str>),
+    /// A message entry.
+    Message(Arc<ReplicatedMessage>),
+}
+
+impl TailBody {
+    /// The entry's `body` JSON, as peers receive it.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(tag = "event", rename_all = "snake_case")]
+        enum Shape<'a> {
+            Message(&'a ReplicatedMessage),
+        }
+        match self {
+            TailBody::Json(j) => j.to_string(),
+            TailBody::Message(m) => serde_json::to_string(&Shape::Message(m)).unwrap_or_default(),
+        }
+    }
+}
+
 thread_local! {
     /// Entries appended by the writer thread's current transaction, published to the in-memory
     /// tail only once it commits (see `store::Store::tail_after`).
-    static PENDING: std::cell::RefCell<Vec<(u64, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PENDING: std::cell::RefCell<Vec<(u64, TailBody)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The last seq of this node's log that is committed (None until first read from disk).
+    static COMMITTED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
+    /// Whether this writer thread's store logs changes: only a node in a mesh has anyone to
+    /// ship them to, and logging costs a tenth of a single node's throughput. Per writer
+    /// thread, so two stores in one process never share it.
+    static LOGGING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn tail_enabled() -> bool {
+    LOGGING.with(|l| l.get())
+}
+
+/// Switches logging on (a node with a mesh) or off. Run as a store job, on the writer thread.
+/// Switching on after a period without a mesh first logs the whole current state, so peers get
+/// everything that happened meanwhile (they apply it idempotently).
+pub fn configure(conn: &Connection, origin: &str, meshed: bool) -> Result<()> {
+    let complete: String = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'log_complete'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or_else(|| "1".into());
+    if !meshed {
+        LOGGING.with(|l| l.set(false));
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'log_complete'", [])?;
+        return Ok(());
+    }
+    LOGGING.with(|l| l.set(true));
+    if complete == "0" {
+        backfill(conn, origin)?;
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'log_complete'", [])?;
+    }
+    Ok(())
+}
+
+fn backfill(conn: &Connection, origin: &str) -> Result<()> {
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM messages WHERE origin = ?1 ORDER BY seq")?
+        .query_map([origin], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in ids {
+        if let Some(m) = load_message(conn, &id)? {
+            append_message(conn, origin, || m, &id)?;
+        }
+    }
+    for a in queries::agents(conn)? {
+        append(
+            conn,
+            origin,
+            &EventBody::Agent {
+                name: a.name,
+                node: a.node,
+                status: a.status,
+                status_text: a.status_text,
+                last_seen: a.last_seen,
+            },
+        )?;
+    }
+    for (topic, agent) in queries::subscriptions(conn)? {
+        append(
+            conn,
+            origin,
+            &EventBody::Subscription {
+                topic,
+                agent,
+                on: true,
+            },
+        )?;
+    }
+    let tokens: Vec<(String, String)> = conn
+        .prepare("SELECT name, hash FROM tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, hash) in tokens {
+        append(
+            conn,
+            origin,
+            &EventBody::Token {
+                name,
+                hash: Some(hash),
+            },
+        )?;
+    }
+    let reads: Vec<(String, String, i64)> = conn
+        .prepare("SELECT agent, msg_id, read_at FROM inbox WHERE read_at IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (agent, id, at) in reads {
+        append(
+            conn,
+            origin,
+            &EventBody::Read {
+                agent,
+                ids: vec![id],
+                at,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// How many entries the current transaction has appended so far.
@@ -119,28 +247,118 @@ pub(crate) fn truncate_pending(len: usize) {
     PENDING.with(|p| p.borrow_mut().truncate(len));
 }
 
-/// Takes the entries of the transaction that just ended.
-pub(crate) fn take_pending() -> Vec<(u64, String)> {
-    PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
+/// Takes the entries of the transaction that just ended; `committed` says whether it did.
+pub(crate) fn take_pending(committed: bool) -> Vec<(u64, TailBody)> {
+    let taken = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if !committed {
+        return Vec::new();
+    }
+    if let Some(last) = taken.last() {
+        COMMITTED.with(|c| c.set(Some(last.0)));
+    }
+    taken
 }
 
-/// Appends a change to this node's log (inside the caller's transaction).
+/// The seq the next appended entry gets: committed head + entries pending in this transaction.
+fn next_seq(conn: &Connection) -> Result<u64> {
+    let committed = match COMMITTED.with(|c| c.get()) {
+        Some(c) => c,
+        None => {
+            let c = head(conn)?;
+            COMMITTED.with(|cell| cell.set(Some(c)));
+            c
+        }
+    };
+    Ok(committed + pending_len() as u64 + 1)
+}
+
+/// Appends a change to this node's log (inside the caller's transaction). Only the node's own
+/// changes are logged, always under its one node id.
 pub fn append(conn: &Connection, origin: &str, body: &EventBody) -> Result<()> {
+    if !tail_enabled() {
+        return Ok(());
+    }
     let payload = serde_json::to_string(body).unwrap_or_default();
-    let seq: i64 = conn
-        .prepare_cached(
-            "INSERT INTO events (origin, seq, payload) VALUES \
-             (?1, (SELECT coalesce(max(seq), 0) + 1 FROM events WHERE origin = ?1), ?2) RETURNING seq",
-        )?
-        .query_row(params![origin, payload], |r| r.get(0))?;
-    PENDING.with(|p| p.borrow_mut().push((seq as u64, payload)));
+    let seq = next_seq(conn)?;
+    conn.prepare_cached("INSERT INTO events (seq, origin, payload) VALUES (?2, ?1, ?3)")?
+        .execute(params![origin, seq as i64, payload])?;
+    PENDING.with(|p| {
+        p.borrow_mut()
+            .push((seq, TailBody::Json(Arc::from(payload))))
+    });
     Ok(())
+}
+
+/// Appends a message to this node's log. The row stores only a reference — the message itself
+/// is already in `messages` and `inbox`, and writing it twice cost a quarter of the throughput
+/// — while the in-memory tail keeps the full entry that peers are sent.
+pub fn append_message(
+    conn: &Connection,
+    origin: &str,
+    m: impl FnOnce() -> ReplicatedMessage,
+    id: &str,
+) -> Result<()> {
+    if !tail_enabled() {
+        return Ok(());
+    }
+    let payload = format!("{{\"event\":\"{MESSAGE_REF}\",\"id\":\"{id}\"}}");
+    let seq = next_seq(conn)?;
+    conn.prepare_cached("INSERT INTO events (seq, origin, payload) VALUES (?2, ?1, ?3)")?
+        .execute(params![origin, seq as i64, payload])?;
+    PENDING.with(|p| p.borrow_mut().push((seq, TailBody::Message(Arc::new(m())))));
+    Ok(())
+}
+
+/// The stored form of a message entry.
+const MESSAGE_REF: &str = "message_ref";
+
+/// Rebuilds a message entry from the store.
+fn load_message(conn: &Connection, id: &str) -> Result<Option<ReplicatedMessage>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, origin, sender, target, topic, type, priority, subject, body, data, \
+             reply_to, thread_id, created_at FROM messages WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            let kind: String = r.get(5)?;
+            let priority: String = r.get(6)?;
+            let data: Option<String> = r.get(9)?;
+            Ok(ReplicatedMessage {
+                id: r.get(0)?,
+                origin: r.get(1)?,
+                sender: r.get(2)?,
+                target: r.get(3)?,
+                topic: r.get(4)?,
+                kind: kind.parse().unwrap_or_default(),
+                priority: priority.parse().unwrap_or_default(),
+                subject: r.get(7)?,
+                body: r.get(8)?,
+                data: data.and_then(|d| serde_json::from_str(&d).ok()),
+                reply_to: r.get(10)?,
+                thread_id: r.get(11)?,
+                created_at: r.get(12)?,
+                recipients: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut m) = row else { return Ok(None) };
+    m.recipients = conn
+        .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1 ORDER BY agent")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some(m))
+}
+
+#[derive(Deserialize)]
+struct StoredRef {
+    event: String,
+    id: String,
 }
 
 /// Events of `origin` after `after`, oldest first.
 pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, payload FROM events WHERE origin = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        "SELECT seq, payload FROM events WHERE seq > ?2 AND origin = ?1 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt
         .query_map(params![origin, after as i64, limit], |r| {
@@ -149,6 +367,21 @@ pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> 
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut events = Vec::with_capacity(rows.len());
     for (seq, p) in rows {
+        if let Ok(r) = serde_json::from_str::<StoredRef>(&p)
+            && r.event == MESSAGE_REF
+        {
+            match load_message(conn, &r.id)? {
+                Some(m) => events.push(Event {
+                    seq: seq as u64,
+                    body: EventBody::Message(m),
+                }),
+                None => {
+                    tracing::error!(origin, seq, id = %r.id, "a logged message is missing");
+                    break;
+                }
+            }
+            continue;
+        }
         match serde_json::from_str(&p) {
             Ok(body) => events.push(Event {
                 seq: seq as u64,
@@ -173,11 +406,11 @@ pub fn cursor(conn: &Connection, origin: &str) -> Result<u64> {
         .unwrap_or(0) as u64)
 }
 
-/// The newest seq in this node's own log.
-pub fn head(conn: &Connection, origin: &str) -> Result<u64> {
+/// The newest seq in this node's log (the numbering is per data dir, whatever the node id).
+pub fn head(conn: &Connection) -> Result<u64> {
     Ok(conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM events WHERE origin = ?1")?
-        .query_row([origin], |r| r.get::<_, i64>(0))? as u64)
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+        .query_row([], |r| r.get::<_, i64>(0))? as u64)
 }
 
 /// What applying remote events changed, for the router's in-memory state.
@@ -204,10 +437,8 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
             out.duplicates += 1;
             continue;
         }
-        if e.seq != at + 1 {
-            // A gap: stop here; the rest comes again from the cursor.
-            break;
-        }
+        // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
+        // the same data dir); the origin always ships everything after our cursor, in order.
         match e.body {
             EventBody::Message(m) => {
                 let stored = queries::insert_message(
@@ -240,7 +471,15 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
                 }
             }
             EventBody::Read { agent, ids, at } => {
-                queries::mark_read(conn, &agent, &ids, false, at, None)?;
+                // The message may not be here yet (it comes from its own origin, maybe later):
+                // record the mark anyway, so it is read when it arrives.
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO inbox (agent, msg_id, read_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(agent, msg_id) DO UPDATE SET read_at = coalesce(inbox.read_at, excluded.read_at)",
+                )?;
+                for id in &ids {
+                    stmt.execute(params![agent, id, at])?;
+                }
             }
             EventBody::Agent {
                 name,

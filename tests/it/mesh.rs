@@ -444,3 +444,38 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
     }
     eprintln!("chaos: {kills} kills, {total} messages, all exactly once and in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_a_mesh_later_shares_its_history() {
+    // n2 starts alone: a single node logs nothing for peers.
+    let mut mesh = Mesh::start(1).await;
+    let dir = tempdir();
+    let port = free_port();
+    let lone = NodeProc::start_named(dir.path(), port, "n2", &[]).await;
+    drop(lone.client("bob").await);
+    let alice = lone.client("alice").await;
+    let early = alice
+        .send(msg("bob", "sent before the mesh"))
+        .await
+        .unwrap();
+    drop(alice);
+    lone.terminate().await;
+    // Restarted with the mesh secret and n1 as its peer, it ships everything it has.
+    let secret = mesh.secret.display().to_string();
+    let n2 = NodeProc::start_named(
+        dir.path(),
+        port,
+        "n2",
+        &["--mesh-secret-file", &secret, "--peer", &mesh.node(0).url()],
+    )
+    .await;
+    let bob = mesh.client(0, "bob").await;
+    eventually(10, "n2's earlier message at n1", || async {
+        bob.inbox(unread(10))
+            .await
+            .map(|r| r.messages.iter().any(|m| m.id == early.id))
+            .unwrap_or(false)
+    })
+    .await;
+    mesh.nodes.push(Some(n2));
+}
