@@ -497,28 +497,43 @@ impl Router {
     /// that fires on the first ack from an agent session, or `None` when no agent session got it.
     /// Called in commit order, so each session sees one sender's messages in order.
     pub fn dispatch(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
-        let frame = match serde_json::to_string(&ServerFrame::Msg {
-            message: stored.message.clone(),
-        }) {
-            Ok(s) => Utf8Bytes::from(s),
-            Err(_) => return None,
+        // Recipients online at a peer: that node acks back to us with `delivered`.
+        let remote: Vec<String> = {
+            let state = lock(&self.state);
+            stored
+                .recipients
+                .iter()
+                .filter(|r| state.remote_of(r).is_some())
+                .cloned()
+                .collect()
         };
-        let mut reached = Vec::new();
+        self.push_local(stored, remote)
+    }
+
+    /// Pushes to the local sessions of the recipients; returns a receiver for the first ack
+    /// (local, or from a peer for the `reached` ones), or `None` when nobody can ack.
+    fn push_local(
+        &self,
+        stored: &Stored,
+        mut reached: Vec<String>,
+    ) -> Option<oneshot::Receiver<()>> {
+        let frame = Utf8Bytes::from(
+            serde_json::to_string(&ServerFrame::Msg {
+                message: stored.message.clone(),
+            })
+            .ok()?,
+        );
         {
             let state = lock(&self.state);
             for r in &stored.recipients {
-                if state.remote_of(r).is_some() {
-                    // Online at a peer: that node acks it back to us with `delivered`.
-                    reached.push(r.clone());
-                }
                 let Some(agent) = state.agents.get(r) else {
                     continue;
                 };
                 for s in &agent.sessions {
-                    if s.role == Role::Cli {
-                        continue;
-                    }
-                    if push(&self.metrics, s, frame.clone()) && s.role == Role::Agent {
+                    if s.role != Role::Cli
+                        && push(&self.metrics, s, frame.clone())
+                        && s.role == Role::Agent
+                    {
                         reached.push(r.clone());
                     }
                 }
@@ -844,7 +859,7 @@ impl Router {
             }
         }
         for stored in applied.messages {
-            let Some(acked) = self.dispatch_local(&stored) else {
+            let Some(acked) = self.push_local(&stored, Vec::new()) else {
                 continue;
             };
             let origin = stored.origin.clone();
@@ -861,44 +876,6 @@ impl Router {
                 }
             });
         }
-    }
-
-    /// Pushes a replicated message to local sessions only; fires on the first local agent ack.
-    fn dispatch_local(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
-        let frame = Utf8Bytes::from(
-            serde_json::to_string(&ServerFrame::Msg {
-                message: stored.message.clone(),
-            })
-            .ok()?,
-        );
-        let mut reached = Vec::new();
-        {
-            let state = lock(&self.state);
-            for r in &stored.recipients {
-                if let Some(agent) = state.agents.get(r) {
-                    for s in &agent.sessions {
-                        if s.role != Role::Cli
-                            && push(&self.metrics, s, frame.clone())
-                            && s.role == Role::Agent
-                        {
-                            reached.push(r.clone());
-                        }
-                    }
-                }
-            }
-        }
-        if reached.is_empty() {
-            return None;
-        }
-        let (done, rx) = oneshot::channel();
-        lock(&self.pending).insert(
-            stored.message.id.clone(),
-            Pending {
-                recipients: reached,
-                done,
-            },
-        );
-        Some(rx)
     }
 
     /// Cuts every session off; each says goodbye (`bye`) as it closes.
