@@ -550,7 +550,8 @@ impl Conn {
                 let (query, limit) = (s.query, s.limit);
                 let messages = r
                     .store
-                    .read(move |c| queries::search(c, &agent, &query, limit))
+                    // A write: it first indexes messages not yet in the full-text index.
+                    .write(move |c| queries::search(c, &agent, &query, limit))
                     .await?;
                 ServerFrame::Messages {
                     req: s.req,
