@@ -370,6 +370,8 @@ pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result
             "query: must contain at least one word".into(),
         ));
     };
+    // Messages since the last periodic indexing run become searchable first.
+    conn.execute_batch(crate::store::schema::INDEX_NEW_MESSAGES)?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
          WHERE messages_fts MATCH ?2 AND {VISIBLE} ORDER BY f.rank LIMIT ?3"
