@@ -6,14 +6,15 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageType, Priority, rfc3339};
 use crate::protocol::{ErrorCode, Status};
-use crate::store::replication::{self, EventBody, ReplicatedMessage};
+use crate::store::replication::{self, EventBody};
 
 /// Which node's replication log a local change is recorded in; `None` for changes that came
 /// from a peer (they are in the peer's log already).
 pub type LogAs<'a> = Option<&'a str>;
 
-/// A message about to be stored, with its recipients already resolved by the router.
-#[derive(Debug, Clone)]
+/// A message about to be stored, with its recipients already resolved by the router; also the
+/// form in which messages travel between nodes (then with `thread_id` set).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct NewMessage {
     /// ULID.
     pub id: String,
@@ -166,21 +167,9 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
         replication::append_message(
             conn,
             origin,
-            || ReplicatedMessage {
-                id: m.id.clone(),
-                origin: m.origin.clone(),
-                sender: m.sender.clone(),
-                target: m.target.clone(),
-                topic: m.topic.clone(),
-                kind: m.kind,
-                priority: m.priority,
-                subject: m.subject.clone(),
-                body: m.body.clone(),
-                data: m.data.clone(),
-                reply_to: m.reply_to.clone(),
-                thread_id: thread_id.clone(),
-                created_at: m.created_at,
-                recipients: m.recipients.clone(),
+            || NewMessage {
+                thread_id: Some(thread_id.clone()),
+                ..m.clone()
             },
             &m.id,
         )?;

@@ -13,7 +13,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::message::{MessageType, Priority};
 use crate::protocol::Status;
 use crate::store::queries::{self, AgentRow, NewMessage, Stored};
 
@@ -63,38 +62,9 @@ pub enum EventBody {
     },
 }
 
-/// A message as it travels between nodes: everything needed to store it exactly as the origin did.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ReplicatedMessage {
-    /// ULID.
-    pub id: String,
-    /// Node that accepted it.
-    pub origin: String,
-    /// Sender.
-    pub sender: String,
-    /// `to` as written.
-    pub target: String,
-    /// Topic, for topic messages.
-    pub topic: Option<String>,
-    /// Type.
-    pub kind: MessageType,
-    /// Priority.
-    pub priority: Priority,
-    /// Subject.
-    pub subject: Option<String>,
-    /// Body.
-    pub body: String,
-    /// Payload.
-    pub data: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Parent message.
-    pub reply_to: Option<String>,
-    /// Thread.
-    pub thread_id: String,
-    /// ms since the epoch.
-    pub created_at: i64,
-    /// Inboxes it goes to.
-    pub recipients: Vec<String>,
-}
+/// A message as it travels between nodes: the stored form, with its thread always set, so a
+/// peer stores it exactly as the origin did.
+pub type ReplicatedMessage = NewMessage;
 
 /// A numbered event from one origin.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -335,7 +305,7 @@ fn load_message(conn: &Connection, id: &str) -> Result<Option<ReplicatedMessage>
                 body: r.get(8)?,
                 data: data.and_then(|d| serde_json::from_str(&d).ok()),
                 reply_to: r.get(10)?,
-                thread_id: r.get(11)?,
+                thread_id: Some(r.get(11)?),
                 created_at: r.get(12)?,
                 recipients: Vec::new(),
             })
@@ -441,26 +411,7 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
         // the same data dir); the origin always ships everything after our cursor, in order.
         match e.body {
             EventBody::Message(m) => {
-                let stored = queries::insert_message(
-                    conn,
-                    NewMessage {
-                        id: m.id,
-                        origin: m.origin,
-                        sender: m.sender,
-                        target: m.target,
-                        topic: m.topic,
-                        kind: m.kind,
-                        priority: m.priority,
-                        subject: m.subject,
-                        body: m.body,
-                        data: m.data,
-                        reply_to: m.reply_to,
-                        thread_id: Some(m.thread_id),
-                        created_at: m.created_at,
-                        recipients: m.recipients,
-                    },
-                    None,
-                );
+                let stored = queries::insert_message(conn, m, None);
                 match stored {
                     Ok(s) if s.duplicate => out.duplicates += 1,
                     Ok(s) => out.messages.push(s),
@@ -530,6 +481,7 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{MessageType, Priority};
 
     #[test]
     fn every_event_round_trips_through_json() {
@@ -546,7 +498,7 @@ mod tests {
                 body: "b".into(),
                 data: None,
                 reply_to: None,
-                thread_id: "01J0000000000000000000000A".into(),
+                thread_id: Some("01J0000000000000000000000A".into()),
                 created_at: 1,
                 recipients: vec!["bob".into()],
             }),
