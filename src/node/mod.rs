@@ -172,6 +172,7 @@ impl Node {
             tracing::warn!("some sessions did not close in time");
         }
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await;
+        self.router.flush_delivered().await;
         // Everything queued before this point is committed when it returns.
         let flushed = self.router.store.write(|_| Ok(())).await;
         drop(self.lock.take());

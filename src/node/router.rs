@@ -28,6 +28,9 @@ use crate::store::{AgentRow, NewMessage, Store, Stored, queries};
 
 /// How long a send waits for a recipient's session to ack before it answers `queued`.
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
+/// How long acks gather before their delivery times are written (lost on a crash: they are
+/// an audit record only).
+const DELIVERED_FLUSH: Duration = Duration::from_millis(100);
 /// Longest subject, in characters.
 pub const MAX_SUBJECT: usize = 200;
 /// Longest status text, in characters.
@@ -170,6 +173,8 @@ pub struct Router {
     pending: Mutex<HashMap<String, Pending>>,
     /// Live peer links by node id.
     peers: Mutex<HashMap<String, PeerTx>>,
+    /// (agent, message id, ms) acks not yet recorded in the store.
+    delivered: Mutex<Vec<(String, String, i64)>>,
     /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
     presence_version: tokio::sync::watch::Sender<u64>,
     /// This run of the node; a restarted node's presence replaces its stale entries.
@@ -219,6 +224,7 @@ impl Router {
             state: Mutex::new(state),
             pending: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(Vec::new()),
             presence_version: tokio::sync::watch::channel(0).0,
             incarnation: u64::try_from(now_ms()).unwrap_or_default(),
             ids: Mutex::new(ulid::Generator::new()),
@@ -590,7 +596,12 @@ impl Router {
     }
 
     /// A session of `agent` holds these messages: complete waiting sends and record delivery.
-    pub async fn acked(&self, agent: &str, role: Role, ids: Vec<String>) -> Result<()> {
+    pub async fn acked(
+        self: &std::sync::Arc<Self>,
+        agent: &str,
+        role: Role,
+        ids: Vec<String>,
+    ) -> Result<()> {
         if role != Role::Agent || ids.is_empty() {
             return Ok(());
         }
@@ -609,16 +620,42 @@ impl Router {
                 }
             }
         }
-        let agent = agent.to_owned();
+        // Delivery times are an audit record, not state anyone waits on: gather them for
+        // DELIVERED_FLUSH and write them in one job, instead of one commit (and one disk write,
+        // on the latency path of the next message) per ack.
         let now = now_ms();
-        // Queue the write without waiting: the ack needs no answer, and the session loop must
-        // not stall on the disk.
-        let answer = self
-            .store
-            .submit(move |c| queries::mark_delivered(c, &agent, &ids, now))
-            .await?;
-        drop(answer);
+        let first = {
+            let mut buf = lock(&self.delivered);
+            let first = buf.is_empty();
+            buf.extend(ids.into_iter().map(|id| (agent.to_owned(), id, now)));
+            first
+        };
+        if first {
+            let router = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DELIVERED_FLUSH).await;
+                let batch = std::mem::take(&mut *lock(&router.delivered));
+                if let Ok(answer) = router
+                    .store
+                    .submit(move |c| queries::mark_delivered(c, &batch))
+                    .await
+                {
+                    drop(answer);
+                }
+            });
+        }
         Ok(())
+    }
+
+    /// Writes delivery times still gathering (graceful shutdown).
+    pub async fn flush_delivered(&self) {
+        let batch = std::mem::take(&mut *lock(&self.delivered));
+        if !batch.is_empty() {
+            let _ = self
+                .store
+                .write(move |c| queries::mark_delivered(c, &batch))
+                .await;
+        }
     }
 
     /// Presence of every known agent (or of one).

@@ -298,13 +298,13 @@ pub fn mark_read(
     Ok(n)
 }
 
-/// Records that a session of `agent` holds these messages.
-pub fn mark_delivered(conn: &Connection, agent: &str, ids: &[String], now: i64) -> Result<()> {
+/// Records that a session of the agent held the message at the time: (agent, id, ms).
+pub fn mark_delivered(conn: &Connection, acks: &[(String, String, i64)]) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "UPDATE inbox SET delivered_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND delivered_at IS NULL",
     )?;
-    for id in ids {
-        stmt.execute(params![agent, id, now])?;
+    for (agent, id, at) in acks {
+        stmt.execute(params![agent, id, at])?;
     }
     Ok(())
 }
