@@ -51,6 +51,8 @@ pub struct FileLimits {
     pub send_per_second: Option<u32>,
     /// Burst allowance above the rate.
     pub send_burst: Option<u32>,
+    /// Replies one thread may get per minute before the loop guard refuses more (0: off).
+    pub thread_per_minute: Option<u32>,
     /// Seconds a new connection has to say hello.
     pub handshake_timeout_secs: Option<u64>,
     /// Seconds between keep-alive pings; a client silent for two intervals is cut off.
@@ -70,6 +72,8 @@ pub struct Limits {
     pub send_per_second: u32,
     /// Sender burst.
     pub send_burst: u32,
+    /// Loop guard: messages per thread per minute; 0 turns it off.
+    pub thread_per_minute: u32,
     /// Time to say hello.
     pub handshake_timeout: Duration,
     /// Keep-alive ping interval.
@@ -86,6 +90,7 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             send_per_second: 50,
             send_burst: 200,
+            thread_per_minute: 60,
             handshake_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
             outbound_queue: 1024,
@@ -101,6 +106,7 @@ impl Limits {
             max_frame_bytes: file.max_frame_bytes.unwrap_or(d.max_frame_bytes),
             send_per_second: file.send_per_second.unwrap_or(d.send_per_second),
             send_burst: file.send_burst.unwrap_or(d.send_burst),
+            thread_per_minute: file.thread_per_minute.unwrap_or(d.thread_per_minute),
             handshake_timeout: file
                 .handshake_timeout_secs
                 .map_or(d.handshake_timeout, Duration::from_secs),

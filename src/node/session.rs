@@ -452,9 +452,15 @@ impl Conn {
                 }
                 let prepared = r.prepare_send(&agent, req)?;
                 let origin = r.node_id.clone();
+                let per_minute = r.limits.thread_per_minute;
                 let rx = r
                     .store
-                    .submit(move |c| queries::insert_message(c, prepared.message, Some(&origin)))
+                    .submit(move |c| {
+                        if let Some(parent) = &prepared.message.reply_to {
+                            queries::check_thread_rate(c, parent, per_minute, now)?;
+                        }
+                        queries::insert_message(c, prepared.message, Some(&origin))
+                    })
                     .await?;
                 permit.send((id, rx));
                 return Ok(None);

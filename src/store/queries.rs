@@ -196,6 +196,32 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
     })
 }
 
+/// The loop guard: a thread that got `per_minute` messages in the last minute takes no more
+/// replies for now. Agents that thank each other for thanking each other burn money; the
+/// thread id makes such a loop visible, and this stops it. 0 turns the guard off.
+pub fn check_thread_rate(conn: &Connection, parent: &str, per_minute: u32, now: i64) -> Result<()> {
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let recent: Option<u32> = conn
+        .prepare_cached(
+            "SELECT count(*) FROM messages WHERE created_at > ?2 AND thread_id = \
+             (SELECT thread_id FROM messages WHERE id = ?1)",
+        )?
+        .query_row(params![parent, now - 60_000], |r| r.get(0))
+        .optional()?;
+    match recent {
+        Some(n) if n >= per_minute => Err(Error::refused(
+            ErrorCode::RateLimited,
+            format!(
+                "loop guard: this thread had {n} messages in the last minute (limit {per_minute}); \
+                 nothing was sent. Do not answer acknowledgements with acknowledgements."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Filters for reading an inbox.
 #[derive(Debug, Clone, Default)]
 pub struct InboxQuery {

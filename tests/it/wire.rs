@@ -465,3 +465,40 @@ async fn sigterm_says_goodbye_and_keeps_what_was_acknowledged() {
         "before shutdown"
     );
 }
+
+#[tokio::test]
+async fn the_loop_guard_stops_a_reply_storm_in_one_thread() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[limits]\nthread_per_minute = 5\n",
+    )
+    .unwrap();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let alice = node.client("alice").await;
+    let bob = node.client("bob").await;
+    let mut last = alice.send(msg("bob", "thanks!")).await.unwrap().id;
+    let mut stopped = None;
+    for i in 0..10 {
+        let (from, to) = if i % 2 == 0 {
+            (&bob, "alice")
+        } else {
+            (&alice, "bob")
+        };
+        let mut reply = msg(to, "thanks for the thanks!");
+        reply.reply_to = Some(last.clone());
+        match from.send(reply).await {
+            Ok(r) => last = r.id,
+            Err(Error::Remote { code, message }) => {
+                assert_eq!(code, ErrorCode::RateLimited);
+                assert!(message.contains("loop guard"), "{message}");
+                stopped = Some(i);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(stopped, Some(4), "the 6th message of the thread is refused");
+    // A new conversation is not affected.
+    alice.send(msg("bob", "new topic")).await.unwrap();
+}
