@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,6 @@ pub fn read_secret(dir: &Path) -> Result<Option<String>> {
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DataDirLock {
@@ -120,17 +119,12 @@ impl DataDirLock {
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         match file.try_lock() {
-            Ok(()) => Ok(DataDirLock { _file: file, path }),
+            Ok(()) => Ok(DataDirLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.display().to_string())),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(Error::io(format!("locking {}", path.display()), e))
             }
         }
-    }
-
-    /// The lock file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -67,11 +67,6 @@ impl Host {
         })
     }
 
-    /// Whether this process hosts the node now.
-    pub async fn is_hosting(&self) -> bool {
-        self.node.lock().await.is_some()
-    }
-
     /// Stops the hosted node, if any, so another process can take over.
     pub async fn stop(&self) {
         if let Some(node) = self.node.lock().await.take()

@@ -735,11 +735,6 @@ impl Router {
         Ok(topics_of(&state, agent))
     }
 
-    /// An agent's subscriptions.
-    pub fn topics(&self, agent: &str) -> Vec<String> {
-        topics_of(&lock(&self.state), agent)
-    }
-
     /// Registers an agent name without a connection (a token was issued for it), so that
     /// messages to it are accepted and queued before it first connects.
     pub async fn ensure_agent(&self, name: &str) -> Result<()> {
@@ -840,13 +835,6 @@ impl Router {
             peers.remove(node);
             lock(&self.state).remote.remove(node);
         }
-    }
-
-    /// Ids of nodes with a live link.
-    pub fn live_peers(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.peers).keys().cloned().collect();
-        v.sort();
-        v
     }
 
     /// A peer says a session of a recipient there holds these messages.
