@@ -65,6 +65,26 @@ async fn wait_linked(nodes: &[Node]) -> Result<()> {
     Ok(())
 }
 
+/// Polls `observer`'s presence until `name` shows `online` (each poll is a round trip).
+async fn wait_presence(observer: &Client, name: &str, online: bool, since: Instant) -> Result<()> {
+    loop {
+        let now_online = observer
+            .presence(Some(name.to_owned()))
+            .await
+            .ok()
+            .and_then(|p| p.agents.first().map(|e| e.online))
+            .unwrap_or(!online);
+        if now_online == online {
+            return Ok(());
+        }
+        if since.elapsed() > Duration::from_secs(40) {
+            return Err(Error::Connection(format!(
+                "presence of {name} did not converge in 40 s"
+            )));
+        }
+    }
+}
+
 /// Runs the mesh benchmark.
 pub async fn run(a: BenchArgs) -> Result<ExitCode> {
     let n = a.mesh;
@@ -124,41 +144,11 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
         let name = format!("probe-{r}");
         let t = Instant::now();
         let probe = Client::connect(opts(&nodes[0].url(), &name, &nodes[0].secret)).await?;
-        loop {
-            let online = observer
-                .presence(Some(name.clone()))
-                .await
-                .ok()
-                .and_then(|p| p.agents.first().map(|e| e.online))
-                .unwrap_or(false);
-            if online {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                return Err(Error::Connection(
-                    "presence did not converge in 10 s".into(),
-                ));
-            }
-        }
+        wait_presence(&observer, &name, true, t).await?;
         joins.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         drop(probe);
-        loop {
-            let online = observer
-                .presence(Some(name.clone()))
-                .await
-                .ok()
-                .and_then(|p| p.agents.first().map(|e| e.online))
-                .unwrap_or(true);
-            if !online {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(40) {
-                return Err(Error::Connection(
-                    "offline presence did not converge".into(),
-                ));
-            }
-        }
+        wait_presence(&observer, &name, false, t).await?;
         leaves.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let (j, l) = (Stats(joins), Stats(leaves));

@@ -90,6 +90,15 @@ const VISIBLE: &str =
 /// The read flag as `agent` (?1) sees it: own messages are read.
 const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
 
+/// Records a local change in this node's log; a change that came from a peer (`log_as` is
+/// `None`) is in that peer's log already.
+fn log(conn: &Connection, log_as: LogAs<'_>, body: impl FnOnce() -> EventBody) -> Result<()> {
+    match log_as {
+        Some(origin) => replication::append(conn, origin, &body()),
+        None => Ok(()),
+    }
+}
+
 /// Stores a message and its inbox rows, deduplicating by id.
 pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Result<Stored> {
     let existing = conn
@@ -308,18 +317,12 @@ pub fn mark_read(
         }
     }
     let n = marked.len() as u32;
-    if let Some(origin) = log_as
-        && !marked.is_empty()
-    {
-        replication::append(
-            conn,
-            origin,
-            &EventBody::Read {
-                agent: agent.to_owned(),
-                ids: marked,
-                at: now,
-            },
-        )?;
+    if !marked.is_empty() {
+        log(conn, log_as, || EventBody::Read {
+            agent: agent.to_owned(),
+            ids: marked,
+            at: now,
+        })?;
     }
     Ok(n)
 }
@@ -436,19 +439,13 @@ pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
 
 /// Creates or updates an agent's directory row.
 pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
-    if let Some(origin) = log_as {
-        replication::append(
-            conn,
-            origin,
-            &EventBody::Agent {
-                name: a.name.clone(),
-                node: a.node.clone(),
-                status: a.status,
-                status_text: a.status_text.clone(),
-                last_seen: a.last_seen,
-            },
-        )?;
-    }
+    log(conn, log_as, || EventBody::Agent {
+        name: a.name.clone(),
+        node: a.node.clone(),
+        status: a.status,
+        status_text: a.status_text.clone(),
+        last_seen: a.last_seen,
+    })?;
     conn.prepare_cached(
         "INSERT INTO agents (name, node, status, status_text, last_seen, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET node = ?2, status = ?3, \
@@ -483,17 +480,11 @@ pub fn set_subscription(
     now: i64,
     log_as: LogAs<'_>,
 ) -> Result<()> {
-    if let Some(origin) = log_as {
-        replication::append(
-            conn,
-            origin,
-            &EventBody::Subscription {
-                topic: topic.to_owned(),
-                agent: agent.to_owned(),
-                on,
-            },
-        )?;
-    }
+    log(conn, log_as, || EventBody::Subscription {
+        topic: topic.to_owned(),
+        agent: agent.to_owned(),
+        on,
+    })?;
     if on {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO subscriptions (topic, agent, created_at) VALUES (?1, ?2, ?3)",
@@ -523,16 +514,10 @@ pub fn put_token(
     now: i64,
     log_as: LogAs<'_>,
 ) -> Result<()> {
-    if let Some(origin) = log_as {
-        replication::append(
-            conn,
-            origin,
-            &EventBody::Token {
-                name: name.to_owned(),
-                hash: Some(hash.to_owned()),
-            },
-        )?;
-    }
+    log(conn, log_as, || EventBody::Token {
+        name: name.to_owned(),
+        hash: Some(hash.to_owned()),
+    })?;
     conn.prepare_cached(
         "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT(name) DO UPDATE SET hash = ?2, created_at = ?3",
@@ -547,17 +532,11 @@ pub fn delete_token(conn: &Connection, name: &str, log_as: LogAs<'_>) -> Result<
         .prepare_cached("DELETE FROM tokens WHERE name = ?1")?
         .execute([name])?
         > 0;
-    if let Some(origin) = log_as
-        && removed
-    {
-        replication::append(
-            conn,
-            origin,
-            &EventBody::Token {
-                name: name.to_owned(),
-                hash: None,
-            },
-        )?;
+    if removed {
+        log(conn, log_as, || EventBody::Token {
+            name: name.to_owned(),
+            hash: None,
+        })?;
     }
     Ok(removed)
 }

@@ -21,7 +21,7 @@ async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
     // alice's MCP finds no node and hosts it; bob's connects to it.
     let (alice, _) = spawn(dir.path(), "alice", None).await;
     let (bob, _) = spawn(dir.path(), "bob", None).await;
-    let health = reqwest_health(port).await;
+    let health = health(port).await;
     assert_eq!(health["agents_online"], 2, "{health}");
 
     let sent = ok(
@@ -93,21 +93,6 @@ async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
     assert_eq!(bodies, ["kept for carol", "after takeover"]);
     bob.cancel().await.unwrap();
     carol.cancel().await.unwrap();
-}
-
-/// GET /health over a plain TCP socket (no HTTP client dependency needed for one request).
-async fn reqwest_health(port: u16) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let body = buf.split("\r\n\r\n").nth(1).unwrap();
-    serde_json::from_str(body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
