@@ -43,6 +43,10 @@ const PRESENCE_COALESCE: Duration = Duration::from_millis(20);
 const SILENCE: Duration = Duration::from_secs(10);
 /// Time for the whole handshake.
 const HANDSHAKE: Duration = Duration::from_secs(5);
+/// `events` frames being applied at once per link. The link queues each apply and reads on;
+/// a completer takes the results in order. Waiting for each commit before reading the next
+/// frame made one slow disk write delay every frame queued behind it by a commit each.
+const APPLYING: usize = 64;
 
 /// Frames between nodes on `/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -408,6 +412,7 @@ impl Mesh {
         let mut version = 0u64;
         // Send a first snapshot right away; later ones when presence changes.
         let mut presence_due = Some(tokio::time::Instant::now());
+        let (applying, mut applied_upto, mut apply_failed) = self.completer(peer.clone());
         let p = peer.clone();
         let cursor = store
             .read(move |c| replication::cursor(c, &p))
@@ -475,6 +480,14 @@ impl Mesh {
                     _ = heartbeat.tick() => {
                         if let Err(e) = sink.send(PeerFrame::Heartbeat.text()).await { break 'link e.to_string(); }
                     }
+                    r = applied_upto.changed() => {
+                        if r.is_err() { break 'link "the apply completer stopped".into(); }
+                        let cursor = *applied_upto.borrow_and_update();
+                        if let Err(e) = sink.send(PeerFrame::Ack { cursor }.text()).await { break 'link e.to_string(); }
+                    }
+                    reason = &mut apply_failed => {
+                        break 'link reason.unwrap_or_else(|_| "the apply completer stopped".into());
+                    }
                     out = out_rx.recv() => {
                         let Some(text) = out else { break 'link "closed".into() };
                         if let Err(e) = sink.send(text).await { break 'link e.to_string(); }
@@ -502,16 +515,13 @@ impl Mesh {
                             }
                             PeerFrame::Events { events } => {
                                 let p = peer.clone();
-                                let applied = match store.write(move |c| replication::apply(c, &p, events)).await {
+                                let answer = match store.submit_isolated(move |c| replication::apply(c, &p, events)).await {
                                     Ok(a) => a,
                                     Err(e) => break 'link e.to_string(),
                                 };
-                                router.metrics.deduplicated_total.fetch_add(applied.duplicates, std::sync::atomic::Ordering::Relaxed);
-                                router.metrics.replicated_total.fetch_add(applied.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                                let cursor = applied.cursor;
-                                router.apply_remote(applied);
-                                if let Err(e) = sink.send(PeerFrame::Ack { cursor }.text()).await {
-                                    break 'link e.to_string();
+                                // Full: the disk is behind; stop reading until it catches up.
+                                if applying.send(answer).await.is_err() {
+                                    break 'link "the apply completer stopped".into();
                                 }
                             }
                             PeerFrame::Ack { cursor } => set_status(&self, &key, |s| s.acked = cursor),
@@ -528,6 +538,56 @@ impl Mesh {
         };
         router.peer_down(&peer, &out_tx);
         tracing::info!(%peer, reason = %ended, "mesh link down");
+    }
+}
+
+type Applying = mpsc::Sender<tokio::sync::oneshot::Receiver<Result<replication::Applied>>>;
+
+impl Mesh {
+    /// Starts the task that takes a link's applies as they commit, in order: it hands what they
+    /// changed to the router (pushing new messages to local sessions) and publishes the cursor
+    /// the link acks. It drains what is queued even after the link ends (those commits happen
+    /// anyway). Returns the queue, the applied cursor, and a failure reason.
+    fn completer(
+        &self,
+        peer: String,
+    ) -> (
+        Applying,
+        tokio::sync::watch::Receiver<u64>,
+        tokio::sync::oneshot::Receiver<String>,
+    ) {
+        let (tx, mut rx) =
+            mpsc::channel::<tokio::sync::oneshot::Receiver<Result<replication::Applied>>>(APPLYING);
+        let (cursor_tx, cursor_rx) = tokio::sync::watch::channel(0u64);
+        let (fail_tx, fail_rx) = tokio::sync::oneshot::channel();
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            while let Some(answer) = rx.recv().await {
+                let applied = match answer.await {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "applying a peer's events failed");
+                        let _ = fail_tx.send(e.to_string());
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = fail_tx.send("the store stopped".into());
+                        return;
+                    }
+                };
+                let m = &router.metrics;
+                m.deduplicated_total
+                    .fetch_add(applied.duplicates, std::sync::atomic::Ordering::Relaxed);
+                m.replicated_total.fetch_add(
+                    applied.messages.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                let cursor = applied.cursor;
+                router.apply_remote(applied);
+                cursor_tx.send_replace(cursor);
+            }
+        });
+        (tx, cursor_rx, fail_rx)
     }
 }
 

@@ -192,6 +192,17 @@ impl Store {
         self.enqueue(f, Guard::Unguarded).await
     }
 
+    /// Queues a job that changes the store, in its own savepoint (its failure undoes only
+    /// itself), and returns the receiver of its answer, which comes once it has committed.
+    /// For callers that keep several jobs in flight and complete them in order.
+    pub async fn submit_isolated<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        self.enqueue(f, Guard::Savepoint).await
+    }
+
     /// Runs a job that changes the store and waits until it has committed.
     pub async fn write<R, F>(&self, f: F) -> Result<R>
     where
