@@ -5,13 +5,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::Error;
-use switchboard::cli::Cli;
+use switchboard::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rmcp logs every request at info; keep the MCP server's stderr for what matters. The
+    // bench's thousands of clients would log each reconnection; its report is what matters.
+    let default = match cli.command {
+        Command::Bench(_) => "info,rmcp=warn,switchboard::client=warn",
+        _ => "info,rmcp=warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-        // rmcp logs every request at info; keep the MCP server's stderr for what matters.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
