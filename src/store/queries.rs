@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageType, Priority, rfc3339};
 use crate::protocol::{ErrorCode, Status};
-use crate::store::replication::{self, EventBody};
+use crate::store::replication::{self, EventBody, Stamp, Stamped};
 
 /// Which node's replication log a local change is recorded in; `None` for changes that came
 /// from a peer (they are in the peer's log already).
@@ -95,6 +95,24 @@ const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r
 fn log(conn: &Connection, log_as: LogAs<'_>, body: impl FnOnce() -> EventBody) -> Result<()> {
     match log_as {
         Some(origin) => replication::append(conn, origin, &body()),
+        None => Ok(()),
+    }
+}
+
+/// Logs a local change to a stamped row, with a new stamp; a peer's change (`log_as` is
+/// `None`) had its stamp checked and recorded by the caller.
+fn log_stamped(
+    conn: &Connection,
+    log_as: LogAs<'_>,
+    row: Stamped<'_>,
+    now: i64,
+    body: impl FnOnce(Stamp) -> EventBody,
+) -> Result<()> {
+    match log_as {
+        Some(origin) => {
+            let stamp = replication::stamp_local(conn, row, origin, now)?;
+            replication::append(conn, origin, &body(stamp))
+        }
         None => Ok(()),
     }
 }
@@ -439,12 +457,15 @@ pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
 
 /// Creates or updates an agent's directory row.
 pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
-    log(conn, log_as, || EventBody::Agent {
-        name: a.name.clone(),
-        node: a.node.clone(),
-        status: a.status,
-        status_text: a.status_text.clone(),
-        last_seen: a.last_seen,
+    log_stamped(conn, log_as, Stamped::Agent(&a.name), now, |stamp| {
+        EventBody::Agent {
+            name: a.name.clone(),
+            node: a.node.clone(),
+            status: a.status,
+            status_text: a.status_text.clone(),
+            last_seen: a.last_seen,
+            stamp,
+        }
     })?;
     conn.prepare_cached(
         "INSERT INTO agents (name, node, status, status_text, last_seen, created_at) \
@@ -480,11 +501,18 @@ pub fn set_subscription(
     now: i64,
     log_as: LogAs<'_>,
 ) -> Result<()> {
-    log(conn, log_as, || EventBody::Subscription {
-        topic: topic.to_owned(),
-        agent: agent.to_owned(),
-        on,
-    })?;
+    log_stamped(
+        conn,
+        log_as,
+        Stamped::Subscription(topic, agent),
+        now,
+        |stamp| EventBody::Subscription {
+            topic: topic.to_owned(),
+            agent: agent.to_owned(),
+            on,
+            stamp,
+        },
+    )?;
     if on {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO subscriptions (topic, agent, created_at) VALUES (?1, ?2, ?3)",
@@ -514,9 +542,12 @@ pub fn put_token(
     now: i64,
     log_as: LogAs<'_>,
 ) -> Result<()> {
-    log(conn, log_as, || EventBody::Token {
-        name: name.to_owned(),
-        hash: Some(hash.to_owned()),
+    log_stamped(conn, log_as, Stamped::Token(name), now, |stamp| {
+        EventBody::Token {
+            name: name.to_owned(),
+            hash: Some(hash.to_owned()),
+            stamp,
+        }
     })?;
     conn.prepare_cached(
         "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3) \
@@ -533,9 +564,13 @@ pub fn delete_token(conn: &Connection, name: &str, log_as: LogAs<'_>) -> Result<
         .execute([name])?
         > 0;
     if removed {
-        log(conn, log_as, || EventBody::Token {
-            name: name.to_owned(),
-            hash: None,
+        let now = crate::message::now_ms();
+        log_stamped(conn, log_as, Stamped::Token(name), now, |stamp| {
+            EventBody::Token {
+                name: name.to_owned(),
+                hash: None,
+                stamp,
+            }
         })?;
     }
     Ok(removed)

@@ -43,6 +43,9 @@ pub enum EventBody {
         status_text: Option<String>,
         /// ms since the epoch.
         last_seen: Option<i64>,
+        /// Orders this change against concurrent ones (absent from logs of older versions).
+        #[serde(default, skip_serializing_if = "Stamp::is_unset")]
+        stamp: Stamp,
     },
     /// A subscription was added or removed.
     Subscription {
@@ -52,6 +55,9 @@ pub enum EventBody {
         agent: String,
         /// Added (true) or removed.
         on: bool,
+        /// Orders this change against concurrent ones.
+        #[serde(default, skip_serializing_if = "Stamp::is_unset")]
+        stamp: Stamp,
     },
     /// A token was issued (hash) or revoked (no hash).
     Token {
@@ -59,7 +65,114 @@ pub enum EventBody {
         name: String,
         /// SHA-256 hex of the token; `None` revokes.
         hash: Option<String>,
+        /// Orders this change against concurrent ones.
+        #[serde(default, skip_serializing_if = "Stamp::is_unset")]
+        stamp: Stamp,
     },
+}
+
+/// When and where a replicated row last changed. Two nodes may change the same row while
+/// they cannot see each other (bob sets `busy` on one, `away` on the other); every node keeps
+/// the change with the greater stamp — later `at`, then greater `by` — so all of them end
+/// with the same row whatever order the changes arrive in. A node stamps its own change
+/// after every stamp it has seen for that row, so its clock running behind cannot make a
+/// newer change lose to an older one it already applied.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub struct Stamp {
+    /// ms since the epoch.
+    pub at: i64,
+    /// The node that made the change.
+    pub by: String,
+}
+
+impl Stamp {
+    /// Entries logged before stamps existed carry none; they apply in arrival order.
+    pub fn is_unset(&self) -> bool {
+        self.at == 0 && self.by.is_empty()
+    }
+}
+
+/// A row that carries a stamp: (kind, a, b) in the `stamps` table.
+#[derive(Debug, Clone, Copy)]
+pub enum Stamped<'a> {
+    /// A directory row.
+    Agent(&'a str),
+    /// (topic, agent).
+    Subscription(&'a str, &'a str),
+    /// A token's owner.
+    Token(&'a str),
+}
+
+impl Stamped<'_> {
+    fn key(&self) -> (&'static str, &str, &str) {
+        match *self {
+            Stamped::Agent(a) => ("agent", a, ""),
+            Stamped::Subscription(t, a) => ("subscription", t, a),
+            Stamped::Token(n) => ("token", n, ""),
+        }
+    }
+}
+
+/// The stored stamp of a row, if it ever changed with one.
+pub fn stamp_of(conn: &Connection, row: Stamped<'_>) -> Result<Option<Stamp>> {
+    let (kind, a, b) = row.key();
+    Ok(conn
+        .prepare_cached("SELECT at, by FROM stamps WHERE kind = ?1 AND a = ?2 AND b = ?3")?
+        .query_row(params![kind, a, b], |r| {
+            Ok(Stamp {
+                at: r.get(0)?,
+                by: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+fn put_stamp(conn: &Connection, row: Stamped<'_>, stamp: &Stamp) -> Result<()> {
+    let (kind, a, b) = row.key();
+    conn.prepare_cached(
+        "INSERT INTO stamps (kind, a, b, at, by) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT(kind, a, b) DO UPDATE SET at = ?4, by = ?5",
+    )?
+    .execute(params![kind, a, b, stamp.at, stamp.by])?;
+    Ok(())
+}
+
+/// Stamps a change this node makes: now, or just after the row's last stamp if that is later.
+pub fn stamp_local(conn: &Connection, row: Stamped<'_>, node: &str, now: i64) -> Result<Stamp> {
+    let at = match stamp_of(conn, row)? {
+        Some(prev) => now.max(prev.at + 1),
+        None => now,
+    };
+    let stamp = Stamp {
+        at,
+        by: node.to_owned(),
+    };
+    put_stamp(conn, row, &stamp)?;
+    Ok(stamp)
+}
+
+/// Whether a peer's change beats what this node has (and if so, records its stamp). Unstamped
+/// changes (from an older version) always apply, as they did then.
+pub fn stamp_wins(conn: &Connection, row: Stamped<'_>, stamp: &Stamp) -> Result<bool> {
+    if stamp.is_unset() {
+        return Ok(true);
+    }
+    if stamp_of(conn, row)?.is_some_and(|have| have >= *stamp) {
+        return Ok(false);
+    }
+    put_stamp(conn, row, stamp)?;
+    Ok(true)
 }
 
 /// A message as it travels between nodes: the stored form, with its thread always set, so a
@@ -152,6 +265,7 @@ fn backfill(conn: &Connection, origin: &str) -> Result<()> {
         }
     }
     for a in queries::agents(conn)? {
+        let stamp = stamp_of(conn, Stamped::Agent(&a.name))?.unwrap_or_default();
         append(
             conn,
             origin,
@@ -161,33 +275,42 @@ fn backfill(conn: &Connection, origin: &str) -> Result<()> {
                 status: a.status,
                 status_text: a.status_text,
                 last_seen: a.last_seen,
+                stamp,
             },
         )?;
     }
-    for (topic, agent) in queries::subscriptions(conn)? {
+    // Subscriptions, including removals (their stamps outlive the row).
+    let subs: Vec<(String, String, bool)> = conn
+        .prepare(
+            "SELECT topic, agent, 1 FROM subscriptions UNION \
+             SELECT a, b, 0 FROM stamps WHERE kind = 'subscription' AND NOT EXISTS \
+             (SELECT 1 FROM subscriptions s WHERE s.topic = stamps.a AND s.agent = stamps.b)",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (topic, agent, on) in subs {
+        let stamp = stamp_of(conn, Stamped::Subscription(&topic, &agent))?.unwrap_or_default();
         append(
             conn,
             origin,
             &EventBody::Subscription {
                 topic,
                 agent,
-                on: true,
+                on,
+                stamp,
             },
         )?;
     }
-    let tokens: Vec<(String, String)> = conn
-        .prepare("SELECT name, hash FROM tokens")?
+    let tokens: Vec<(String, Option<String>)> = conn
+        .prepare(
+            "SELECT name, hash FROM tokens UNION \
+             SELECT a, NULL FROM stamps WHERE kind = 'token' AND a NOT IN (SELECT name FROM tokens)",
+        )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (name, hash) in tokens {
-        append(
-            conn,
-            origin,
-            &EventBody::Token {
-                name,
-                hash: Some(hash),
-            },
-        )?;
+        let stamp = stamp_of(conn, Stamped::Token(&name))?.unwrap_or_default();
+        append(conn, origin, &EventBody::Token { name, hash, stamp })?;
     }
     let reads: Vec<(String, String, i64)> = conn
         .prepare("SELECT agent, msg_id, read_at FROM inbox WHERE read_at IS NOT NULL")?
@@ -438,34 +561,50 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
                 status,
                 status_text,
                 last_seen,
+                stamp,
             } => {
-                let row = AgentRow {
-                    name,
-                    node,
-                    status,
-                    status_text,
-                    last_seen,
-                };
-                queries::upsert_agent(conn, &row, crate::message::now_ms(), None)?;
-                out.agents.push(row);
-            }
-            EventBody::Subscription { topic, agent, on } => {
-                queries::set_subscription(
-                    conn,
-                    &topic,
-                    &agent,
-                    on,
-                    crate::message::now_ms(),
-                    None,
-                )?;
-                out.subscriptions.push((topic, agent, on));
-            }
-            EventBody::Token { name, hash } => match hash {
-                Some(h) => queries::put_token(conn, &name, &h, crate::message::now_ms(), None)?,
-                None => {
-                    queries::delete_token(conn, &name, None)?;
+                if stamp_wins(conn, Stamped::Agent(&name), &stamp)? {
+                    let row = AgentRow {
+                        name,
+                        node,
+                        status,
+                        status_text,
+                        last_seen,
+                    };
+                    queries::upsert_agent(conn, &row, crate::message::now_ms(), None)?;
+                    out.agents.push(row);
                 }
-            },
+            }
+            EventBody::Subscription {
+                topic,
+                agent,
+                on,
+                stamp,
+            } => {
+                if stamp_wins(conn, Stamped::Subscription(&topic, &agent), &stamp)? {
+                    queries::set_subscription(
+                        conn,
+                        &topic,
+                        &agent,
+                        on,
+                        crate::message::now_ms(),
+                        None,
+                    )?;
+                    out.subscriptions.push((topic, agent, on));
+                }
+            }
+            EventBody::Token { name, hash, stamp } => {
+                if stamp_wins(conn, Stamped::Token(&name), &stamp)? {
+                    match hash {
+                        Some(h) => {
+                            queries::put_token(conn, &name, &h, crate::message::now_ms(), None)?
+                        }
+                        None => {
+                            queries::delete_token(conn, &name, None)?;
+                        }
+                    }
+                }
+            }
         }
         at = e.seq;
     }
@@ -482,6 +621,115 @@ pub fn apply(conn: &Connection, origin: &str, events: Vec<Event>) -> Result<Appl
 mod tests {
     use super::*;
     use crate::message::{MessageType, Priority};
+
+    fn store() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn bob(status: Status) -> AgentRow {
+        AgentRow {
+            name: "bob".into(),
+            node: "n".into(),
+            status,
+            status_text: None,
+            last_seen: Some(1),
+        }
+    }
+
+    /// The event a node would log for its own latest change of bob's row.
+    fn bob_event(c: &Connection, seq: u64) -> Event {
+        let row = queries::agents(c)
+            .unwrap()
+            .into_iter()
+            .find(|a| a.name == "bob")
+            .unwrap();
+        Event {
+            seq,
+            body: EventBody::Agent {
+                name: row.name,
+                node: row.node,
+                status: row.status,
+                status_text: row.status_text,
+                last_seen: row.last_seen,
+                stamp: stamp_of(c, Stamped::Agent("bob")).unwrap().unwrap(),
+            },
+        }
+    }
+
+    fn bob_status(c: &Connection) -> Status {
+        queries::agents(c).unwrap()[0].status
+    }
+
+    #[test]
+    fn concurrent_changes_to_one_row_end_the_same_on_every_node() {
+        // Partitioned, n1 and n2 change bob in the same millisecond.
+        let (n1, n2) = (store(), store());
+        queries::upsert_agent(&n1, &bob(Status::Busy), 1000, Some("n1")).unwrap();
+        queries::upsert_agent(&n2, &bob(Status::Away), 1000, Some("n2")).unwrap();
+        let (from1, from2) = (bob_event(&n1, 1), bob_event(&n2, 1));
+        // The link heals: each applies the other's change.
+        let applied = apply(&n1, "n2", vec![from2]).unwrap();
+        assert_eq!(applied.agents.len(), 1, "n2's change wins on n1");
+        let applied = apply(&n2, "n1", vec![from1]).unwrap();
+        assert!(applied.agents.is_empty(), "n1's change loses on n2");
+        assert_eq!(
+            (bob_status(&n1), bob_status(&n2)),
+            (Status::Away, Status::Away)
+        );
+
+        // A later local change wins everywhere, even with a clock running behind the stamp.
+        queries::upsert_agent(&n1, &bob(Status::Available), 10, Some("n1")).unwrap();
+        let e = bob_event(&n1, 2);
+        assert!(matches!(&e.body, EventBody::Agent { stamp, .. } if stamp.at == 1001));
+        apply(&n2, "n1", vec![e]).unwrap();
+        assert_eq!(bob_status(&n2), Status::Available);
+    }
+
+    #[test]
+    fn a_removed_subscription_is_not_revived_by_an_older_add() {
+        let (n1, n2) = (store(), store());
+        queries::set_subscription(&n1, "ops", "bob", true, 1000, Some("n1")).unwrap();
+        let add = Event {
+            seq: 1,
+            body: EventBody::Subscription {
+                topic: "ops".into(),
+                agent: "bob".into(),
+                on: true,
+                stamp: stamp_of(&n1, Stamped::Subscription("ops", "bob"))
+                    .unwrap()
+                    .unwrap(),
+            },
+        };
+        // n2 removed it later (it had seen the add through another path, say).
+        queries::set_subscription(&n2, "ops", "bob", false, 2000, Some("n2")).unwrap();
+        apply(&n2, "n1", vec![add]).unwrap();
+        assert!(queries::subscriptions(&n2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unstamped_entries_from_older_versions_still_apply_in_order() {
+        let n2 = store();
+        let unstamped = |seq, status| Event {
+            seq,
+            body: EventBody::Agent {
+                name: "bob".into(),
+                node: "n1".into(),
+                status,
+                status_text: None,
+                last_seen: None,
+                stamp: Stamp::default(),
+            },
+        };
+        apply(
+            &n2,
+            "n1",
+            vec![unstamped(1, Status::Busy), unstamped(2, Status::Away)],
+        )
+        .unwrap();
+        assert_eq!(bob_status(&n2), Status::Away);
+    }
 
     #[test]
     fn every_event_round_trips_through_json() {
@@ -511,10 +759,15 @@ mod tests {
                 topic: "t".into(),
                 agent: "bob".into(),
                 on: true,
+                stamp: Stamp {
+                    at: 3,
+                    by: "n1".into(),
+                },
             },
             EventBody::Token {
                 name: "bob".into(),
                 hash: None,
+                stamp: Stamp::default(),
             },
         ];
         for b in bodies {

@@ -106,6 +106,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('log_complete', '1');
     "#,
+    // 6: when and where each replicated row last changed, kept after a delete (a tombstone),
+    // so that concurrent changes made on two nodes resolve the same way on every node.
+    r#"
+    CREATE TABLE stamps (
+        kind TEXT NOT NULL,         -- 'agent', 'subscription' or 'token'
+        a    TEXT NOT NULL,         -- agent name; topic for a subscription; token owner
+        b    TEXT NOT NULL,         -- subscriber for a subscription, else ''
+        at   INTEGER NOT NULL,      -- ms since the epoch, made to increase per row
+        by   TEXT NOT NULL,         -- node that made the change
+        PRIMARY KEY (kind, a, b)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.
