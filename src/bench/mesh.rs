@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,11 +168,16 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
     // Cross-node one-way delivery at a paced rate: node k → node k+1.
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let received = Arc::new(AtomicU64::new(0));
     for c in clients.iter().flatten() {
         let mut pushes = c.pushes();
-        let (sent_at, lat) = (sent_at.clone(), lat.clone());
+        let (sent_at, lat, received) = (sent_at.clone(), lat.clone(), received.clone());
         tokio::spawn(async move {
             while let Ok(m) = pushes.recv().await {
+                if m.body.starts_with("tp-") {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let now = Instant::now();
                 if let Some(t) = sent_at
                     .lock()
@@ -237,6 +243,41 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
     report.insert(
         "cross_node_ms".into(),
         serde_json::json!({"p50": d.pct(50.0), "p99": d.pct(99.0), "p999": d.pct(99.9), "messages": total, "received": d.0.len()}),
+    );
+
+    // Cross-node throughput: senders on every node keep `window` sends in flight to agents on
+    // the next node. Every message is stored on every node (full replicas).
+    let per_node = a.agents.min(50);
+    progress(&format!(
+        "cross-node throughput: {} senders × {} in flight for {} s",
+        per_node * n,
+        a.window,
+        a.seconds
+    ));
+    let acked = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let stop = t0 + Duration::from_secs(a.seconds);
+    let pairs = (0..n)
+        .flat_map(|k| (0..per_node).map(move |i| (k, i)))
+        .map(|(k, i)| (clients[k][i].clone(), format!("m{}-{i}", (k + 1) % n + 1)))
+        .collect();
+    for s in super::saturate(pairs, a.window, stop, acked.clone()) {
+        let _ = s.await;
+    }
+    let acked_n = acked.load(Ordering::Relaxed);
+    let drain = Instant::now();
+    while received.load(Ordering::Relaxed) < acked_n && drain.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    let rate = got.min(acked_n) as f64 / elapsed;
+    table.push(format!(
+        "cross-node throughput       {rate:>9.0} msg/s  ({acked_n} acknowledged, {got} received on the other node, each stored on all {n} nodes, {elapsed:.1} s)"
+    ));
+    report.insert(
+        "cross_node_throughput".into(),
+        serde_json::json!({"msgs_per_s": rate, "acked": acked_n, "received": got, "seconds": elapsed}),
     );
 
     // Restart: kill -9 node 2, start it again, time until every one of its agents is back.

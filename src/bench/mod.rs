@@ -318,41 +318,12 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(a.seconds);
     let t0 = Instant::now();
-    let mut senders = Vec::new();
-    for (i, cl) in clients.iter().enumerate() {
-        let cl = cl.clone();
-        let acked = acked.clone();
-        let to = format!("bench-{}", (i + 1) % a.agents);
-        let window = a.window;
-        senders.push(tokio::spawn(async move {
-            let mut inflight = futures_util::stream::FuturesUnordered::new();
-            let mut n = 0u64;
-            while Instant::now() < stop {
-                while inflight.len() < window {
-                    let cl = cl.clone();
-                    let to = to.clone();
-                    n += 1;
-                    let body = format!("tp-{i}-{n}");
-                    inflight.push(async move {
-                        cl.send(SendRequest {
-                            to,
-                            body,
-                            ..Default::default()
-                        })
-                        .await
-                    });
-                }
-                if let Some(Ok(_)) = inflight.next().await {
-                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            while let Some(r) = inflight.next().await {
-                if r.is_ok() {
-                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let pairs = clients
+        .iter()
+        .enumerate()
+        .map(|(i, cl)| (cl.clone(), format!("bench-{}", (i + 1) % a.agents)))
+        .collect();
+    let senders = saturate(pairs, a.window, stop, acked.clone());
     let mut last = 0;
     while Instant::now() < stop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -536,4 +507,47 @@ async fn mcp_rounds(url: &str, token: &str, rounds: usize) -> Result<Stats> {
     let _ = a.cancel().await;
     let _ = b.cancel().await;
     Ok(Stats(times))
+}
+
+/// Starts one task per (sender, recipient) that keeps `window` sends in flight until `stop`,
+/// counting acknowledged (durable) sends in `acked`. Bodies are `tp-I-N`.
+pub(crate) fn saturate(
+    pairs: Vec<(Arc<Client>, String)>,
+    window: usize,
+    stop: Instant,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut senders = Vec::new();
+    for (i, (cl, to)) in pairs.into_iter().enumerate() {
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let mut inflight = futures_util::stream::FuturesUnordered::new();
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                while inflight.len() < window {
+                    let cl = cl.clone();
+                    let to = to.clone();
+                    n += 1;
+                    let body = format!("tp-{i}-{n}");
+                    inflight.push(async move {
+                        cl.send(SendRequest {
+                            to,
+                            body,
+                            ..Default::default()
+                        })
+                        .await
+                    });
+                }
+                if let Some(Ok(_)) = inflight.next().await {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            while let Some(r) = inflight.next().await {
+                if r.is_ok() {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    senders
 }
