@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use switchboard::client::Client;
-use switchboard::protocol::{DeliveryStatus, InboxRequest, SendRequest};
+use switchboard::protocol::{DeliveryStatus, InboxRequest, SendRequest, Status};
 
 use crate::common::*;
 
@@ -478,4 +478,68 @@ async fn a_node_that_joins_a_mesh_later_shares_its_history() {
     })
     .await;
     mesh.nodes.push(Some(n2));
+}
+
+/// bob's directory row as node `i` shows it: (online, node, status, status text).
+async fn bob_row(mesh: &Mesh, i: usize) -> Option<(bool, String, String, Option<String>)> {
+    let c = mesh.client(i, "observer").await;
+    let p = c.presence(Some("bob".into())).await.ok()?.agents.pop()?;
+    Some((
+        p.online,
+        p.node,
+        p.status.as_str().to_owned(),
+        p.status_text,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_made_on_both_sides_of_a_partition_end_the_same_everywhere() {
+    let mut mesh = Mesh::start(2).await;
+    // Partition: n2 restarts with the mesh secret (so it keeps logging) but without its peer,
+    // and n1 dials nobody.
+    let secret = mesh.secret.display().to_string();
+    mesh.nodes[1].take().unwrap().terminate().await;
+    let alone = NodeProc::start_named(
+        mesh.dirs[1].path(),
+        mesh.ports[1],
+        "n2",
+        &["--mesh-secret-file", &secret],
+    )
+    .await;
+    mesh.nodes[1] = Some(alone);
+    // bob changes his status on both sides.
+    let bob = mesh.client(1, "bob").await;
+    bob.set_status(Status::Busy, Some("on n2".into()))
+        .await
+        .unwrap();
+    drop(bob);
+    eventually(10, "bob offline at n2", || async {
+        bob_row(&mesh, 1).await.is_some_and(|r| !r.0)
+    })
+    .await;
+    let bob = mesh.client(0, "bob").await;
+    bob.set_status(Status::Away, Some("on n1".into()))
+        .await
+        .unwrap();
+    drop(bob);
+    eventually(10, "bob offline at n1", || async {
+        bob_row(&mesh, 0).await.is_some_and(|r| !r.0)
+    })
+    .await;
+    let (at1, at2) = (bob_row(&mesh, 0).await, bob_row(&mesh, 1).await);
+    assert_ne!(at1, at2, "the two sides differ during the partition");
+    // Heal: each side applies the other's changes; both must end with the same row.
+    mesh.nodes[1].take().unwrap().terminate().await;
+    mesh.nodes[1] = Some(mesh.spawn(1).await);
+    mesh.wait_linked().await;
+    eventually(10, "bob's row the same on both nodes", || async {
+        let (a, b) = (bob_row(&mesh, 0).await, bob_row(&mesh, 1).await);
+        a.is_some() && a == b
+    })
+    .await;
+    let row = bob_row(&mesh, 0).await.unwrap();
+    assert!(
+        row == at1.clone().unwrap() || row == at2.clone().unwrap(),
+        "the result is one side's change, whole: {row:?}"
+    );
 }
