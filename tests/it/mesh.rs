@@ -492,6 +492,18 @@ async fn bob_row(mesh: &Mesh, i: usize) -> Option<(bool, String, String, Option<
     ))
 }
 
+/// bob connects to node `i`, sets his status there, and leaves.
+async fn bob_sets(mesh: &Mesh, i: usize, status: Status) {
+    let bob = mesh.client(i, "bob").await;
+    let text = format!("on n{}", i + 1);
+    bob.set_status(status, Some(text)).await.unwrap();
+    drop(bob);
+    eventually(10, "bob offline", || async {
+        bob_row(mesh, i).await.is_some_and(|r| !r.0)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_made_on_both_sides_of_a_partition_end_the_same_everywhere() {
     let mut mesh = Mesh::start(2).await;
@@ -508,24 +520,8 @@ async fn changes_made_on_both_sides_of_a_partition_end_the_same_everywhere() {
     .await;
     mesh.nodes[1] = Some(alone);
     // bob changes his status on both sides.
-    let bob = mesh.client(1, "bob").await;
-    bob.set_status(Status::Busy, Some("on n2".into()))
-        .await
-        .unwrap();
-    drop(bob);
-    eventually(10, "bob offline at n2", || async {
-        bob_row(&mesh, 1).await.is_some_and(|r| !r.0)
-    })
-    .await;
-    let bob = mesh.client(0, "bob").await;
-    bob.set_status(Status::Away, Some("on n1".into()))
-        .await
-        .unwrap();
-    drop(bob);
-    eventually(10, "bob offline at n1", || async {
-        bob_row(&mesh, 0).await.is_some_and(|r| !r.0)
-    })
-    .await;
+    bob_sets(&mesh, 1, Status::Busy).await;
+    bob_sets(&mesh, 0, Status::Away).await;
     let (at1, at2) = (bob_row(&mesh, 0).await, bob_row(&mesh, 1).await);
     assert_ne!(at1, at2, "the two sides differ during the partition");
     // Heal: each side applies the other's changes; both must end with the same row.
