@@ -53,7 +53,7 @@ pub struct FileLimits {
     pub send_burst: Option<u32>,
     /// Replies one thread may get per minute before the loop guard refuses more (0: off).
     pub thread_per_minute: Option<u32>,
-    /// Seconds a new connection has to say hello.
+    /// Seconds a new connection has to send its HTTP request, and then to say hello.
     pub handshake_timeout_secs: Option<u64>,
     /// Seconds between keep-alive pings; a client silent for two intervals is cut off.
     pub ping_interval_secs: Option<u64>,
@@ -74,7 +74,7 @@ pub struct Limits {
     pub send_burst: u32,
     /// Loop guard: messages per thread per minute; 0 turns it off.
     pub thread_per_minute: u32,
-    /// Time to say hello.
+    /// Time to send the HTTP request headers, and then to say hello.
     pub handshake_timeout: Duration,
     /// Keep-alive ping interval.
     pub ping_interval: Duration,

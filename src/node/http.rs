@@ -27,6 +27,64 @@ pub struct AppState {
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
+/// Serves `app` on `listener` until `stop` is cancelled: what axum's `serve` does, plus a
+/// deadline for request headers (`handshake_timeout`: axum sets none, so a client that
+/// connected and then said nothing held its socket forever) and Nagle off (it would add up to
+/// 40 ms to small frames). Each request carries the peer address as `ConnectInfo`. Upgraded
+/// connections (WebSockets) leave hyper and live on as session tasks.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    let mut app = app.clone();
+                    async move {
+                        tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
 /// The HTTP routes.
 pub fn app(state: AppState) -> axum::Router {
     axum::Router::new()

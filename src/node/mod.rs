@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -107,22 +106,12 @@ impl Node {
             tracker: tracker.clone(),
             mesh,
         });
-        let stop = shutdown.clone();
-        // Nagle's algorithm would add up to 40 ms to small frames: latency is the product.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            {
-                tracing::error!(error = %e, "the HTTP server failed");
-            }
-        });
+        let server = tokio::spawn(http::serve(
+            listener,
+            app,
+            router.limits.handshake_timeout,
+            shutdown.clone(),
+        ));
         tracing::info!(node = %config.node_id, %addr, data_dir = %config.data_dir.display(), "node listening");
         Ok(Node {
             addr,

@@ -205,7 +205,7 @@ async fn half_open_handshakes_time_out_without_stalling_others() {
     .unwrap();
     let node = NodeProc::start(dir.path(), &[]).await;
     // A bare TCP connection that never speaks HTTP, and a WebSocket that never says hello.
-    let _tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
         .await
         .unwrap();
     let mut silent = raw(&node.url()).await;
@@ -215,6 +215,13 @@ async fn half_open_handshakes_time_out_without_stalling_others() {
     let e = next_json(&mut silent).await.unwrap();
     assert_eq!(e["code"], "handshake_timeout");
     assert!(next_json(&mut silent).await.is_none());
+    // The bare connection is closed too (the same deadline for its request headers).
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("the node closes a connection that sends no request");
+    assert!(closed.is_ok_and(|n| n == 0 || buf.starts_with(b"HTTP/1.1 408")));
 }
 
 #[tokio::test]
