@@ -412,7 +412,8 @@ impl Mesh {
         let mut version = 0u64;
         // Send a first snapshot right away; later ones when presence changes.
         let mut presence_due = Some(tokio::time::Instant::now());
-        let (applying, mut applied_upto, mut apply_failed) = self.completer(peer.clone());
+        let (applying, mut applied_upto, mut apply_failed) =
+            completer(router.clone(), peer.clone());
         let p = peer.clone();
         let cursor = store
             .read(move |c| replication::cursor(c, &p))
@@ -541,54 +542,51 @@ impl Mesh {
     }
 }
 
-type Applying = mpsc::Sender<tokio::sync::oneshot::Receiver<Result<replication::Applied>>>;
+/// One queued apply: its answer arrives once it has committed.
+type ApplyAnswer = tokio::sync::oneshot::Receiver<Result<replication::Applied>>;
 
-impl Mesh {
-    /// Starts the task that takes a link's applies as they commit, in order: it hands what they
-    /// changed to the router (pushing new messages to local sessions) and publishes the cursor
-    /// the link acks. It drains what is queued even after the link ends (those commits happen
-    /// anyway). Returns the queue, the applied cursor, and a failure reason.
-    fn completer(
-        &self,
-        peer: String,
-    ) -> (
-        Applying,
-        tokio::sync::watch::Receiver<u64>,
-        tokio::sync::oneshot::Receiver<String>,
-    ) {
-        let (tx, mut rx) =
-            mpsc::channel::<tokio::sync::oneshot::Receiver<Result<replication::Applied>>>(APPLYING);
-        let (cursor_tx, cursor_rx) = tokio::sync::watch::channel(0u64);
-        let (fail_tx, fail_rx) = tokio::sync::oneshot::channel();
-        let router = self.router.clone();
-        tokio::spawn(async move {
-            while let Some(answer) = rx.recv().await {
-                let applied = match answer.await {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "applying a peer's events failed");
-                        let _ = fail_tx.send(e.to_string());
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = fail_tx.send("the store stopped".into());
-                        return;
-                    }
-                };
-                let m = &router.metrics;
-                m.deduplicated_total
-                    .fetch_add(applied.duplicates, std::sync::atomic::Ordering::Relaxed);
-                m.replicated_total.fetch_add(
-                    applied.messages.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                let cursor = applied.cursor;
-                router.apply_remote(applied);
-                cursor_tx.send_replace(cursor);
-            }
-        });
-        (tx, cursor_rx, fail_rx)
-    }
+/// Starts the task that takes a link's applies as they commit, in order: it hands what they
+/// changed to the router (pushing new messages to local sessions) and publishes the cursor
+/// the link acks. It drains what is queued even after the link ends (those commits happen
+/// anyway). Returns the queue, the applied cursor, and a failure reason.
+fn completer(
+    router: Arc<Router>,
+    peer: String,
+) -> (
+    mpsc::Sender<ApplyAnswer>,
+    tokio::sync::watch::Receiver<u64>,
+    tokio::sync::oneshot::Receiver<String>,
+) {
+    let (tx, mut rx) = mpsc::channel::<ApplyAnswer>(APPLYING);
+    let (cursor_tx, cursor_rx) = tokio::sync::watch::channel(0u64);
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        while let Some(answer) = rx.recv().await {
+            let applied = match answer.await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "applying a peer's events failed");
+                    let _ = fail_tx.send(e.to_string());
+                    return;
+                }
+                Err(_) => {
+                    let _ = fail_tx.send("the store stopped".into());
+                    return;
+                }
+            };
+            let m = &router.metrics;
+            m.deduplicated_total
+                .fetch_add(applied.duplicates, std::sync::atomic::Ordering::Relaxed);
+            m.replicated_total.fetch_add(
+                applied.messages.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let cursor = applied.cursor;
+            router.apply_remote(applied);
+            cursor_tx.send_replace(cursor);
+        }
+    });
+    (tx, cursor_rx, fail_rx)
 }
 
 /// An `events` frame from raw log payloads, without parsing them again.

@@ -57,6 +57,15 @@ struct Agent {
 }
 
 impl Agent {
+    /// A directory entry with no session here (yet).
+    fn offline(row: AgentRow) -> Agent {
+        Agent {
+            row,
+            sessions: Vec::new(),
+            connected_since: None,
+        }
+    }
+
     fn online(&self) -> bool {
         self.sessions.iter().any(|s| s.role == Role::Agent)
     }
@@ -202,14 +211,7 @@ impl Router {
             .await?;
         let mut state = State::default();
         for row in rows {
-            state.agents.insert(
-                row.name.clone(),
-                Agent {
-                    row,
-                    sessions: Vec::new(),
-                    connected_since: None,
-                },
-            );
+            state.agents.insert(row.name.clone(), Agent::offline(row));
         }
         for (topic, agent) in subs {
             state.topics.entry(topic).or_default().insert(agent);
@@ -297,20 +299,15 @@ impl Router {
         let now = now_ms();
         let persist = {
             let mut state = lock(&self.state);
-            let entry = state
-                .agents
-                .entry(agent.to_owned())
-                .or_insert_with(|| Agent {
-                    row: AgentRow {
-                        name: agent.to_owned(),
-                        node: self.node_id.clone(),
-                        status: Status::Available,
-                        status_text: None,
-                        last_seen: Some(now),
-                    },
-                    sessions: Vec::new(),
-                    connected_since: None,
-                });
+            let entry = state.agents.entry(agent.to_owned()).or_insert_with(|| {
+                Agent::offline(AgentRow {
+                    name: agent.to_owned(),
+                    node: self.node_id.clone(),
+                    status: Status::Available,
+                    status_text: None,
+                    last_seen: Some(now),
+                })
+            });
             let was_online = entry.online();
             entry.sessions.push(session.clone());
             if role == Role::Agent && !was_online {
@@ -751,14 +748,9 @@ impl Router {
                 status_text: None,
                 last_seen: None,
             };
-            state.agents.insert(
-                name.to_owned(),
-                Agent {
-                    row: row.clone(),
-                    sessions: Vec::new(),
-                    connected_since: None,
-                },
-            );
+            state
+                .agents
+                .insert(name.to_owned(), Agent::offline(row.clone()));
             row
         };
         let origin = self.node_id.clone();
@@ -864,14 +856,7 @@ impl Router {
                         }
                     }
                     None => {
-                        state.agents.insert(
-                            row.name.clone(),
-                            Agent {
-                                row,
-                                sessions: Vec::new(),
-                                connected_since: None,
-                            },
-                        );
+                        state.agents.insert(row.name.clone(), Agent::offline(row));
                     }
                 }
             }
