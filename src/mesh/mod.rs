@@ -515,8 +515,12 @@ impl Mesh {
                                 pump = true;
                             }
                             PeerFrame::Events { events } => {
-                                let p = peer.clone();
-                                let answer = match store.submit_isolated(move |c| replication::apply(c, &p, events)).await {
+                                let (p, r, rt) = (peer.clone(), router.clone(), tokio::runtime::Handle::current());
+                                let answer = match store.submit_isolated(move |c| {
+                                    let applied = replication::apply(c, &p, events)?;
+                                    r.push_remote(&applied.messages, &rt);
+                                    Ok(applied)
+                                }).await {
                                     Ok(a) => a,
                                     Err(e) => break 'link e.to_string(),
                                 };

@@ -839,8 +839,8 @@ impl Router {
         }
     }
 
-    /// Takes in what a peer's events changed: directory rows, subscriptions, and new messages,
-    /// which are pushed to local sessions; when a local session acks one, its origin hears so.
+    /// Takes in what a peer's committed events changed in the directory and subscriptions.
+    /// (Their messages were pushed already, by [`Router::push_remote`].)
     pub fn apply_remote(self: &std::sync::Arc<Self>, applied: crate::store::replication::Applied) {
         {
             let mut state = lock(&self.state);
@@ -868,14 +868,26 @@ impl Router {
                 }
             }
         }
-        for stored in applied.messages {
-            let Some(acked) = self.push_local(&stored, Vec::new()) else {
+    }
+
+    /// Pushes messages a peer's events brought to this node's sessions of their recipients,
+    /// and tells the origin (which waits to answer its sender) when a recipient acks one.
+    /// Called on the store's writer thread as soon as the apply has run, before its commit:
+    /// the message is already durable at its origin, which re-sends it until this node has
+    /// committed it, so an early push can repeat after a crash but never announce a loss.
+    pub fn push_remote(
+        self: &std::sync::Arc<Self>,
+        messages: &[Stored],
+        rt: &tokio::runtime::Handle,
+    ) {
+        for stored in messages {
+            let Some(acked) = self.push_local(stored, Vec::new()) else {
                 continue;
             };
             let origin = stored.origin.clone();
             let id = stored.message.id.clone();
             let router = self.clone();
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 if tokio::time::timeout(ACK_WAIT, acked)
                     .await
                     .is_ok_and(|r| r.is_ok())

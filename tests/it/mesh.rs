@@ -319,6 +319,49 @@ async fn kill_9_and_sigstop_lose_nothing_and_duplicate_nothing() {
     }
 }
 
+/// A node pushes a peer's message to its session before committing it (the origin has it
+/// already). Killed right after bob saw a push, it must still end with every message exactly
+/// once: whatever it had not committed comes again from the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_right_after_a_push_ends_with_each_message_once() {
+    let mut mesh = Mesh::start(2).await;
+    let bob = mesh.client(1, "bob").await;
+    let mut pushes = bob.pushes();
+    let alice = std::sync::Arc::new(mesh.client(0, "alice").await);
+    eventually(5, "bob online at n2, seen from n1", || async {
+        online_at(&alice, "bob").await.as_deref() == Some("n2")
+    })
+    .await;
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let alice = alice.clone();
+            tokio::spawn(async move { alice.send(msg("bob", &format!("{i}"))).await.unwrap().id })
+        })
+        .collect();
+    pushes.recv().await.unwrap();
+    mesh.nodes[1].take().unwrap().kill9().await;
+    drop(bob);
+    let mut acked = Vec::new();
+    for s in sends {
+        acked.push(s.await.unwrap());
+    }
+    acked.sort();
+    mesh.nodes[1] = Some(mesh.spawn(1).await);
+    mesh.wait_linked().await;
+    let bob = mesh.client(1, "bob").await;
+    let ids: Vec<String> = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let got = bob.inbox(unread(200)).await.unwrap().messages;
+            if got.len() >= acked.len() {
+                return got.into_iter().map(|m| m.id).collect();
+            }
+        }
+    })
+    .await
+    .expect("all 40 messages at the restarted n2");
+    assert_eq!(ids, acked, "each message exactly once, in order");
+}
+
 /// Chaos: random nodes are killed (-9) and restarted every 1-3 s while numbered messages flow
 /// from a sender on every node; afterwards every acknowledged message is in the inbox exactly
 /// once, in order per sender. `SWITCHBOARD_CHAOS_SECONDS` makes it run longer (default 12).
