@@ -107,6 +107,13 @@ impl Store {
     /// ends when every handle is dropped, after committing what was queued.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
         let mut conn = Connection::open(path)?;
+        // Small pages for new stores: a one-message commit touches about nine pages (the
+        // message, its inbox row, their indexes, the log, a peer cursor), and each is written
+        // whole to the WAL and again by the checkpoint. With 4 KiB pages three nodes at
+        // 1,000 msg/s wrote 107 MB/s; with 1 KiB, 39 MB/s, at the same throughput and latency,
+        // which leaves the disk's flushes short when something else loads it. (An existing
+        // store keeps the page size it was created with.)
+        conn.pragma_update(None, "page_size", 1024)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -300,8 +307,8 @@ fn retry_soon(attempts: i32) -> bool {
     true
 }
 
-/// WAL frames (4 KiB pages) after which the checkpointer makes the writer start the WAL over.
-const WAL_RESTART_FRAMES: i64 = 8192;
+/// WAL bytes after which the checkpointer makes the writer start the WAL over.
+const WAL_RESTART_BYTES: u64 = 32 << 20;
 
 /// How often the checkpointer copies the WAL into the database file. Each checkpoint fsyncs
 /// what was written since the last one; at one per second that was 10 MB per node under load,
@@ -322,7 +329,7 @@ fn checkpoints(conn: Connection, mut wal: WalPrefetch, running: &std::sync::atom
         std::thread::sleep(CHECKPOINT_EVERY);
         let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
         let mut at = frames.unwrap_or(0).max(0) as u64;
-        if at > WAL_RESTART_FRAMES as u64 {
+        if at * (page + 24) > WAL_RESTART_BYTES {
             match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                 Ok(()) => at = 0,
                 Err(e) => tracing::debug!(error = %e, "restart checkpoint skipped"),

@@ -180,6 +180,30 @@ async fn oversized_frames_are_refused_and_the_node_keeps_serving() {
     alice.send(msg("alice", "small is fine")).await.unwrap();
 }
 
+/// A body close to the 1 MiB frame limit spans hundreds of the store's small pages; it must
+/// come back byte for byte, pushed and from the inbox.
+#[tokio::test]
+async fn a_body_near_the_frame_limit_arrives_intact() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let bob = node.client("bob").await;
+    let mut pushes = bob.pushes();
+    let alice = node.client("alice").await;
+    let body: String = (0..1_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = alice.send(msg("bob", &body)).await.unwrap();
+    let pushed = pushes.recv().await.unwrap();
+    assert_eq!(
+        (pushed.id.as_str(), pushed.body.len()),
+        (r.id.as_str(), body.len())
+    );
+    assert!(pushed.body == body, "the pushed body changed");
+    let stored = bob.inbox(unread()).await.unwrap().messages;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].body == body, "the stored body changed");
+}
+
 #[tokio::test]
 async fn commands_before_hello_are_refused() {
     let dir = tempdir();
