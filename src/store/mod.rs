@@ -107,13 +107,6 @@ impl Store {
     /// ends when every handle is dropped, after committing what was queued.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
         let mut conn = Connection::open(path)?;
-        // Small pages for new stores: a one-message commit touches about nine pages (the
-        // message, its inbox row, their indexes, the log, a peer cursor), and each is written
-        // whole to the WAL and again by the checkpoint. With 4 KiB pages three nodes at
-        // 1,000 msg/s wrote 107 MB/s; with 1 KiB, 39 MB/s, at the same throughput and latency,
-        // which leaves the disk's flushes short when something else loads it. (An existing
-        // store keeps the page size it was created with.)
-        conn.pragma_update(None, "page_size", 1024)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
