@@ -191,6 +191,9 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
             }
         });
     }
+    let (line, json) = super::noise_line(&super::wakeup_noise().await);
+    table.push(line);
+    report.insert("wakeup_late_ms".into(), json);
     let total = u64::from(a.rate) * a.seconds;
     progress(&format!(
         "cross-node latency: {total} messages at {} msg/s",
