@@ -191,14 +191,12 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
             }
         });
     }
-    let (line, json) = super::noise_line(&super::wakeup_noise().await);
-    table.push(line);
-    report.insert("wakeup_late_ms".into(), json);
     let total = u64::from(a.rate) * a.seconds;
     progress(&format!(
         "cross-node latency: {total} messages at {} msg/s",
         a.rate
     ));
+    let probe = super::WakeupProbe::start();
     let start = Instant::now();
     let mut handles = Vec::new();
     for m in 0..total {
@@ -247,6 +245,9 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
         "cross_node_ms".into(),
         serde_json::json!({"p50": d.pct(50.0), "p99": d.pct(99.0), "p999": d.pct(99.9), "messages": total, "received": d.0.len()}),
     );
+    let (line, json) = probe.finish().await;
+    table.push(line);
+    report.insert("wakeup_late_ms".into(), json);
 
     // Cross-node throughput: senders on every node keep `window` sends in flight to agents on
     // the next node. Every message is stored on every node (full replicas).

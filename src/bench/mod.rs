@@ -69,36 +69,45 @@ impl Stats {
     }
 }
 
-/// How late this machine wakes an idle thread: 2,000 sleeps of 0.5 ms, each one's overshoot.
-/// Every delivery crosses several threads, so a machine that wakes threads late (a busy
-/// host under a VM) stretches the tails; printing this beside the figures tells a quiet run
-/// from a noisy one.
-pub(super) async fn wakeup_noise() -> Stats {
-    let sample = tokio::task::spawn_blocking(|| {
-        let nap = Duration::from_micros(500);
-        (0..2000)
-            .map(|_| {
-                let t = Instant::now();
-                std::thread::sleep(nap);
-                (t.elapsed().saturating_sub(nap)).as_secs_f64() * 1e3
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
-    Stats(sample)
+/// How late the machine wakes a thread while a phase runs: a spare thread sleeps 0.5 ms over
+/// and over and records each overshoot. Every delivery crosses several threads, so when the
+/// machine wakes threads late (the bench's own load on few cores, or a busy host under a VM)
+/// the tails stretch; printing this beside the figures tells a quiet run from a noisy one.
+pub(super) struct WakeupProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sample: tokio::task::JoinHandle<Vec<f64>>,
 }
 
-/// The table line and JSON of [`wakeup_noise`].
-pub(super) fn noise_line(s: &Stats) -> (String, serde_json::Value) {
-    (
-        format!(
-            "machine: idle thread woken late  p50 {:>7.3} ms  p99 {:>7.3} ms  (sleeps of 0.5 ms, before the latency phase)",
-            s.pct(50.0),
-            s.pct(99.0)
-        ),
-        serde_json::json!({"p50": s.pct(50.0), "p99": s.pct(99.0)}),
-    )
+impl WakeupProbe {
+    pub(super) fn start() -> WakeupProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let sample = tokio::task::spawn_blocking(move || {
+            let nap = Duration::from_micros(500);
+            let mut late = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                std::thread::sleep(nap);
+                late.push(t.elapsed().saturating_sub(nap).as_secs_f64() * 1e3);
+            }
+            late
+        });
+        WakeupProbe { stop, sample }
+    }
+
+    /// Stops the probe; returns the table line and its JSON.
+    pub(super) async fn finish(self) -> (String, serde_json::Value) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let s = Stats(self.sample.await.unwrap_or_default());
+        (
+            format!(
+                "  (meanwhile a sleeping thread woke late by p50 {:.3} ms, p99 {:.3} ms)",
+                s.pct(50.0),
+                s.pct(99.0)
+            ),
+            serde_json::json!({"p50": s.pct(50.0), "p99": s.pct(99.0)}),
+        )
+    }
 }
 
 fn progress(text: &str) {
@@ -294,10 +303,8 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
 
     // 2. Paced one-way latency.
     let total = a.rate as u64 * a.seconds;
-    let (line, json) = noise_line(&wakeup_noise().await);
-    table.push(line);
-    report.insert("wakeup_late_ms".into(), json);
     progress(&format!("latency: {total} messages at {} msg/s", a.rate));
+    let probe = WakeupProbe::start();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(total as usize);
     for n in 0..total {
@@ -341,6 +348,9 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
         a.rate, l.pct(50.0), l.pct(99.0), l.pct(99.9), total, lost, failed
     ));
     report.insert("delivery_ms".into(), serde_json::json!({"rate": a.rate, "p50": l.pct(50.0), "p99": l.pct(99.0), "p999": l.pct(99.9), "messages": total, "not_received": lost}));
+    let (line, json) = probe.finish().await;
+    table.push(line);
+    report.insert("wakeup_late_ms".into(), json);
 
     // 3. Sustained throughput: every sender keeps `window` sends in flight.
     progress(&format!(
