@@ -180,6 +180,8 @@ pub struct Router {
     started: Instant,
     state: Mutex<State>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Acks that came before their sender's wait was registered (see [`Early`]).
+    early: Mutex<Early>,
     /// Live peer links by node id.
     peers: Mutex<HashMap<String, PeerTx>>,
     /// (agent, message id, ms) acks not yet recorded in the store.
@@ -190,6 +192,42 @@ pub struct Router {
     pub incarnation: u64,
     ids: Mutex<ulid::Generator>,
     next_session: AtomicU64,
+}
+
+/// Acks of messages nobody waits for yet. A recipient's ack (or a peer's `delivered`) can
+/// beat the sender's completer to registering its wait — a peer pushes before it even commits
+/// — and was then lost, so the sender heard `queued` for a delivered message. Kept for
+/// [`ACK_WAIT`]; most are acks nobody will wait for (replayed mail), hence the bound.
+#[derive(Default)]
+struct Early {
+    /// Message id → who acked (`None`: a peer's `delivered`) and when.
+    acks: HashMap<String, (Option<String>, Instant)>,
+}
+
+/// Acks kept at most; beyond that new ones are dropped (the sender then hears `queued`).
+const EARLY_MAX: usize = 4096;
+
+impl Early {
+    fn add(&mut self, id: &str, by: Option<&str>) {
+        if self.acks.len() >= EARLY_MAX {
+            self.acks.retain(|_, (_, at)| at.elapsed() < ACK_WAIT);
+        }
+        if self.acks.len() < EARLY_MAX {
+            self.acks
+                .insert(id.to_owned(), (by.map(str::to_owned), Instant::now()));
+        }
+    }
+
+    /// Whether `id` was already acked by one of `recipients` (or delivered at a peer).
+    fn take(&mut self, id: &str, recipients: &[String]) -> bool {
+        if self.acks.is_empty() {
+            return false;
+        }
+        match self.acks.remove(id) {
+            Some((by, at)) if at.elapsed() < ACK_WAIT => by.is_none_or(|a| recipients.contains(&a)),
+            _ => false,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +263,7 @@ impl Router {
             started: Instant::now(),
             state: Mutex::new(state),
             pending: Mutex::new(HashMap::new()),
+            early: Mutex::new(Early::default()),
             peers: Mutex::new(HashMap::new()),
             delivered: Mutex::new(Vec::new()),
             presence_version: tokio::sync::watch::channel(0).0,
@@ -547,13 +586,18 @@ impl Router {
         }
         reached.dedup();
         let (done, rx) = oneshot::channel();
-        lock(&self.pending).insert(
-            stored.message.id.clone(),
-            Pending {
-                recipients: reached,
-                done,
-            },
-        );
+        let mut pending = lock(&self.pending);
+        if lock(&self.early).take(&stored.message.id, &reached) {
+            let _ = done.send(());
+        } else {
+            pending.insert(
+                stored.message.id.clone(),
+                Pending {
+                    recipients: reached,
+                    done,
+                },
+            );
+        }
         Some(rx)
     }
 
@@ -608,12 +652,14 @@ impl Router {
         {
             let mut pending = lock(&self.pending);
             for id in &ids {
-                if pending
-                    .get(id)
-                    .is_some_and(|p| p.recipients.iter().any(|r| r == agent))
-                    && let Some(p) = pending.remove(id)
-                {
-                    let _ = p.done.send(());
+                match pending.get(id) {
+                    Some(p) if p.recipients.iter().any(|r| r == agent) => {
+                        if let Some(p) = pending.remove(id) {
+                            let _ = p.done.send(());
+                        }
+                    }
+                    Some(_) => {}
+                    None => lock(&self.early).add(id, Some(agent)),
                 }
             }
         }
@@ -833,8 +879,11 @@ impl Router {
     pub fn remote_delivered(&self, ids: &[String]) {
         let mut pending = lock(&self.pending);
         for id in ids {
-            if let Some(p) = pending.remove(id) {
-                let _ = p.done.send(());
+            match pending.remove(id) {
+                Some(p) => {
+                    let _ = p.done.send(());
+                }
+                None => lock(&self.early).add(id, None),
             }
         }
     }
