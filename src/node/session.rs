@@ -554,10 +554,14 @@ impl Conn {
                     return Err(Error::Invalid("limit: must be between 1 and 200".into()));
                 }
                 let (query, limit) = (s.query, s.limit);
+                queries::check_search(&query)?;
+                // First index (on the writer, after every write queued before this search,
+                // the sender's own included) what the periodic run has not; then look on the
+                // reader thread, so an expensive search never holds up deliveries.
+                r.store.write(queries::index_new_messages).await?;
                 let messages = r
                     .store
-                    // A write: it first indexes messages not yet in the full-text index.
-                    .write(move |c| queries::search(c, &agent, &query, limit))
+                    .read_committed(move |c| queries::search(c, &agent, &query, limit))
                     .await?;
                 ServerFrame::Messages {
                     req: s.req,

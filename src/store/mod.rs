@@ -49,6 +49,9 @@ const TAIL_LEN: usize = 16_384;
 /// Jobs waiting for the writer; full means the disk is the bottleneck and senders wait.
 const QUEUE_DEPTH: usize = 8192;
 
+/// Searches waiting for the reader thread; full means callers wait.
+const READ_QUEUE_DEPTH: usize = 256;
+
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&Connection, &mut Batch) -> Finish + Send>;
 
@@ -100,6 +103,8 @@ pub struct Store {
     stats: Arc<StoreStats>,
     /// Bumped after every commit: peer links wake on it to ship new log entries.
     commits: tokio::sync::watch::Receiver<u64>,
+    /// Jobs for the reader thread (full-text searches).
+    reads: mpsc::Sender<JobBox>,
 }
 
 impl Store {
@@ -128,6 +133,18 @@ impl Store {
         let checkpointer = Connection::open(path)?;
         checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
 
+        // Searches can be expensive (a common word in a big store ranks every match); on the
+        // writer they would hold up every delivery behind them. A reader connection of its
+        // own runs them on committed data while the writer goes on (WAL readers never block it).
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", true)?;
+        reader.pragma_update(None, "cache_size", -16_000)?;
+        let (reads, read_rx) = mpsc::channel(READ_QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("switchboard-read".into())
+            .spawn(move || read_jobs(reader, read_rx))
+            .map_err(|e| Error::io("starting the store reader thread", e))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(StoreStats::default());
         let (commit_tx, commits) = tokio::sync::watch::channel(0u64);
@@ -155,6 +172,7 @@ impl Store {
             tail,
             stats,
             commits,
+            reads,
         })
     }
 
@@ -229,6 +247,26 @@ impl Store {
             .await?
             .await
             .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Runs a read-only job on the reader thread, off the writer: it sees what has committed,
+    /// not what is still queued — callers that need their own queued writes first await a
+    /// writer job (a commit) before this.
+    pub async fn read_committed<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection, _: &mut Batch| {
+            let _ = reply.send(f(conn));
+            Box::new(|_: Option<&str>| {})
+        });
+        self.reads
+            .send(JobBox(job))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
     async fn enqueue<R, F>(&self, f: F, guard: Guard) -> Result<oneshot::Receiver<Result<R>>>
@@ -386,6 +424,14 @@ impl WalPrefetch {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = offset;
+    }
+}
+
+/// The reader thread: runs read-only jobs one by one until every handle is dropped.
+fn read_jobs(conn: Connection, mut rx: mpsc::Receiver<JobBox>) {
+    let mut unused = Batch::default();
+    while let Some(JobBox(job)) = rx.blocking_recv() {
+        job(&conn, &mut unused)(None);
     }
 }
 

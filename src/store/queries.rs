@@ -370,8 +370,12 @@ pub fn thread(conn: &Connection, agent: &str, id: &str) -> Result<Vec<Message>> 
                 format!("id: no message '{id}' that you can read"),
             )
         })?;
+    // By the millisecond of the id, then by arrival: ids come from each sender's own ULID
+    // generator, so a reply sent within the millisecond of its question can carry a smaller
+    // id; the store received the question first.
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE m.thread_id = ?2 AND {VISIBLE} ORDER BY m.id"
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE m.thread_id = ?2 AND {VISIBLE} \
+         ORDER BY substr(m.id, 1, 10), m.seq"
     ))?;
     let rows = stmt
         .query_map(params![agent, thread_id], |r| {
@@ -399,15 +403,22 @@ pub fn fts_query(text: &str) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" "))
 }
 
-/// Full-text search over what `agent` may read, best match first.
-pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result<Vec<Message>> {
-    let Some(fts) = fts_query(query) else {
-        return Err(Error::Invalid(
-            "query: must contain at least one word".into(),
-        ));
-    };
-    // Messages since the last periodic indexing run become searchable first.
+/// Adds messages stored since the last periodic indexing run to the full-text index, so a
+/// search that follows sees them.
+pub fn index_new_messages(conn: &Connection) -> Result<()> {
     conn.execute_batch(crate::store::schema::INDEX_NEW_MESSAGES)?;
+    Ok(())
+}
+
+/// Checks a search query before anything is queued for it.
+pub fn check_search(query: &str) -> Result<String> {
+    fts_query(query).ok_or_else(|| Error::Invalid("query: must contain at least one word".into()))
+}
+
+/// Full-text search over what `agent` may read, best match first, in what the index holds
+/// (run [`index_new_messages`] first to include the newest messages).
+pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result<Vec<Message>> {
+    let fts = check_search(query)?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
          WHERE messages_fts MATCH ?2 AND {VISIBLE} ORDER BY f.rank LIMIT ?3"

@@ -204,6 +204,70 @@ async fn a_body_near_the_frame_limit_arrives_intact() {
     assert!(stored[0].body == body, "the stored body changed");
 }
 
+/// Searches run off the writer, on committed data; a search sent right behind a send, without
+/// waiting for its answer, must still find that message.
+#[tokio::test]
+async fn a_search_right_behind_a_send_finds_it() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let mut ws = raw_hello(&node, "alice").await;
+    for i in 0..20 {
+        send_text(
+            &mut ws,
+            json!({"op":"send","req":2 * i + 1,"to":"alice","body":format!("needle{i} in the haystack")}).to_string(),
+        )
+        .await;
+        send_text(
+            &mut ws,
+            json!({"op":"search","req":2 * i + 2,"query":format!("needle{i}"),"limit":10})
+                .to_string(),
+        )
+        .await;
+    }
+    let mut found = 0;
+    while found < 20 {
+        let f = next_json(&mut ws)
+            .await
+            .expect("the node answered every request");
+        if f["op"] == "messages" {
+            let i = (f["req"].as_u64().unwrap() - 2) / 2;
+            let bodies: Vec<&str> = f["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"].as_str().unwrap())
+                .collect();
+            assert_eq!(bodies, [format!("needle{i} in the haystack")], "{f}");
+            found += 1;
+        }
+    }
+}
+
+/// Each client generates its own ids; a reply sent within the same millisecond as its
+/// question may carry the smaller id, and the thread must still read question first.
+#[tokio::test]
+async fn a_thread_lists_a_same_millisecond_reply_after_its_question() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let alice = node.client("alice").await;
+    let bob = node.client("bob").await;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut q = msg("bob", "ship it?");
+    q.id = Some(ulid::Ulid::from_parts(ms, u128::MAX >> 48).to_string());
+    let q = alice.send(q).await.unwrap();
+    let mut a = msg("alice", "yes");
+    a.reply_to = Some(q.id.clone());
+    a.id = Some(ulid::Ulid::from_parts(ms, 1).to_string());
+    let a = bob.send(a).await.unwrap();
+    assert!(a.id < q.id, "the reply's id sorts first");
+    let t = alice.thread(a.id).await.unwrap();
+    let bodies: Vec<&str> = t.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["ship it?", "yes"]);
+}
+
 #[tokio::test]
 async fn commands_before_hello_are_refused() {
     let dir = tempdir();
