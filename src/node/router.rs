@@ -202,6 +202,8 @@ pub struct Router {
 struct Early {
     /// Message id → who acked (`None`: a peer's `delivered`) and when.
     acks: HashMap<String, (Option<String>, Instant)>,
+    /// Ids in arrival order, to expire the oldest in O(1) each.
+    order: std::collections::VecDeque<(String, Instant)>,
 }
 
 /// Acks kept at most; beyond that new ones are dropped (the sender then hears `queued`).
@@ -209,12 +211,20 @@ const EARLY_MAX: usize = 4096;
 
 impl Early {
     fn add(&mut self, id: &str, by: Option<&str>) {
-        if self.acks.len() >= EARLY_MAX {
-            self.acks.retain(|_, (_, at)| at.elapsed() < ACK_WAIT);
+        let now = Instant::now();
+        while let Some((old, at)) = self.order.front() {
+            if now.duration_since(*at) < ACK_WAIT {
+                break;
+            }
+            if self.acks.get(old).is_some_and(|(_, a)| a == at) {
+                self.acks.remove(old);
+            }
+            self.order.pop_front();
         }
-        if self.acks.len() < EARLY_MAX {
+        if self.order.len() < EARLY_MAX {
             self.acks
-                .insert(id.to_owned(), (by.map(str::to_owned), Instant::now()));
+                .insert(id.to_owned(), (by.map(str::to_owned), now));
+            self.order.push_back((id.to_owned(), now));
         }
     }
 
