@@ -245,9 +245,7 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
         "cross_node_ms".into(),
         serde_json::json!({"p50": d.pct(50.0), "p99": d.pct(99.0), "p999": d.pct(99.9), "messages": total, "received": d.0.len()}),
     );
-    let (line, json) = probe.finish().await;
-    table.push(line);
-    report.insert("wakeup_late_ms".into(), json);
+    probe.finish(&mut table, &mut report).await;
 
     // Cross-node throughput: senders on every node keep `window` sends in flight to agents on
     // the next node. Every message is stored on every node (full replicas).

@@ -95,18 +95,23 @@ impl WakeupProbe {
         WakeupProbe { stop, sample }
     }
 
-    /// Stops the probe; returns the table line and its JSON.
-    pub(super) async fn finish(self) -> (String, serde_json::Value) {
+    /// Stops the probe and adds its line to the table and its figures to the report.
+    pub(super) async fn finish(
+        self,
+        table: &mut Vec<String>,
+        report: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let s = Stats(self.sample.await.unwrap_or_default());
-        (
-            format!(
-                "  (meanwhile a sleeping thread woke late by p50 {:.3} ms, p99 {:.3} ms)",
-                s.pct(50.0),
-                s.pct(99.0)
-            ),
+        table.push(format!(
+            "  (meanwhile a sleeping thread woke late by p50 {:.3} ms, p99 {:.3} ms)",
+            s.pct(50.0),
+            s.pct(99.0)
+        ));
+        report.insert(
+            "wakeup_late_ms".into(),
             serde_json::json!({"p50": s.pct(50.0), "p99": s.pct(99.0)}),
-        )
+        );
     }
 }
 
@@ -348,9 +353,7 @@ pub async fn run(g: &Global, a: BenchArgs) -> Result<ExitCode> {
         a.rate, l.pct(50.0), l.pct(99.0), l.pct(99.9), total, lost, failed
     ));
     report.insert("delivery_ms".into(), serde_json::json!({"rate": a.rate, "p50": l.pct(50.0), "p99": l.pct(99.0), "p999": l.pct(99.9), "messages": total, "not_received": lost}));
-    let (line, json) = probe.finish().await;
-    table.push(line);
-    report.insert("wakeup_late_ms".into(), json);
+    probe.finish(&mut table, &mut report).await;
 
     // 3. Sustained throughput: every sender keeps `window` sends in flight.
     progress(&format!(

@@ -549,9 +549,9 @@ impl Mesh {
 /// One queued apply: its answer arrives once it has committed.
 type ApplyAnswer = tokio::sync::oneshot::Receiver<Result<replication::Applied>>;
 
-/// Starts the task that takes a link's applies as they commit, in order: it hands what they
-/// changed to the router (pushing new messages to local sessions) and publishes the cursor
-/// the link acks. It drains what is queued even after the link ends (those commits happen
+/// Starts the task that takes a link's applies as they commit, in order: it hands the
+/// directory and subscription changes to the router (new messages were pushed already, by the
+/// apply itself) and publishes the cursor the link acks. It drains what is queued even after the link ends (those commits happen
 /// anyway). Returns the queue, the applied cursor, and a failure reason.
 fn completer(
     router: Arc<Router>,

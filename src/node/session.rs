@@ -553,15 +553,14 @@ impl Conn {
                 if !(1..=200).contains(&s.limit) {
                     return Err(Error::Invalid("limit: must be between 1 and 200".into()));
                 }
-                let (query, limit) = (s.query, s.limit);
-                queries::check_search(&query)?;
+                let (fts, limit) = (queries::check_search(&s.query)?, s.limit);
                 // First index (on the writer, after every write queued before this search,
                 // the sender's own included) what the periodic run has not; then look on the
                 // reader thread, so an expensive search never holds up deliveries.
                 r.store.write(queries::index_new_messages).await?;
                 let messages = r
                     .store
-                    .read_committed(move |c| queries::search(c, &agent, &query, limit))
+                    .read_committed(move |c| queries::search(c, &agent, &fts, limit))
                     .await?;
                 ServerFrame::Messages {
                     req: s.req,

@@ -54,6 +54,8 @@ const READ_QUEUE_DEPTH: usize = 256;
 
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&Connection, &mut Batch) -> Finish + Send>;
+/// A job for the reader thread: no batch, no commit.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// What the jobs of one transaction did.
 #[derive(Default)]
@@ -104,7 +106,7 @@ pub struct Store {
     /// Bumped after every commit: peer links wake on it to ship new log entries.
     commits: tokio::sync::watch::Receiver<u64>,
     /// Jobs for the reader thread (full-text searches).
-    reads: mpsc::Sender<JobBox>,
+    reads: mpsc::Sender<ReadJob>,
 }
 
 impl Store {
@@ -258,12 +260,11 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection, _: &mut Batch| {
+        let job: ReadJob = Box::new(move |conn: &Connection| {
             let _ = reply.send(f(conn));
-            Box::new(|_: Option<&str>| {})
         });
         self.reads
-            .send(JobBox(job))
+            .send(job)
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -428,10 +429,9 @@ impl WalPrefetch {
 }
 
 /// The reader thread: runs read-only jobs one by one until every handle is dropped.
-fn read_jobs(conn: Connection, mut rx: mpsc::Receiver<JobBox>) {
-    let mut unused = Batch::default();
-    while let Some(JobBox(job)) = rx.blocking_recv() {
-        job(&conn, &mut unused)(None);
+fn read_jobs(conn: Connection, mut rx: mpsc::Receiver<ReadJob>) {
+    while let Some(job) = rx.blocking_recv() {
+        job(&conn);
     }
 }
 

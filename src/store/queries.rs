@@ -410,15 +410,14 @@ pub fn index_new_messages(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Checks a search query before anything is queued for it.
+/// Turns what an agent typed into the FTS query [`search`] takes, or says why it cannot.
 pub fn check_search(query: &str) -> Result<String> {
     fts_query(query).ok_or_else(|| Error::Invalid("query: must contain at least one word".into()))
 }
 
-/// Full-text search over what `agent` may read, best match first, in what the index holds
-/// (run [`index_new_messages`] first to include the newest messages).
-pub fn search(conn: &Connection, agent: &str, query: &str, limit: u32) -> Result<Vec<Message>> {
-    let fts = check_search(query)?;
+/// Full-text search (`fts` from [`check_search`]) over what `agent` may read, best match
+/// first, in what the index holds (run [`index_new_messages`] first for the newest messages).
+pub fn search(conn: &Connection, agent: &str, fts: &str, limit: u32) -> Result<Vec<Message>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
          WHERE messages_fts MATCH ?2 AND {VISIBLE} ORDER BY f.rank LIMIT ?3"
