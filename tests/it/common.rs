@@ -13,13 +13,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, which no outgoing connection can take before a node
+/// binds it (see `switchboard::bench::free_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    switchboard::bench::free_port().unwrap()
 }
 
 /// A `switchboard node` child process.
@@ -68,14 +65,27 @@ impl NodeProc {
                 let _ = tx.send(l);
             }
         });
+        // What the node logged, shown if it fails to start.
+        let mut seen = Vec::new();
         loop {
             let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
-                .expect("node did not start in 20 s")
-                .expect("node exited before listening");
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "node did not start in 20 s; it logged:\n{}",
+                        seen.join("\n")
+                    )
+                });
+            let Some(line) = line else {
+                panic!(
+                    "node exited before listening; it logged:\n{}",
+                    seen.join("\n")
+                );
+            };
             if line.contains("node listening") {
                 break;
             }
+            seen.push(line);
         }
         NodeProc {
             child,
