@@ -11,12 +11,18 @@
 //! stop counting as online.
 //!
 //! The topology is a full mesh: a node ships only its own log, so every node must link to every
-//! other (links are two-way: configuring `--peer` on one side is enough).
+//! other. Links are two-way (configuring `--peer` on one side is enough), and nodes complete
+//! the mesh themselves: each tells its peers which nodes it is linked to and where they can be
+//! reached (`peers`), and a node dials those it has no link to — so every node may simply point
+//! at one hub. Two nodes that dial each other at once keep one link: the one dialed by the node
+//! whose id sorts first (a newer incarnation's link always replaces an older one's).
 
 pub mod handshake;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -47,6 +53,12 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 /// a completer takes the results in order. Waiting for each commit before reading the next
 /// frame made one slow disk write delay every frame queued behind it by a commit each.
 const APPLYING: usize = 64;
+/// A node heard of through a peer is dialed only after it has stayed unlinked this long: a
+/// node that is starting dials its configured peers itself, and two dials crossing would make
+/// two links where one is closed again.
+const DISCOVERY_GRACE: Duration = Duration::from_secs(1);
+/// Nodes this node will look for through its peers' reports (a bound, not a design limit).
+const DISCOVERY_MAX: usize = 256;
 
 /// Frames between nodes on `/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -70,6 +82,9 @@ pub enum PeerFrame {
         node: String,
         /// HMAC proof.
         proof: String,
+        /// Dialer's incarnation: a link from a newer one replaces any older link.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// Acceptor proves it knows the secret.
     PeerWelcome {
@@ -77,6 +92,9 @@ pub enum PeerFrame {
         node: String,
         /// HMAC proof.
         proof: String,
+        /// Acceptor's incarnation.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// "I have applied your log up to `cursor`": send me what follows.
     Sync {
@@ -104,6 +122,15 @@ pub enum PeerFrame {
     },
     /// Liveness, every second; presence itself travels only when it changes.
     Heartbeat,
+    /// The nodes the sender is linked to and where they can be reached, so that nodes linked
+    /// through a common peer find and dial each other. Sent when the set changes.
+    Peers {
+        /// The port the sender listens on: the receiver reaches it at the address the link
+        /// came from (when the sender dialed).
+        port: u16,
+        /// The sender's live links, except to the receiver.
+        nodes: Vec<PeerAddr>,
+    },
     /// A session of a recipient on the sender's node holds these messages.
     Delivered {
         /// Message ids.
@@ -116,6 +143,15 @@ pub enum PeerFrame {
         /// Explanation.
         message: String,
     },
+}
+
+/// A node and a URL it can be dialed at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PeerAddr {
+    /// Node id.
+    pub node: String,
+    /// `ws://HOST:PORT`.
+    pub url: String,
 }
 
 impl PeerFrame {
@@ -131,7 +167,7 @@ pub struct LinkStatus {
     pub node: Option<String>,
     /// The URL dialed (dialed links only).
     pub url: Option<String>,
-    /// `connecting`, `up` or `down`.
+    /// `connecting`, `up`, `down`, or `standby` (the peer is linked by another connection).
     pub state: &'static str,
     /// Since when (RFC 3339).
     pub since: String,
@@ -147,6 +183,65 @@ pub struct Mesh {
     secret: Vec<u8>,
     links: Mutex<BTreeMap<String, LinkStatus>>,
     shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    /// The port this node listens on, told to peers so they can tell others.
+    port: u16,
+    topology: Mutex<Topology>,
+    /// Bumped on every change of `topology`: links re-tell their peers, dialers re-check.
+    changed: tokio::sync::watch::Sender<u64>,
+    next_link: AtomicU64,
+    /// Presence snapshot versions, shared by all links so that a link replacing another
+    /// continues the sequence the peer has seen.
+    presence_version: AtomicU64,
+}
+
+/// How a link came to be.
+#[derive(Debug, Clone)]
+enum Via {
+    /// This node dialed the URL.
+    Dialed(String),
+    /// The peer dialed from this address.
+    Accepted(Option<IpAddr>),
+}
+
+/// The one live link to a peer node.
+struct Live {
+    id: u64,
+    dialed: bool,
+    incarnation: u64,
+    cancel: CancellationToken,
+    /// Where the peer can be reached, as far as this node knows: the URL dialed, or the
+    /// peer's address and the port it reports.
+    url: Option<String>,
+}
+
+/// Who is linked to whom, behind one lock.
+#[derive(Default)]
+struct Topology {
+    live: HashMap<String, Live>,
+    /// Nodes that linked peers report being linked to: node → (reporting peer → URL).
+    heard: HashMap<String, BTreeMap<String, String>>,
+    /// The URL each node was last linked at: a node once linked is dialed again when it
+    /// returns, even if the peer that introduced it is gone.
+    remembered: HashMap<String, String>,
+    /// Nodes behind a configured `--peer` URL: their own dialer handles them.
+    configured: HashSet<String>,
+    /// Nodes with a discovery dialer running.
+    discovering: HashSet<String>,
+}
+
+impl Topology {
+    /// Notes a node to look for; true if it needs a dialer.
+    fn discover(&mut self, node: &str) -> bool {
+        if self.discovering.contains(node) || self.discovering.len() >= DISCOVERY_MAX {
+            return false;
+        }
+        self.discovering.insert(node.to_owned())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads the mesh secret file.
@@ -164,7 +259,7 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 fn set_status(mesh: &Mesh, key: &str, f: impl FnOnce(&mut LinkStatus)) {
-    let mut links = mesh.links.lock().unwrap_or_else(|e| e.into_inner());
+    let mut links = lock(&mesh.links);
     let entry = links.entry(key.to_owned()).or_insert_with(|| LinkStatus {
         node: None,
         url: None,
@@ -176,12 +271,21 @@ fn set_status(mesh: &Mesh, key: &str, f: impl FnOnce(&mut LinkStatus)) {
     f(entry);
 }
 
+/// What a dialer looks for.
+enum Target {
+    /// A configured `--peer` URL; the node behind it is learned at the first handshake.
+    Url(String),
+    /// A node peers report: dialed at the URLs they give, while nobody links it.
+    Node(String),
+}
+
 impl Mesh {
     /// Starts dialing every peer; accepted links arrive through [`Mesh::accept`].
     pub fn start(
         router: Arc<Router>,
         secret: Vec<u8>,
         peers: Vec<String>,
+        port: u16,
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Arc<Mesh> {
@@ -190,38 +294,266 @@ impl Mesh {
             secret,
             links: Mutex::new(BTreeMap::new()),
             shutdown,
+            tracker: tracker.clone(),
+            port,
+            topology: Mutex::new(Topology::default()),
+            changed: tokio::sync::watch::channel(0).0,
+            next_link: AtomicU64::new(1),
+            presence_version: AtomicU64::new(0),
         });
         for url in peers {
             let m = mesh.clone();
-            tracker.spawn(async move { m.dial_forever(url).await });
+            tracker.spawn(async move { m.dial_forever(Target::Url(url)).await });
         }
         mesh
     }
 
     /// Link states for `/health`.
     pub fn status(&self) -> Vec<LinkStatus> {
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        lock(&self.links).values().cloned().collect()
     }
 
-    async fn dial_forever(self: Arc<Self>, url: String) {
-        let key = format!("dial {url}");
-        set_status(&self, &key, |s| s.url = Some(url.clone()));
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Makes a new authenticated link the live one to `peer`, or refuses it (`None`) when the
+    /// live one should stay. A link from a newer incarnation of the peer wins: the older one
+    /// is dead. Of two links of the same incarnation made in opposite directions, both nodes
+    /// keep the one dialed by the node whose id sorts first, so both close the same one. A new
+    /// link in the same direction replaces the old (a redial after a half-dead link).
+    fn join(
+        &self,
+        peer: &str,
+        via: &Via,
+        incarnation: u64,
+        tx: mpsc::Sender<String>,
+    ) -> Option<(u64, CancellationToken)> {
+        let dialed = matches!(via, Via::Dialed(_));
+        let me_first = self.router.node_id.as_str() < peer;
+        let mut t = lock(&self.topology);
+        if let Some(cur) = t.live.get(peer) {
+            let keep_current = incarnation < cur.incarnation
+                || (incarnation == cur.incarnation
+                    && cur.dialed != dialed
+                    && cur.dialed == me_first);
+            if keep_current {
+                return None;
+            }
+            cur.cancel.cancel();
+        }
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.shutdown.child_token();
+        let url = match via {
+            Via::Dialed(u) => Some(u.clone()),
+            Via::Accepted(_) => None,
+        };
+        if let Some(u) = &url {
+            t.remembered.insert(peer.to_owned(), u.clone());
+        }
+        t.live.insert(
+            peer.to_owned(),
+            Live {
+                id,
+                dialed,
+                incarnation,
+                cancel: cancel.clone(),
+                url,
+            },
+        );
+        self.router.peer_up(peer, tx);
+        drop(t);
+        self.bump();
+        Some((id, cancel))
+    }
+
+    /// Link `id` to `peer` ended; if it was the live one, the peer is unlinked.
+    fn leave(&self, peer: &str, id: u64, tx: &mpsc::Sender<String>) {
+        let mut t = lock(&self.topology);
+        if t.live.get(peer).is_some_and(|l| l.id == id) {
+            t.live.remove(peer);
+            for by in t.heard.values_mut() {
+                by.remove(peer);
+            }
+            self.router.peer_down(peer, tx);
+        }
+        drop(t);
+        self.bump();
+    }
+
+    /// What to tell `peer` in a `peers` frame: every other live link with a known URL.
+    fn linked_except(&self, peer: &str) -> Vec<PeerAddr> {
+        let t = lock(&self.topology);
+        let mut nodes: Vec<PeerAddr> = t
+            .live
+            .iter()
+            .filter(|(node, _)| node.as_str() != peer)
+            .filter_map(|(node, l)| {
+                Some(PeerAddr {
+                    node: node.clone(),
+                    url: l.url.clone()?,
+                })
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
+    }
+
+    /// A peer's `peers` frame: where it can be reached itself (if it dialed us), and which
+    /// nodes it is linked to. Starts a dialer for each node first heard of.
+    fn heard_from(
+        self: &Arc<Self>,
+        peer: &str,
+        id: u64,
+        via: &Via,
+        port: u16,
+        nodes: Vec<PeerAddr>,
+    ) {
+        let me = self.router.node_id.as_str();
+        let mut fresh = Vec::new();
+        let mut t = lock(&self.topology);
+        if let Via::Accepted(Some(ip)) = via
+            && let Some(live) = t.live.get_mut(peer)
+            && live.id == id
+        {
+            let url = format!("ws://{}", std::net::SocketAddr::new(*ip, port));
+            live.url = Some(url.clone());
+            t.remembered.insert(peer.to_owned(), url);
+            if t.discover(peer) {
+                fresh.push(peer.to_owned());
+            }
+        }
+        for by in t.heard.values_mut() {
+            by.remove(peer);
+        }
+        for n in nodes {
+            if n.node == me
+                || n.node == peer
+                || crate::message::validate_name(&n.node).is_err()
+                || crate::config::validate_ws_url(&n.url).is_err()
+            {
+                continue;
+            }
+            if t.discover(&n.node) {
+                fresh.push(n.node.clone());
+            }
+            t.heard
+                .entry(n.node)
+                .or_default()
+                .insert(peer.to_owned(), n.url);
+        }
+        drop(t);
+        self.bump();
+        for node in fresh {
+            tracing::debug!(%node, via = %peer, "looking for a node when it is not linked");
+            let m = self.clone();
+            self.tracker
+                .spawn(async move { m.dial_forever(Target::Node(node)).await });
+        }
+    }
+
+    /// Waits until there is something to dial: for a configured URL, at once, unless the node
+    /// behind it is linked already; for a reported node, once it has stayed unlinked for the
+    /// grace period while a peer reports a URL for it. `None` on shutdown.
+    async fn next_dial(
+        &self,
+        target: &Target,
+        known: Option<&str>,
+        attempt: u32,
+        key: &str,
+    ) -> Option<String> {
+        let mut changed = self.changed.subscribe();
+        let mut unlinked_since: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            let (linked, candidate) = {
+                let t = lock(&self.topology);
+                match target {
+                    Target::Url(u) => (
+                        known.is_some_and(|n| t.live.contains_key(n)),
+                        Some(u.clone()),
+                    ),
+                    Target::Node(n) => {
+                        let urls: Vec<&String> = t
+                            .remembered
+                            .get(n)
+                            .into_iter()
+                            .chain(t.heard.get(n).into_iter().flat_map(|by| by.values()))
+                            .collect();
+                        let url =
+                            (!urls.is_empty()).then(|| urls[attempt as usize % urls.len()].clone());
+                        let idle = t.live.contains_key(n) || t.configured.contains(n);
+                        (idle, url)
+                    }
+                }
+            };
+            let wake = match (linked, candidate) {
+                (false, Some(url)) if matches!(target, Target::Url(_)) => return Some(url),
+                (false, Some(url)) => {
+                    let since = *unlinked_since.get_or_insert(now);
+                    if now >= since + DISCOVERY_GRACE {
+                        return Some(url);
+                    }
+                    Some(since + DISCOVERY_GRACE)
+                }
+                (linked, _) => {
+                    unlinked_since = None;
+                    // A dialer with nothing to do says so, if it has shown up in /health yet.
+                    if linked
+                        && let Some(s) = lock(&self.links).get_mut(key)
+                        && s.state != "standby"
+                    {
+                        s.state = "standby";
+                        s.error = None;
+                        s.since = crate::message::rfc3339(now_ms());
+                    }
+                    None
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                r = changed.changed() => if r.is_err() { return None },
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
+            }
+        }
+    }
+
+    async fn dial_forever(self: Arc<Self>, target: Target) {
+        let key = match &target {
+            Target::Url(u) => format!("dial {u}"),
+            Target::Node(n) => format!("discover {n}"),
+        };
+        let mut known = match &target {
+            Target::Url(_) => None,
+            Target::Node(n) => Some(n.clone()),
+        };
+        if let Target::Url(u) = &target {
+            set_status(&self, &key, |s| s.url = Some(u.clone()));
+        }
         let mut attempt = 0u32;
         loop {
-            if self.shutdown.is_cancelled() {
+            let Some(url) = self
+                .next_dial(&target, known.as_deref(), attempt, &key)
+                .await
+            else {
                 return;
-            }
+            };
+            set_status(&self, &key, |s| {
+                s.url = Some(url.clone());
+                s.node = known.clone();
+            });
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                r = self.dial_once(&url, &key) => r,
+                r = self.dial_once(&url, &key, matches!(target, Target::Node(_)).then_some(known.as_deref()).flatten()) => r,
             };
             match result {
-                Ok(()) => attempt = 0,
+                Ok(peer) => {
+                    if matches!(target, Target::Url(_)) {
+                        lock(&self.topology).configured.insert(peer.clone());
+                    }
+                    known = Some(peer);
+                    attempt = 0;
+                }
                 Err(e) => {
                     tracing::debug!(peer = %url, error = %e, "peer link failed");
                     set_status(&self, &key, |s| {
@@ -243,7 +575,14 @@ impl Mesh {
         }
     }
 
-    async fn dial_once(self: &Arc<Self>, url: &str, key: &str) -> Result<()> {
+    /// Dials `url`, authenticates, and runs the link until it ends. Returns the peer's node id
+    /// once the link was up. `expect`: the node that must answer (a reported URL may be stale).
+    async fn dial_once(
+        self: &Arc<Self>,
+        url: &str,
+        key: &str,
+        expect: Option<&str>,
+    ) -> Result<String> {
         let endpoint = crate::config::ws_endpoint(url);
         let (ws, _) = tokio::time::timeout(
             HANDSHAKE,
@@ -267,7 +606,8 @@ impl Mesh {
         });
         let nonce = auth::random_hex();
         let me = self.router.node_id.clone();
-        let peer = tokio::time::timeout(HANDSHAKE, async {
+        let incarnation = self.router.incarnation;
+        let (peer, theirs) = tokio::time::timeout(HANDSHAKE, async {
             send(&mut sink, PeerFrame::PeerHello { nonce: nonce.clone(), v: 1 }).await?;
             let theirs = match recv(&mut stream).await? {
                 PeerFrame::PeerChallenge { nonce } => nonce,
@@ -275,12 +615,12 @@ impl Mesh {
                 _ => return Err(Error::Connection("unexpected frame in handshake".into())),
             };
             let proof = handshake::proof(&self.secret, "dial", &nonce, &theirs, &me);
-            send(&mut sink, PeerFrame::PeerAuth { node: me.clone(), proof }).await?;
+            send(&mut sink, PeerFrame::PeerAuth { node: me.clone(), proof, incarnation }).await?;
             match recv(&mut stream).await? {
-                PeerFrame::PeerWelcome { node, proof }
+                PeerFrame::PeerWelcome { node, proof, incarnation }
                     if handshake::verify(&self.secret, "accept", &nonce, &theirs, &node, &proof) =>
                 {
-                    Ok(node)
+                    Ok((node, incarnation))
                 }
                 PeerFrame::PeerWelcome { .. } => {
                     tracing::warn!(peer = %url, "peer failed mesh authentication (wrong mesh secret?)");
@@ -295,15 +635,32 @@ impl Mesh {
         if peer == me {
             return Err(Error::Connection(format!("{url} is this node itself")));
         }
+        if let Some(want) = expect
+            && want != peer
+        {
+            return Err(Error::Connection(format!(
+                "{url} is node {peer}, not {want}"
+            )));
+        }
+        tracing::debug!(peer = %peer, %url, "mesh handshake done (dialed)");
+        let ended = self
+            .clone()
+            .link(
+                peer.clone(),
+                key.to_owned(),
+                Via::Dialed(url.to_owned()),
+                theirs,
+                sink,
+                stream,
+            )
+            .await;
         set_status(self, key, |s| {
             s.node = Some(peer.clone());
-            s.state = "up";
-            s.error = None;
+            s.state = "down";
+            s.error = Some(ended);
             s.since = crate::message::rfc3339(now_ms());
         });
-        tracing::info!(peer = %peer, %url, "mesh link up (dialed)");
-        self.clone().link(peer, key.to_owned(), sink, stream).await;
-        Ok(())
+        Ok(peer)
     }
 
     /// Serves a peer that dialed us; `hello` is its first frame, already read.
@@ -320,6 +677,7 @@ impl Mesh {
     {
         let nonce = auth::random_hex();
         let me = self.router.node_id.clone();
+        let incarnation = self.router.incarnation;
         let result = tokio::time::timeout(HANDSHAKE, async {
             send(
                 &mut sink,
@@ -329,15 +687,18 @@ impl Mesh {
             )
             .await?;
             match recv(&mut stream).await? {
-                PeerFrame::PeerAuth { node, proof }
-                    if handshake::verify(
-                        &self.secret,
-                        "dial",
-                        &hello_nonce,
-                        &nonce,
-                        &node,
-                        &proof,
-                    ) =>
+                PeerFrame::PeerAuth {
+                    node,
+                    proof,
+                    incarnation: theirs,
+                } if handshake::verify(
+                    &self.secret,
+                    "dial",
+                    &hello_nonce,
+                    &nonce,
+                    &node,
+                    &proof,
+                ) =>
                 {
                     let proof = handshake::proof(&self.secret, "accept", &hello_nonce, &nonce, &me);
                     send(
@@ -345,17 +706,18 @@ impl Mesh {
                         PeerFrame::PeerWelcome {
                             node: me.clone(),
                             proof,
+                            incarnation,
                         },
                     )
                     .await?;
-                    Ok(node)
+                    Ok((node, theirs))
                 }
                 _ => Err(Error::Connection("mesh authentication failed".into())),
             }
         })
         .await;
-        let peer = match result {
-            Ok(Ok(p)) if p != me => p,
+        let (peer, theirs) = match result {
+            Ok(Ok((p, i))) if p != me => (p, i),
             Ok(Ok(_)) => return,
             other => {
                 Metrics::inc(&self.router.metrics.auth_failures_total);
@@ -377,23 +739,26 @@ impl Mesh {
             "accepted {peer} {}",
             auth::random_hex().get(..8).unwrap_or_default()
         );
-        set_status(&self, &key, |s| {
-            s.node = Some(peer.clone());
-            s.state = "up";
-            s.error = None;
-            s.since = crate::message::rfc3339(now_ms());
-        });
-        tracing::info!(%peer, %remote, "mesh link up (accepted)");
-        self.clone().link(peer, key.clone(), sink, stream).await;
+        let ip = remote.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        tracing::debug!(%peer, %remote, "mesh handshake done (accepted)");
+        self.clone()
+            .link(peer, key.clone(), Via::Accepted(ip), theirs, sink, stream)
+            .await;
         // An accepted link that ends is gone for good (the peer dials again): forget it.
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        lock(&self.links).remove(&key);
     }
 
-    /// Runs an authenticated link until it fails.
-    async fn link<S, R, E>(self: Arc<Self>, peer: String, key: String, mut sink: S, mut stream: R)
+    /// Runs an authenticated link until it fails, is replaced, or turns out to duplicate the
+    /// live link to the same peer. Returns why it ended.
+    async fn link<S, R, E>(
+        self: Arc<Self>,
+        peer: String,
+        key: String,
+        via: Via,
+        incarnation: u64,
+        mut sink: S,
+        mut stream: R,
+    ) -> String
     where
         S: Sink<String, Error = E> + Unpin + Send,
         E: std::fmt::Display,
@@ -403,13 +768,27 @@ impl Mesh {
         let store = router.store.clone();
         let me = router.node_id.clone();
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        router.peer_up(&peer, out_tx.clone());
+        let Some((link_id, replaced)) = self.join(&peer, &via, incarnation, out_tx.clone()) else {
+            tracing::debug!(%peer, "closing a second link to a peer that is linked already");
+            return "the peer is linked by another connection".into();
+        };
+        set_status(&self, &key, |s| {
+            s.node = Some(peer.clone());
+            s.state = "up";
+            s.error = None;
+            s.since = crate::message::rfc3339(now_ms());
+        });
+        match &via {
+            Via::Dialed(url) => tracing::info!(%peer, %url, "mesh link up (dialed)"),
+            Via::Accepted(ip) => tracing::info!(%peer, remote = ?ip, "mesh link up (accepted)"),
+        }
         let mut commits = store.commits();
         let mut presence = router.presence_watch();
+        let mut topology = self.changed.subscribe();
+        let mut told: Option<Vec<PeerAddr>> = None;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut silence = Box::pin(tokio::time::sleep(SILENCE));
         let mut sent_upto: Option<u64> = None;
-        let mut version = 0u64;
         // Send a first snapshot right away; later ones when presence changes.
         let mut presence_due = Some(tokio::time::Instant::now());
         let (applying, mut applied_upto, mut apply_failed) =
@@ -424,7 +803,22 @@ impl Mesh {
                 break 'link e.to_string();
             }
             let mut pump = false;
+            let mut tell = true;
             loop {
+                if tell {
+                    tell = false;
+                    let nodes = self.linked_except(&peer);
+                    if told.as_ref() != Some(&nodes) {
+                        let f = PeerFrame::Peers {
+                            port: self.port,
+                            nodes: nodes.clone(),
+                        };
+                        if let Err(e) = sink.send(f.text()).await {
+                            break 'link e.to_string();
+                        }
+                        told = Some(nodes);
+                    }
+                }
                 if pump && let Some(after) = sent_upto {
                     // Recent entries come from the in-memory tail; older ones (a peer catching
                     // up after a long absence) from the store.
@@ -451,7 +845,7 @@ impl Mesh {
                         router
                             .metrics
                             .forwarded_total
-                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            .fetch_add(n as u64, Ordering::Relaxed);
                         if let Err(e) = sink.send(frame).await {
                             break 'link e.to_string();
                         }
@@ -463,10 +857,15 @@ impl Mesh {
                 }
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break 'link "shutting down".into(),
+                    _ = replaced.cancelled() => break 'link "replaced by a newer link to the same peer".into(),
                     _ = &mut silence => break 'link "the peer went silent".into(),
                     r = commits.changed() => {
                         if r.is_err() { break 'link "store closed".into(); }
                         pump = true;
+                    }
+                    r = topology.changed() => {
+                        if r.is_err() { break 'link "mesh closed".into(); }
+                        tell = true;
                     }
                     r = presence.changed() => {
                         if r.is_err() { break 'link "router closed".into(); }
@@ -474,7 +873,7 @@ impl Mesh {
                     }
                     _ = tokio::time::sleep_until(presence_due.unwrap_or_else(far_future)), if presence_due.is_some() => {
                         presence_due = None;
-                        version += 1;
+                        let version = self.presence_version.fetch_add(1, Ordering::Relaxed) + 1;
                         let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
                         if let Err(e) = sink.send(f.text()).await { break 'link e.to_string(); }
                     }
@@ -509,7 +908,7 @@ impl Mesh {
                         match frame {
                             PeerFrame::Sync { cursor } => {
                                 if let Some(prev) = sent_upto && prev > cursor {
-                                    router.metrics.retried_total.fetch_add(prev - cursor, std::sync::atomic::Ordering::Relaxed);
+                                    router.metrics.retried_total.fetch_add(prev - cursor, Ordering::Relaxed);
                                 }
                                 sent_upto = Some(cursor);
                                 pump = true;
@@ -533,6 +932,7 @@ impl Mesh {
                             PeerFrame::Presence { incarnation, version, agents } => {
                                 router.remote_presence(&peer, incarnation, version, agents);
                             }
+                            PeerFrame::Peers { port, nodes } => self.heard_from(&peer, link_id, &via, port, nodes),
                             PeerFrame::Delivered { ids } => router.remote_delivered(&ids),
                             PeerFrame::Error { message, .. } => break 'link message,
                             _ => {}
@@ -541,8 +941,9 @@ impl Mesh {
                 }
             }
         };
-        router.peer_down(&peer, &out_tx);
+        self.leave(&peer, link_id, &out_tx);
         tracing::info!(%peer, reason = %ended, "mesh link down");
+        ended
     }
 }
 

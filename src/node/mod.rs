@@ -90,6 +90,7 @@ impl Node {
                 router.clone(),
                 crate::mesh::read_secret(f)?,
                 config.peers.clone(),
+                addr.port(),
                 shutdown.clone(),
                 &tracker,
             )),

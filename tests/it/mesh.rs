@@ -13,6 +13,8 @@ pub struct Mesh {
     pub ports: Vec<u16>,
     pub nodes: Vec<Option<NodeProc>>,
     pub secret: PathBuf,
+    /// Every node dials only n1 (and the nodes find each other), instead of every earlier node.
+    pub hub: bool,
     _secret_dir: tempfile::TempDir,
 }
 
@@ -25,6 +27,11 @@ pub fn secret_file(dir: &std::path::Path, secret: &str) -> PathBuf {
 impl Mesh {
     /// `n` nodes n1..nN; node i dials every node before it, which makes a full mesh.
     pub async fn start(n: usize) -> Mesh {
+        Self::start_with(n, false).await
+    }
+
+    /// `n` nodes n1..nN; with `hub`, every node dials only n1.
+    pub async fn start_with(n: usize, hub: bool) -> Mesh {
         let secret_dir = tempdir();
         let secret = secret_file(secret_dir.path(), "correct horse battery staple");
         let dirs: Vec<_> = (0..n).map(|_| tempdir()).collect();
@@ -34,6 +41,7 @@ impl Mesh {
             ports,
             nodes: Vec::new(),
             secret,
+            hub,
             _secret_dir: secret_dir,
         };
         for i in 0..n {
@@ -50,6 +58,9 @@ impl Mesh {
             self.secret.display().to_string(),
         ];
         for j in 0..i {
+            if self.hub && j > 0 {
+                break;
+            }
             args.push("--peer".into());
             args.push(format!("ws://127.0.0.1:{}", self.ports[j]));
         }
@@ -581,4 +592,48 @@ async fn changes_made_on_both_sides_of_a_partition_end_the_same_everywhere() {
         row == at1.clone().unwrap() || row == at2.clone().unwrap(),
         "the result is one side's change, whole: {row:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_share_a_hub_find_each_other_and_keep_their_link_without_it() {
+    // n2 and n3 are each told only about n1.
+    let mut mesh = Mesh::start_with(3, true).await;
+    let bob = mesh.client(2, "bob").await;
+    let mut pushes = bob.pushes();
+    let alice = mesh.client(1, "alice").await;
+    eventually(5, "bob online at n3, seen from n2", || async {
+        online_at(&alice, "bob").await.as_deref() == Some("n3")
+    })
+    .await;
+    let r = alice.send(msg("bob", "found you")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+
+    // The hub goes away; the link it introduced stays, and mail keeps flowing both ways.
+    let hub = mesh.nodes[0].take().unwrap();
+    hub.kill9().await;
+    mesh.wait_linked().await;
+    let r = alice.send(msg("bob", "still here")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+
+    // n3 restarts while the hub is down: its only configured peer is gone, yet n2 finds it
+    // again, and mail sent while it was down arrives.
+    drop(pushes);
+    drop(bob);
+    mesh.nodes[2].take().unwrap().kill9().await;
+    let r = alice.send(msg("bob", "while you were out")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Queued);
+    mesh.nodes[2] = Some(mesh.spawn(2).await);
+    mesh.wait_linked().await;
+    let bob = mesh.client(2, "bob").await;
+    eventually(10, "the queued message at n3", || async {
+        bob.inbox(unread(50))
+            .await
+            .unwrap()
+            .messages
+            .iter()
+            .any(|m| m.id == r.id)
+    })
+    .await;
 }
