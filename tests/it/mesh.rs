@@ -90,14 +90,7 @@ impl Mesh {
                 20,
                 &format!("n{} linked to {want} peers", i + 1),
                 || async move {
-                    let h = health(port).await;
-                    let up: HashSet<String> = h["peers"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|p| p["state"] == "up")
-                        .filter_map(|p| p["node"].as_str().map(str::to_owned))
-                        .collect();
+                    let up: HashSet<String> = up_links(port).await.into_iter().collect();
                     up.len() >= want
                 },
             )
@@ -114,6 +107,26 @@ impl Mesh {
 async fn online_at(c: &Client, agent: &str) -> Option<String> {
     let p = c.presence(Some(agent.into())).await.ok()?.agents.pop()?;
     p.online.then_some(p.node)
+}
+
+/// `alice` sees `bob` online at `node`, sends him a message, is told `delivered`, and bob has
+/// it pushed.
+async fn send_live(alice: &Client, bob: &Client, node: &str, body: &str) {
+    let mut pushes = bob.pushes();
+    eventually(5, &format!("bob online at {node}"), || async {
+        online_at(alice, "bob").await.as_deref() == Some(node)
+    })
+    .await;
+    let r = alice.send(msg("bob", body)).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+}
+
+/// Whether `c` has the message `id` unread (without marking it read).
+async fn has_unread(c: &Client, id: &str) -> bool {
+    c.inbox(unread(200))
+        .await
+        .is_ok_and(|r| r.messages.iter().any(|m| m.id == id))
 }
 
 fn unread(limit: u32) -> InboxRequest {
@@ -211,15 +224,7 @@ async fn offline_mail_and_read_state_follow_the_agent_across_nodes() {
     assert_eq!(r.status, DeliveryStatus::Queued);
     // bob shows up at n3 instead of n2: his mail is there.
     let bob3 = mesh.client(2, "bob").await;
-    eventually(5, "the message at n3", || async {
-        bob3.inbox(unread(10))
-            .await
-            .unwrap()
-            .messages
-            .iter()
-            .any(|m| m.id == r.id)
-    })
-    .await;
+    eventually(5, "the message at n3", || has_unread(&bob3, &r.id)).await;
     assert_eq!(
         bob3.mark_read(vec![r.id.clone()], false)
             .await
@@ -599,27 +604,17 @@ async fn nodes_that_share_a_hub_find_each_other_and_keep_their_link_without_it()
     // n2 and n3 are each told only about n1.
     let mut mesh = Mesh::start_with(3, true).await;
     let bob = mesh.client(2, "bob").await;
-    let mut pushes = bob.pushes();
     let alice = mesh.client(1, "alice").await;
-    eventually(5, "bob online at n3, seen from n2", || async {
-        online_at(&alice, "bob").await.as_deref() == Some("n3")
-    })
-    .await;
-    let r = alice.send(msg("bob", "found you")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+    send_live(&alice, &bob, "n3", "found you").await;
 
     // The hub goes away; the link it introduced stays, and mail keeps flowing both ways.
     let hub = mesh.nodes[0].take().unwrap();
     hub.kill9().await;
     mesh.wait_linked().await;
-    let r = alice.send(msg("bob", "still here")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+    send_live(&alice, &bob, "n3", "still here").await;
 
     // n3 restarts while the hub is down: its only configured peer is gone, yet n2 finds it
     // again, and mail sent while it was down arrives.
-    drop(pushes);
     drop(bob);
     mesh.nodes[2].take().unwrap().kill9().await;
     let r = alice.send(msg("bob", "while you were out")).await.unwrap();
@@ -627,13 +622,46 @@ async fn nodes_that_share_a_hub_find_each_other_and_keep_their_link_without_it()
     mesh.nodes[2] = Some(mesh.spawn(2).await);
     mesh.wait_linked().await;
     let bob = mesh.client(2, "bob").await;
-    eventually(10, "the queued message at n3", || async {
-        bob.inbox(unread(50))
-            .await
-            .unwrap()
-            .messages
-            .iter()
-            .any(|m| m.id == r.id)
+    eventually(10, "the queued message at n3", || has_unread(&bob, &r.id)).await;
+}
+
+/// Links at node `port` that are up, by peer.
+async fn up_links(port: u16) -> Vec<String> {
+    let h = health(port).await;
+    let mut up: Vec<String> = h["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "up")
+        .filter_map(|p| p["node"].as_str().map(str::to_owned))
+        .collect();
+    up.sort();
+    up
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_dial_each_other_keep_one_link() {
+    let secret_dir = tempdir();
+    let secret = secret_file(secret_dir.path(), "correct horse battery staple");
+    let secret = secret.display().to_string();
+    let (d1, d2) = (tempdir(), tempdir());
+    let (p1, p2) = (free_port(), free_port());
+    let peer = |p: u16| format!("ws://127.0.0.1:{p}");
+    let (u1, u2) = (peer(p1), peer(p2));
+    let a1 = ["--mesh-secret-file", &secret, "--peer", &u2];
+    let a2 = ["--mesh-secret-file", &secret, "--peer", &u1];
+    let (n1, n2) = tokio::join!(
+        NodeProc::start_named(d1.path(), p1, "n1", &a1),
+        NodeProc::start_named(d2.path(), p2, "n2", &a2),
+    );
+    eventually(10, "one link up at each side", || async {
+        up_links(p1).await == ["n2"] && up_links(p2).await == ["n1"]
     })
     .await;
+    // The surviving link carries presence and mail.
+    let bob = n2.client("bob").await;
+    let alice = n1.client("alice").await;
+    send_live(&alice, &bob, "n2", "one link").await;
+    assert_eq!(up_links(p1).await, ["n2"]);
+    assert_eq!(up_links(p2).await, ["n1"]);
 }
