@@ -165,6 +165,9 @@ impl PeerFrame {
 pub struct LinkStatus {
     /// Peer node id, once known.
     pub node: Option<String>,
+    /// `configured` (a `--peer` URL), `discovered` (a node peers told us about) or
+    /// `accepted` (the peer dialed).
+    pub origin: &'static str,
     /// The URL dialed (dialed links only).
     pub url: Option<String>,
     /// `connecting`, `up`, `down`, or `standby` (the peer is linked by another connection).
@@ -260,8 +263,14 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
 
 fn set_status(mesh: &Mesh, key: &str, f: impl FnOnce(&mut LinkStatus)) {
     let mut links = lock(&mesh.links);
+    let origin = match key.split_once(' ') {
+        Some(("dial", _)) => "configured",
+        Some(("discover", _)) => "discovered",
+        _ => "accepted",
+    };
     let entry = links.entry(key.to_owned()).or_insert_with(|| LinkStatus {
         node: None,
+        origin,
         url: None,
         state: "connecting",
         since: crate::message::rfc3339(now_ms()),
@@ -436,6 +445,8 @@ impl Mesh {
             }
             if t.discover(&n.node) {
                 fresh.push(n.node.clone());
+            } else if !t.discovering.contains(&n.node) {
+                continue; // past DISCOVERY_MAX
             }
             t.heard
                 .entry(n.node)
