@@ -348,13 +348,15 @@ impl Router {
         let now = now_ms();
         let persist = {
             let mut state = lock(&self.state);
+            let mut created = false;
             let entry = state.agents.entry(agent.to_owned()).or_insert_with(|| {
+                created = true;
                 Agent::offline(AgentRow {
                     name: agent.to_owned(),
                     node: self.node_id.clone(),
                     status: Status::Available,
                     status_text: None,
-                    last_seen: Some(now),
+                    last_seen: None,
                 })
             });
             let was_online = entry.online();
@@ -363,6 +365,11 @@ impl Router {
                 entry.connected_since = Some(now);
                 entry.row.node = self.node_id.clone();
                 entry.row.last_seen = Some(now);
+                Some(entry.row.clone())
+            } else if created {
+                // A watcher (`tail --as carol`) makes its name known, as a token does: stored
+                // and replicated like any directory row, so every node accepts mail for it
+                // and it outlives a restart.
                 Some(entry.row.clone())
             } else {
                 None

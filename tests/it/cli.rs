@@ -188,3 +188,58 @@ async fn unreachable_node_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the switchboard node"));
 }
+
+#[tokio::test]
+async fn tail_follows_an_agents_mail_and_makes_a_new_name_known() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    // carol has never connected: following her makes her a known name, so mail to her is
+    // accepted, and it is shown as it arrives.
+    let mut tail = tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(["--node", &node.url(), "tail", "--as", "carol"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let alice = node.client("alice").await;
+    let req = || switchboard::protocol::SendRequest {
+        to: "carol".into(),
+        body: "first".into(),
+        ..Default::default()
+    };
+    eventually(5, "carol known", || async {
+        alice.send(req()).await.is_ok()
+    })
+    .await;
+    let mut seen = String::new();
+    while !seen.contains("first") {
+        let line = lines.next_line().await.unwrap().expect("tail ended early");
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(seen.contains("from alice  to carol"), "{seen}");
+    // A watcher is not presence: carol is not online.
+    let o = sb(&node, &["who", "--json"]).await;
+    let who: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let carol = who["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "carol"))
+        .cloned();
+    assert_eq!(
+        carol.map(|c| c["online"].clone()),
+        Some(false.into()),
+        "{who}"
+    );
+    let _ = tail.kill().await;
+    drop(alice);
+    // The name is stored, not just remembered: it is still known after a restart.
+    node.terminate().await;
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let o = sb(&node, &["send", "--as", "alice", "--to", "carol", "again"]).await;
+    assert!(stdout(&o).starts_with("queued to carol"), "{}", stderr(&o));
+}
