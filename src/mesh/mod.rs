@@ -218,6 +218,14 @@ struct Live {
     url: Option<String>,
 }
 
+/// Why [`Mesh::join`] refused a link.
+enum Refused {
+    /// The live link comes from a newer incarnation of the peer.
+    OlderRun,
+    /// The live link is the one both ends keep.
+    Duplicate,
+}
+
 /// Who is linked to whom, behind one lock.
 #[derive(Default)]
 struct Topology {
@@ -326,8 +334,8 @@ impl Mesh {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Makes a new authenticated link the live one to `peer`, or refuses it (`None`) when the
-    /// live one should stay. A link from a newer incarnation of the peer wins: the older one
+    /// Makes a new authenticated link the live one to `peer`, or refuses it (with the reason)
+    /// when the live one should stay. A link from a newer incarnation of the peer wins: the older one
     /// is dead. Of two links of the same incarnation made in opposite directions, both nodes
     /// keep the one dialed by the node whose id sorts first, so both close the same one. A new
     /// link in the same direction replaces the old (a redial after a half-dead link).
@@ -337,17 +345,16 @@ impl Mesh {
         via: &Via,
         incarnation: u64,
         tx: mpsc::Sender<String>,
-    ) -> Option<(u64, CancellationToken)> {
+    ) -> std::result::Result<(u64, CancellationToken), Refused> {
         let dialed = matches!(via, Via::Dialed(_));
         let me_first = self.router.node_id.as_str() < peer;
         let mut t = lock(&self.topology);
         if let Some(cur) = t.live.get(peer) {
-            let keep_current = incarnation < cur.incarnation
-                || (incarnation == cur.incarnation
-                    && cur.dialed != dialed
-                    && cur.dialed == me_first);
-            if keep_current {
-                return None;
+            if incarnation < cur.incarnation {
+                return Err(Refused::OlderRun);
+            }
+            if incarnation == cur.incarnation && cur.dialed != dialed && cur.dialed == me_first {
+                return Err(Refused::Duplicate);
             }
             cur.cancel.cancel();
         }
@@ -373,7 +380,7 @@ impl Mesh {
         self.router.peer_up(peer, tx);
         drop(t);
         self.bump();
-        Some((id, cancel))
+        Ok((id, cancel))
     }
 
     /// Link `id` to `peer` ended; if it was the live one, the peer is unlinked.
@@ -779,9 +786,17 @@ impl Mesh {
         let store = router.store.clone();
         let me = router.node_id.clone();
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        let Some((link_id, replaced)) = self.join(&peer, &via, incarnation, out_tx.clone()) else {
-            tracing::debug!(%peer, "closing a second link to a peer that is linked already");
-            return "the peer is linked by another connection".into();
+        let (link_id, replaced) = match self.join(&peer, &via, incarnation, out_tx.clone()) {
+            Ok(joined) => joined,
+            Err(Refused::OlderRun) => {
+                // Two live nodes with one id would corrupt each other's replication.
+                tracing::warn!(%peer, "refused a link from an older run of {peer}: do two running nodes share the id '{peer}'?");
+                return "an older run of the peer".into();
+            }
+            Err(Refused::Duplicate) => {
+                tracing::debug!(%peer, "closing a second link to a peer that is linked already");
+                return "the peer is linked by another connection".into();
+            }
         };
         set_status(&self, &key, |s| {
             s.node = Some(peer.clone());

@@ -390,7 +390,9 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
-    let mut mesh = Mesh::start(3).await;
+    // SWITCHBOARD_CHAOS_HUB=1: n2 and n3 know only n1 and find each other through it.
+    let hub = std::env::var_os("SWITCHBOARD_CHAOS_HUB").is_some();
+    let mut mesh = Mesh::start_with(3, hub).await;
     drop(mesh.client(0, "sink").await);
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
