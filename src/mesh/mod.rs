@@ -432,7 +432,10 @@ impl Mesh {
             && let Some(live) = t.live.get_mut(peer)
             && live.id == id
         {
-            let url = format!("ws://{}", std::net::SocketAddr::new(*ip, port));
+            let url = format!(
+                "ws://{}",
+                std::net::SocketAddr::new(ip.to_canonical(), port)
+            );
             live.url = Some(url.clone());
             t.remembered.insert(peer.to_owned(), url);
             if t.discover(peer) {
