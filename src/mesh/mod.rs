@@ -475,16 +475,17 @@ impl Mesh {
 
     /// Waits until there is something to dial: for a configured URL, at once, unless the node
     /// behind it is linked already; for a reported node, once it has stayed unlinked for the
-    /// grace period while a peer reports a URL for it. `None` on shutdown.
+    /// grace period (counted from `unlinked_since`, kept across retries) while there is a URL
+    /// for it. `None` on shutdown.
     async fn next_dial(
         &self,
         target: &Target,
         known: Option<&str>,
         attempt: u32,
         key: &str,
+        unlinked_since: &mut Option<tokio::time::Instant>,
     ) -> Option<String> {
         let mut changed = self.changed.subscribe();
-        let mut unlinked_since: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
             let (linked, candidate) = {
@@ -518,7 +519,7 @@ impl Mesh {
                     Some(since + DISCOVERY_GRACE)
                 }
                 (linked, _) => {
-                    unlinked_since = None;
+                    *unlinked_since = None;
                     // A dialer with nothing to do says so, if it has shown up in /health yet.
                     if linked
                         && let Some(s) = lock(&self.links).get_mut(key)
@@ -552,9 +553,16 @@ impl Mesh {
             set_status(&self, &key, |s| s.url = Some(u.clone()));
         }
         let mut attempt = 0u32;
+        let mut unlinked_since = None;
         loop {
             let Some(url) = self
-                .next_dial(&target, known.as_deref(), attempt, &key)
+                .next_dial(
+                    &target,
+                    known.as_deref(),
+                    attempt,
+                    &key,
+                    &mut unlinked_since,
+                )
                 .await
             else {
                 return;
