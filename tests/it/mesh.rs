@@ -191,6 +191,17 @@ async fn three_nodes_share_presence_and_deliver_across_nodes() {
             .any(|m| m.body == "deploy done")
     })
     .await;
+    // Broadcast reaches every other known agent, on every node.
+    let b = alice.send(msg("*", "all hands")).await.unwrap();
+    assert_eq!(b.recipients, 2);
+    assert_eq!(b.status, DeliveryStatus::Delivered);
+    loop {
+        let m = pushes.recv().await.unwrap();
+        if m.id == b.id {
+            break;
+        }
+    }
+    eventually(5, "the broadcast at n2", || has_unread(&watcher, &b.id)).await;
     // bob leaves: n1 shows him offline within a second or so (link presence).
     drop(pushes);
     drop(bob);
