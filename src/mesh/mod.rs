@@ -330,6 +330,20 @@ impl Mesh {
         lock(&self.links).values().cloned().collect()
     }
 
+    /// (peers linked now, peer nodes known): fewer linked than known means this node is cut off
+    /// from part of the mesh — what `/metrics` exposes for alerting.
+    pub fn counts(&self) -> (usize, usize) {
+        let t = lock(&self.topology);
+        let known: HashSet<&String> = t
+            .live
+            .keys()
+            .chain(t.remembered.keys())
+            .chain(t.heard.keys())
+            .chain(t.configured.iter())
+            .collect();
+        (t.live.len(), known.len())
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }

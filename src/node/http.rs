@@ -166,7 +166,18 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let r = &s.router;
     let (online, sessions) = r.counts();
     let stats = r.store.stats();
+    let (linked, known) = s.mesh.as_ref().map(|m| m.counts()).unwrap_or_default();
     let text = r.metrics.render(&[
+        (
+            "peers_linked",
+            "Peer nodes with a live link now.",
+            linked as u64,
+        ),
+        (
+            "peers_known",
+            "Peer nodes this node has linked to or heard of; more than peers_linked means part of the mesh is out of reach.",
+            known as u64,
+        ),
         (
             "agents_online",
             "Agents with an open agent session.",

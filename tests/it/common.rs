@@ -183,16 +183,32 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// GET /health of a node on this machine.
 pub async fn health(port: u16) -> Value {
+    serde_json::from_str(&http_get(port, "/health").await).unwrap()
+}
+
+/// One value from the node's `/metrics` (without the `switchboard_` prefix).
+pub async fn metric(port: u16, name: &str) -> u64 {
+    let text = http_get(port, "/metrics").await;
+    let line = format!("switchboard_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The body of `GET path` on the node.
+pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
-    serde_json::from_str(buf.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    buf.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 /// Polls `check` (each poll is a real round trip) until it holds, or panics after `secs`.

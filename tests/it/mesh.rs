@@ -202,6 +202,12 @@ async fn three_nodes_share_presence_and_deliver_across_nodes() {
         }
     }
     eventually(5, "the broadcast at n2", || has_unread(&watcher, &b.id)).await;
+    // /metrics counts what crossed the mesh.
+    let n1 = mesh.ports[0];
+    assert_eq!(metric(n1, "peers_linked").await, 2);
+    assert!(metric(n1, "forwarded_total").await >= 3);
+    assert!(metric(n1, "messages_delivered_total").await >= 2);
+    assert!(metric(mesh.ports[2], "replicated_total").await >= 3);
     // bob leaves: n1 shows him offline within a second or so (link presence).
     drop(pushes);
     drop(bob);
@@ -620,11 +626,17 @@ async fn nodes_that_share_a_hub_find_each_other_and_keep_their_link_without_it()
     let alice = mesh.client(1, "alice").await;
     send_live(&alice, &bob, "n3", "found you").await;
 
-    // The hub goes away; the link it introduced stays, and mail keeps flowing both ways.
+    // The hub goes away; the link it introduced stays, and mail keeps flowing.
     let hub = mesh.nodes[0].take().unwrap();
     hub.kill9().await;
     mesh.wait_linked().await;
     send_live(&alice, &bob, "n3", "still here").await;
+    // /metrics tells that part of the mesh is out of reach.
+    let n2 = mesh.ports[1];
+    eventually(15, "n2 counts 1 of 2 peers linked", || async move {
+        metric(n2, "peers_linked").await == 1 && metric(n2, "peers_known").await == 2
+    })
+    .await;
 
     // n3 restarts while the hub is down: its only configured peer is gone, yet n2 finds it
     // again, and mail sent while it was down arrives.
