@@ -59,6 +59,18 @@ const APPLYING: usize = 64;
 const DISCOVERY_GRACE: Duration = Duration::from_secs(1);
 /// Nodes this node will look for through its peers' reports (a bound, not a design limit).
 const DISCOVERY_MAX: usize = 256;
+/// A reported node that stays unreachable this long, and that no peer reports any more, is
+/// forgotten: a decommissioned node is not dialed (nor counted in `peers_known`) forever.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// The code of the error an acceptor answers when the dialer expected another node.
+const WRONG_NODE: &str = "wrong_node";
+/// Part of that error's message, which the dialer recognizes.
+const WRONG_NODE_TEXT: &str = "this is node";
+/// Longest URL taken from a peer's report.
+const URL_MAX: usize = 512;
+/// A link that lasted this long resets its dialer's backoff; one refused or closed at once
+/// does not, so a dialer does not hammer a peer that keeps refusing it.
+const STABLE_LINK: Duration = Duration::from_secs(2);
 
 /// Frames between nodes on `/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -85,6 +97,14 @@ pub enum PeerFrame {
         /// Dialer's incarnation: a link from a newer one replaces any older link.
         #[serde(default)]
         incarnation: u64,
+        /// The node the dialer means to reach (a URL it was told may now lead elsewhere): any
+        /// other node refuses the link before it can replace a good one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+        /// Increases with every dial the dialer makes: of two links it made to the same node,
+        /// both ends keep the later one, whatever order they saw them in.
+        #[serde(default)]
+        seq: u64,
     },
     /// Acceptor proves it knows the secret.
     PeerWelcome {
@@ -193,6 +213,8 @@ pub struct Mesh {
     /// Bumped on every change of `topology`: links re-tell their peers, dialers re-check.
     changed: tokio::sync::watch::Sender<u64>,
     next_link: AtomicU64,
+    /// Sequence numbers of this node's dials (see `PeerAuth::seq`).
+    next_dial: AtomicU64,
     /// Presence snapshot versions, shared by all links so that a link replacing another
     /// continues the sequence the peer has seen.
     presence_version: AtomicU64,
@@ -211,11 +233,19 @@ enum Via {
 struct Live {
     id: u64,
     dialed: bool,
-    incarnation: u64,
+    order: Order,
     cancel: CancellationToken,
     /// Where the peer can be reached, as far as this node knows: the URL dialed, or the
     /// peer's address and the port it reports.
     url: Option<String>,
+}
+
+/// What ranks two links between the same nodes: the peer's incarnation, then (for links made
+/// in the same direction) the dialer's sequence number. Both ends see the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Order {
+    incarnation: u64,
+    seq: u64,
 }
 
 /// Why [`Mesh::join`] refused a link.
@@ -316,6 +346,7 @@ impl Mesh {
             topology: Mutex::new(Topology::default()),
             changed: tokio::sync::watch::channel(0).0,
             next_link: AtomicU64::new(1),
+            next_dial: AtomicU64::new(1),
             presence_version: AtomicU64::new(0),
         });
         for url in peers {
@@ -351,24 +382,31 @@ impl Mesh {
     /// Makes a new authenticated link the live one to `peer`, or refuses it (with the reason)
     /// when the live one should stay. A link from a newer incarnation of the peer wins: the older one
     /// is dead. Of two links of the same incarnation made in opposite directions, both nodes
-    /// keep the one dialed by the node whose id sorts first, so both close the same one. A new
-    /// link in the same direction replaces the old (a redial after a half-dead link).
+    /// keep the one dialed by the node whose id sorts first, so both close the same one. Of two
+    /// links made in the same direction, the later dial wins (a redial after a half-dead link).
     fn join(
         &self,
         peer: &str,
         via: &Via,
-        incarnation: u64,
+        order: Order,
         tx: mpsc::Sender<String>,
     ) -> std::result::Result<(u64, CancellationToken), Refused> {
         let dialed = matches!(via, Via::Dialed(_));
         let me_first = self.router.node_id.as_str() < peer;
         let mut t = lock(&self.topology);
         if let Some(cur) = t.live.get(peer) {
-            if incarnation < cur.incarnation {
+            if order.incarnation < cur.order.incarnation {
                 return Err(Refused::OlderRun);
             }
-            if incarnation == cur.incarnation && cur.dialed != dialed && cur.dialed == me_first {
-                return Err(Refused::Duplicate);
+            if order.incarnation == cur.order.incarnation {
+                let keep_current = if cur.dialed != dialed {
+                    cur.dialed == me_first
+                } else {
+                    order.seq < cur.order.seq
+                };
+                if keep_current {
+                    return Err(Refused::Duplicate);
+                }
             }
             cur.cancel.cancel();
         }
@@ -386,7 +424,7 @@ impl Mesh {
             Live {
                 id,
                 dialed,
-                incarnation,
+                order,
                 cancel: cancel.clone(),
                 url,
             },
@@ -409,6 +447,38 @@ impl Mesh {
         }
         drop(t);
         self.bump();
+    }
+
+    /// Runs `f` if link `id` is still the live link to `peer`, under the topology lock, so a
+    /// replaced link cannot act on the peer's behalf after its successor has come and gone
+    /// (it would bring back presence for a peer nobody is linked to).
+    fn if_live(&self, peer: &str, id: u64, f: impl FnOnce()) {
+        let t = lock(&self.topology);
+        if t.live.get(peer).is_some_and(|l| l.id == id) {
+            f();
+        }
+    }
+
+    /// `url` answered as another node than `node`: stop dialing `node` there.
+    fn forget_url(&self, node: &str, url: &str) {
+        let mut t = lock(&self.topology);
+        if t.remembered.get(node).is_some_and(|u| u == url) {
+            t.remembered.remove(node);
+        }
+        if let Some(by) = t.heard.get_mut(node) {
+            by.retain(|_, u| u != url);
+        }
+    }
+
+    /// Stops looking for `node` (see [`FORGET_AFTER`]).
+    fn forget_node(&self, node: &str, key: &str) {
+        let mut t = lock(&self.topology);
+        t.remembered.remove(node);
+        t.heard.remove(node);
+        t.discovering.remove(node);
+        drop(t);
+        lock(&self.links).remove(key);
+        tracing::info!(%node, "forgot a node that has been out of reach for an hour");
     }
 
     /// What to tell `peer` in a `peers` frame: every other live link with a known URL.
@@ -442,9 +512,12 @@ impl Mesh {
         let me = self.router.node_id.as_str();
         let mut fresh = Vec::new();
         let mut t = lock(&self.topology);
+        // A replaced link's last report says nothing the live link will not say.
+        if t.live.get(peer).is_none_or(|l| l.id != id) {
+            return;
+        }
         if let Via::Accepted(Some(ip)) = via
             && let Some(live) = t.live.get_mut(peer)
-            && live.id == id
         {
             let url = format!(
                 "ws://{}",
@@ -463,6 +536,7 @@ impl Mesh {
             if n.node == me
                 || n.node == peer
                 || crate::message::validate_name(&n.node).is_err()
+                || n.url.len() > URL_MAX
                 || crate::config::validate_ws_url(&n.url).is_err()
             {
                 continue;
@@ -502,12 +576,13 @@ impl Mesh {
         let mut changed = self.changed.subscribe();
         loop {
             let now = tokio::time::Instant::now();
-            let (linked, candidate) = {
+            let (linked, candidate, reported) = {
                 let t = lock(&self.topology);
                 match target {
                     Target::Url(u) => (
                         known.is_some_and(|n| t.live.contains_key(n)),
                         Some(u.clone()),
+                        true,
                     ),
                     Target::Node(n) => {
                         let urls: Vec<&String> = t
@@ -519,31 +594,33 @@ impl Mesh {
                         let url =
                             (!urls.is_empty()).then(|| urls[attempt as usize % urls.len()].clone());
                         let idle = t.live.contains_key(n) || t.configured.contains(n);
-                        (idle, url)
+                        let reported = t.heard.get(n).is_some_and(|by| !by.is_empty());
+                        (idle, url, reported)
                     }
                 }
             };
-            let wake = match (linked, candidate) {
-                (false, Some(url)) if matches!(target, Target::Url(_)) => return Some(url),
-                (false, Some(url)) => {
-                    let since = *unlinked_since.get_or_insert(now);
-                    if now >= since + DISCOVERY_GRACE {
-                        return Some(url);
-                    }
-                    Some(since + DISCOVERY_GRACE)
+            let wake = if linked {
+                *unlinked_since = None;
+                // A dialer with nothing to do says so, if it has shown up in /health yet.
+                if let Some(s) = lock(&self.links).get_mut(key)
+                    && s.state != "standby"
+                {
+                    s.state = "standby";
+                    s.error = None;
+                    s.since = crate::message::rfc3339(now_ms());
                 }
-                (linked, _) => {
-                    *unlinked_since = None;
-                    // A dialer with nothing to do says so, if it has shown up in /health yet.
-                    if linked
-                        && let Some(s) = lock(&self.links).get_mut(key)
-                        && s.state != "standby"
-                    {
-                        s.state = "standby";
-                        s.error = None;
-                        s.since = crate::message::rfc3339(now_ms());
+                None
+            } else {
+                let since = *unlinked_since.get_or_insert(now);
+                match (target, candidate) {
+                    (Target::Url(_), Some(url)) => return Some(url),
+                    (Target::Node(n), _) if !reported && now >= since + FORGET_AFTER => {
+                        self.forget_node(n, key);
+                        return None;
                     }
-                    None
+                    (_, Some(url)) if now >= since + DISCOVERY_GRACE => return Some(url),
+                    (_, Some(_)) => Some(since + DISCOVERY_GRACE),
+                    (_, None) => Some(since + FORGET_AFTER),
                 }
             };
             tokio::select! {
@@ -585,17 +662,22 @@ impl Mesh {
                 s.url = Some(url.clone());
                 s.node = known.clone();
             });
+            let expect = match &target {
+                Target::Url(_) => None,
+                Target::Node(n) => Some(n.as_str()),
+            };
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                r = self.dial_once(&url, &key, matches!(target, Target::Node(_)).then_some(known.as_deref()).flatten()) => r,
+                r = self.dial_once(&url, &key, expect) => r,
             };
             match result {
-                Ok(peer) => {
-                    if matches!(target, Target::Url(_)) {
-                        lock(&self.topology).configured.insert(peer.clone());
-                    }
+                Ok((peer, lasted)) => {
                     known = Some(peer);
-                    attempt = 0;
+                    // The link was up: the grace before a discovery dial counts from now.
+                    unlinked_since = None;
+                    if lasted >= STABLE_LINK {
+                        attempt = 0;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(peer = %url, error = %e, "peer link failed");
@@ -619,13 +701,14 @@ impl Mesh {
     }
 
     /// Dials `url`, authenticates, and runs the link until it ends. Returns the peer's node id
-    /// once the link was up. `expect`: the node that must answer (a reported URL may be stale).
+    /// and how long the link was up. `expect`: the node that must answer, for a URL a peer
+    /// reported (it may lead elsewhere by now); `None` for a configured URL.
     async fn dial_once(
         self: &Arc<Self>,
         url: &str,
         key: &str,
         expect: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<(String, Duration)> {
         let endpoint = crate::config::ws_endpoint(url);
         let (ws, _) = tokio::time::timeout(
             HANDSHAKE,
@@ -650,7 +733,8 @@ impl Mesh {
         let nonce = auth::random_hex();
         let me = self.router.node_id.clone();
         let incarnation = self.router.incarnation;
-        let (peer, theirs) = tokio::time::timeout(HANDSHAKE, async {
+        let seq = self.next_dial.fetch_add(1, Ordering::Relaxed);
+        let handshake = tokio::time::timeout(HANDSHAKE, async {
             send(&mut sink, PeerFrame::PeerHello { nonce: nonce.clone(), v: 1 }).await?;
             let theirs = match recv(&mut stream).await? {
                 PeerFrame::PeerChallenge { nonce } => nonce,
@@ -658,7 +742,14 @@ impl Mesh {
                 _ => return Err(Error::Connection("unexpected frame in handshake".into())),
             };
             let proof = handshake::proof(&self.secret, "dial", &nonce, &theirs, &me);
-            send(&mut sink, PeerFrame::PeerAuth { node: me.clone(), proof, incarnation }).await?;
+            let auth = PeerFrame::PeerAuth {
+                node: me.clone(),
+                proof,
+                incarnation,
+                expect: expect.map(str::to_owned),
+                seq,
+            };
+            send(&mut sink, auth).await?;
             match recv(&mut stream).await? {
                 PeerFrame::PeerWelcome { node, proof, incarnation }
                     if handshake::verify(&self.secret, "accept", &nonce, &theirs, &node, &proof) =>
@@ -669,30 +760,55 @@ impl Mesh {
                     tracing::warn!(peer = %url, "peer failed mesh authentication (wrong mesh secret?)");
                     Err(Error::Connection("the peer failed mesh authentication".into()))
                 }
+                PeerFrame::Error { code, message } if code == WRONG_NODE => {
+                    Err(Error::Connection(format!("{url}: {message}")))
+                }
                 PeerFrame::Error { message, .. } => Err(Error::Connection(message)),
                 _ => Err(Error::Connection("unexpected frame in handshake".into())),
             }
         })
         .await
-        .map_err(|_| Error::Connection("mesh handshake timed out".into()))??;
+        .map_err(|_| Error::Connection("mesh handshake timed out".into()))?;
+        let (peer, theirs) = match handshake {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(want) = expect
+                    && e.to_string().contains(WRONG_NODE_TEXT)
+                {
+                    self.forget_url(want, url);
+                }
+                return Err(e);
+            }
+        };
         if peer == me {
             return Err(Error::Connection(format!("{url} is this node itself")));
         }
         if let Some(want) = expect
             && want != peer
         {
+            // An acceptor of an older version does not check `expect` itself.
+            self.forget_url(want, url);
             return Err(Error::Connection(format!(
                 "{url} is node {peer}, not {want}"
             )));
         }
+        if expect.is_none() {
+            // The node behind a configured URL: its own dialer looks after it, not discovery.
+            lock(&self.topology).configured.insert(peer.clone());
+        }
         tracing::debug!(peer = %peer, %url, "mesh handshake done (dialed)");
+        let started = tokio::time::Instant::now();
+        let order = Order {
+            incarnation: theirs,
+            seq,
+        };
         let ended = self
             .clone()
             .link(
                 peer.clone(),
                 key.to_owned(),
                 Via::Dialed(url.to_owned()),
-                theirs,
+                order,
                 sink,
                 stream,
             )
@@ -703,7 +819,7 @@ impl Mesh {
             s.error = Some(ended);
             s.since = crate::message::rfc3339(now_ms());
         });
-        Ok(peer)
+        Ok((peer, started.elapsed()))
     }
 
     /// Serves a peer that dialed us; `hello` is its first frame, already read.
@@ -734,6 +850,8 @@ impl Mesh {
                     node,
                     proof,
                     incarnation: theirs,
+                    expect,
+                    seq,
                 } if handshake::verify(
                     &self.secret,
                     "dial",
@@ -743,6 +861,15 @@ impl Mesh {
                     &proof,
                 ) =>
                 {
+                    // The dialer has proven the secret, so it may learn who we are.
+                    if let Some(want) = expect
+                        && want != me
+                    {
+                        let message = format!("{WRONG_NODE_TEXT} {me}, not {want}");
+                        let code = WRONG_NODE.to_owned();
+                        send(&mut sink, PeerFrame::Error { code, message }).await?;
+                        return Ok(None);
+                    }
                     let proof = handshake::proof(&self.secret, "accept", &hello_nonce, &nonce, &me);
                     send(
                         &mut sink,
@@ -753,14 +880,20 @@ impl Mesh {
                         },
                     )
                     .await?;
-                    Ok((node, theirs))
+                    Ok(Some((
+                        node,
+                        Order {
+                            incarnation: theirs,
+                            seq,
+                        },
+                    )))
                 }
                 _ => Err(Error::Connection("mesh authentication failed".into())),
             }
         })
         .await;
-        let (peer, theirs) = match result {
-            Ok(Ok((p, i))) if p != me => (p, i),
+        let (peer, order) = match result {
+            Ok(Ok(Some((p, o)))) if p != me => (p, o),
             Ok(Ok(_)) => return,
             other => {
                 Metrics::inc(&self.router.metrics.auth_failures_total);
@@ -785,7 +918,7 @@ impl Mesh {
         let ip = remote.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         tracing::debug!(%peer, %remote, "mesh handshake done (accepted)");
         self.clone()
-            .link(peer, key.clone(), Via::Accepted(ip), theirs, sink, stream)
+            .link(peer, key.clone(), Via::Accepted(ip), order, sink, stream)
             .await;
         // An accepted link that ends is gone for good (the peer dials again): forget it.
         lock(&self.links).remove(&key);
@@ -798,7 +931,7 @@ impl Mesh {
         peer: String,
         key: String,
         via: Via,
-        incarnation: u64,
+        order: Order,
         mut sink: S,
         mut stream: R,
     ) -> String
@@ -811,7 +944,7 @@ impl Mesh {
         let store = router.store.clone();
         let me = router.node_id.clone();
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        let (link_id, replaced) = match self.join(&peer, &via, incarnation, out_tx.clone()) {
+        let (link_id, replaced) = match self.join(&peer, &via, order, out_tx.clone()) {
             Ok(joined) => joined,
             Err(Refused::OlderRun) => {
                 // Two live nodes with one id would corrupt each other's replication.
@@ -949,6 +1082,10 @@ impl Mesh {
                             Some(Ok(t)) => t,
                             _ => break 'link "closed by the peer".into(),
                         };
+                        // Replaced while this frame was on its way: the new link speaks now.
+                        if replaced.is_cancelled() {
+                            break 'link "replaced by a newer link to the same peer".into();
+                        }
                         let frame = match serde_json::from_str::<PeerFrame>(&text) {
                             Ok(f) => f,
                             Err(e) => {
@@ -981,7 +1118,7 @@ impl Mesh {
                             }
                             PeerFrame::Ack { cursor } => set_status(&self, &key, |s| s.acked = cursor),
                             PeerFrame::Presence { incarnation, version, agents } => {
-                                router.remote_presence(&peer, incarnation, version, agents);
+                                self.if_live(&peer, link_id, || router.remote_presence(&peer, incarnation, version, agents));
                             }
                             PeerFrame::Peers { port, nodes } => self.heard_from(&peer, link_id, &via, port, nodes),
                             PeerFrame::Delivered { ids } => router.remote_delivered(&ids),

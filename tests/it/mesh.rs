@@ -690,3 +690,46 @@ async fn two_nodes_that_dial_each_other_keep_one_link() {
     assert_eq!(up_links(p1).await, ["n2"]);
     assert_eq!(up_links(p2).await, ["n1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_found_at_an_old_address_is_not_mistaken_for_the_one_that_left() {
+    // n3 leaves; a new node n4 starts on n3's port. n2 still remembers n3 there.
+    let mut mesh = Mesh::start_with(3, true).await;
+    let port = mesh.ports[2];
+    mesh.nodes[2].take().unwrap().kill9().await;
+    let dir = tempdir();
+    let hub = format!("ws://127.0.0.1:{}", mesh.ports[0]);
+    let secret = mesh.secret.display().to_string();
+    let n4 = NodeProc::start_named(
+        dir.path(),
+        port,
+        "n4",
+        &["--mesh-secret-file", &secret, "--peer", &hub],
+    )
+    .await;
+    // n4 refuses n2's dial for n3 after authenticating it, before it could replace a link...
+    let n2 = mesh.ports[1];
+    eventually(15, "n2's dial for n3 refused by n4", || async move {
+        health(n2).await["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| {
+                p["origin"] == "discovered"
+                    && p["node"] == "n3"
+                    && p["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("this is node n4, not n3"))
+            })
+    })
+    .await;
+    // ... and n4 joins the mesh as itself, linked to both, carrying mail.
+    eventually(15, "n4 linked to n1 and n2", || async {
+        up_links(port).await == ["n1", "n2"]
+    })
+    .await;
+    let bob = n4.client("bob").await;
+    let alice = mesh.client(1, "alice").await;
+    send_live(&alice, &bob, "n4", "hello n4").await;
+    assert_eq!(up_links(port).await, ["n1", "n2"]);
+}
