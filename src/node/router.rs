@@ -365,21 +365,26 @@ impl Router {
                 entry.connected_since = Some(now);
                 entry.row.node = self.node_id.clone();
                 entry.row.last_seen = Some(now);
-                Some(entry.row.clone())
+                Some((entry.row.clone(), false))
             } else if created {
                 // A watcher (`tail --as carol`) makes its name known, as a token does: stored
-                // and replicated like any directory row, so every node accepts mail for it
-                // and it outlives a restart.
-                Some(entry.row.clone())
+                // and replicated, so every node accepts mail for it and it outlives a restart.
+                Some((entry.row.clone(), true))
             } else {
                 None
             }
         };
-        if let Some(row) = persist {
+        if let Some((row, introduced)) = persist {
             self.presence_changed();
             let origin = self.node_id.clone();
             self.store
-                .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
+                .write(move |c| {
+                    if introduced {
+                        queries::introduce_agent(c, &row, now, Some(&origin))
+                    } else {
+                        queries::upsert_agent(c, &row, now, Some(&origin))
+                    }
+                })
                 .await?;
         }
         Ok(session)
@@ -818,7 +823,7 @@ impl Router {
         };
         let origin = self.node_id.clone();
         self.store
-            .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
+            .write(move |c| queries::introduce_agent(c, &row, now, Some(&origin)))
             .await
     }
 

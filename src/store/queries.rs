@@ -468,20 +468,52 @@ pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
 /// Creates or updates an agent's directory row.
 pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
     log_stamped(conn, log_as, Stamped::Agent(&a.name), now, |stamp| {
-        EventBody::Agent {
-            name: a.name.clone(),
-            node: a.node.clone(),
-            status: a.status,
-            status_text: a.status_text.clone(),
-            last_seen: a.last_seen,
-            stamp,
-        }
+        agent_event(a, stamp)
     })?;
-    conn.prepare_cached(
+    write_agent(
+        conn,
+        a,
+        now,
+        "DO UPDATE SET node = ?2, status = ?3, status_text = ?4, last_seen = ?5",
+    )
+}
+
+/// Makes a name known without saying anything about the agent (a token issued for it, a
+/// watcher following it). The row carries the lowest stamp, so any real change to it — made
+/// here later, or made on a node whose log has not reached this one yet — wins on every node;
+/// a plain upsert would have overwritten that agent's node and status everywhere.
+pub fn introduce_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
+    let row = Stamped::Agent(&a.name);
+    if let Some(origin) = log_as
+        && replication::stamp_of(conn, row)?.is_none()
+    {
+        let stamp = Stamp {
+            at: 1,
+            by: origin.to_owned(),
+        };
+        replication::put_stamp(conn, row, &stamp)?;
+        replication::append(conn, origin, &agent_event(a, stamp))?;
+    }
+    write_agent(conn, a, now, "DO NOTHING")
+}
+
+fn agent_event(a: &AgentRow, stamp: Stamp) -> EventBody {
+    EventBody::Agent {
+        name: a.name.clone(),
+        node: a.node.clone(),
+        status: a.status,
+        status_text: a.status_text.clone(),
+        last_seen: a.last_seen,
+        stamp,
+    }
+}
+
+/// Inserts the row; `on_conflict` says what happens to an existing one.
+fn write_agent(conn: &Connection, a: &AgentRow, now: i64, on_conflict: &str) -> Result<()> {
+    conn.prepare_cached(&format!(
         "INSERT INTO agents (name, node, status, status_text, last_seen, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET node = ?2, status = ?3, \
-         status_text = ?4, last_seen = ?5",
-    )?
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) {on_conflict}"
+    ))?
     .execute(params![
         a.name,
         a.node,

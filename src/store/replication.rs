@@ -138,7 +138,8 @@ pub fn stamp_of(conn: &Connection, row: Stamped<'_>) -> Result<Option<Stamp>> {
         .optional()?)
 }
 
-fn put_stamp(conn: &Connection, row: Stamped<'_>, stamp: &Stamp) -> Result<()> {
+/// Records `stamp` as the row's.
+pub(crate) fn put_stamp(conn: &Connection, row: Stamped<'_>, stamp: &Stamp) -> Result<()> {
     let (kind, a, b) = row.key();
     conn.prepare_cached(
         "INSERT INTO stamps (kind, a, b, at, by) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -685,6 +686,24 @@ mod tests {
         assert!(matches!(&e.body, EventBody::Agent { stamp, .. } if stamp.at == 1001));
         apply(&n2, "n1", vec![e]).unwrap();
         assert_eq!(bob_status(&n2), Status::Available);
+    }
+
+    #[test]
+    fn a_name_introduced_by_a_watcher_never_overrides_the_agent_itself() {
+        // bob is busy on n2; before n2's log reaches n1, someone tails bob on n1.
+        let (n1, n2) = (store(), store());
+        queries::upsert_agent(&n2, &bob(Status::Busy), 1000, Some("n2")).unwrap();
+        queries::introduce_agent(&n1, &bob(Status::Available), 2000, Some("n1")).unwrap();
+        let (from1, from2) = (bob_event(&n1, 1), bob_event(&n2, 1));
+        apply(&n2, "n1", vec![from1]).unwrap();
+        apply(&n1, "n2", vec![from2]).unwrap();
+        assert_eq!(
+            (bob_status(&n1), bob_status(&n2)),
+            (Status::Busy, Status::Busy)
+        );
+        // Introducing a name that is already known changes nothing.
+        queries::introduce_agent(&n2, &bob(Status::Away), 3000, Some("n2")).unwrap();
+        assert_eq!(bob_status(&n2), Status::Busy);
     }
 
     #[test]
