@@ -305,18 +305,45 @@ async fn tail(g: &crate::cli::Global, a: TailArgs) -> Result<ExitCode> {
     if std::io::stderr().is_terminal() {
         eprintln!("following {}'s messages; Ctrl-C to stop", a.agent);
     }
+    let print = |m: &Message| -> Result<()> {
+        if a.json {
+            out(&serde_json::to_string(m).map_err(|e| Error::Invalid(e.to_string()))?)
+        } else {
+            out(&format!("{}\n", show(m)))
+        }
+    };
+    // The node replays unread mail as soon as the connection opens, possibly before the
+    // subscription above: show it from the inbox (leaving it unread), then follow pushes.
     let mut seen = std::collections::HashSet::new();
+    let unread = conn
+        .client
+        .inbox(InboxRequest {
+            req: 0,
+            unread_only: true,
+            limit: 200,
+            from: None,
+            topic: None,
+            mark_read: false,
+        })
+        .await?;
+    for m in &unread.messages {
+        seen.insert(m.id.clone());
+        print(m)?;
+    }
+    if unread.unread_remaining > 0 {
+        tracing::warn!(
+            "{} more unread messages are not shown; see `switchboard inbox`",
+            unread.unread_remaining
+        );
+    }
     loop {
         tokio::select! {
             _ = wait_for_signal() => break,
             p = pushes.recv() => match p {
                 Ok(m) => {
                     // Reconnects replay unread mail; show each message once.
-                    if !seen.insert(m.id.clone()) { continue; }
-                    if a.json {
-                        out(&serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?)?;
-                    } else {
-                        out(&format!("{}\n", show(&m)))?;
+                    if seen.insert(m.id.clone()) {
+                        print(&m)?;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

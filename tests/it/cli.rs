@@ -189,39 +189,64 @@ async fn unreachable_node_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the switchboard node"));
 }
 
-#[tokio::test]
-async fn tail_follows_an_agents_mail_and_makes_a_new_name_known() {
+/// Starts `switchboard tail --as agent`; its stdout lines.
+fn start_tail(
+    node: &NodeProc,
+    agent: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
     use tokio::io::AsyncBufReadExt;
-    let dir = tempdir();
-    let node = NodeProc::start(dir.path(), &[]).await;
-    // carol has never connected: following her makes her a known name, so mail to her is
-    // accepted, and it is shown as it arrives.
     let mut tail = tokio::process::Command::new(BIN)
         .arg("--data-dir")
         .arg(&node.dir)
-        .args(["--node", &node.url(), "tail", "--as", "carol"])
+        .args(["--node", &node.url(), "tail", "--as", agent])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-    let alice = node.client("alice").await;
-    let req = || switchboard::protocol::SendRequest {
-        to: "carol".into(),
-        body: "first".into(),
-        ..Default::default()
-    };
-    eventually(5, "carol known", || async {
-        alice.send(req()).await.is_ok()
-    })
-    .await;
+    let lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    (tail, lines)
+}
+
+/// Reads tail's output until `body` shows up; what it printed.
+async fn tail_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    body: &str,
+) -> String {
     let mut seen = String::new();
-    while !seen.contains("first") {
-        let line = lines.next_line().await.unwrap().expect("tail ended early");
+    while !seen.lines().any(|l| l == body) {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("tail did not show {body:?} in 10 s; it showed:\n{seen}"))
+            .unwrap()
+            .expect("tail ended early");
         seen.push_str(&line);
         seen.push('\n');
     }
+    seen
+}
+
+#[tokio::test]
+async fn tail_follows_an_agents_mail_and_makes_a_new_name_known() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    // carol has never connected: following her makes her a known name, so mail to her is
+    // accepted, and it is shown as it arrives.
+    let (mut tail, mut lines) = start_tail(&node, "carol");
+    let alice = node.client("alice").await;
+    let req = |body: &str| switchboard::protocol::SendRequest {
+        to: "carol".into(),
+        body: body.into(),
+        ..Default::default()
+    };
+    eventually(5, "carol known", || async {
+        alice.send(req("first")).await.is_ok()
+    })
+    .await;
+    let seen = tail_until(&mut lines, "first").await;
     assert!(seen.contains("from alice  to carol"), "{seen}");
     // A watcher is not presence: carol is not online.
     let o = sb(&node, &["who", "--json"]).await;
@@ -236,6 +261,15 @@ async fn tail_follows_an_agents_mail_and_makes_a_new_name_known() {
         "{who}"
     );
     let _ = tail.kill().await;
+    // Mail that came while nobody was following is shown when tail starts, still unread.
+    alice.send(req("while away")).await.unwrap();
+    let (mut tail, mut lines) = start_tail(&node, "carol");
+    let seen = tail_until(&mut lines, "while away").await;
+    // Each unread message is shown once, though the node also replays it at connect.
+    assert_eq!(seen.lines().filter(|l| *l == "first").count(), 1, "{seen}");
+    let _ = tail.kill().await;
+    let o = sb(&node, &["inbox", "--as", "carol", "--peek"]).await;
+    assert!(stdout(&o).contains("while away"), "{}", stdout(&o));
     drop(alice);
     // The name is stored, not just remembered: it is still known after a restart.
     node.terminate().await;
