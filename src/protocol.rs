@@ -131,6 +131,20 @@ pub struct InboxRequest {
     pub mark_read: bool,
 }
 
+impl InboxRequest {
+    /// Up to `limit` unread messages, oldest first, left unread: the usual peek.
+    pub fn unread(limit: u32) -> Self {
+        InboxRequest {
+            req: 0,
+            unread_only: true,
+            limit,
+            from: None,
+            topic: None,
+            mark_read: false,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -315,17 +315,7 @@ async fn tail(g: &crate::cli::Global, a: TailArgs) -> Result<ExitCode> {
     // The node replays unread mail as soon as the connection opens, possibly before the
     // subscription above: show it from the inbox (leaving it unread), then follow pushes.
     let mut seen = std::collections::HashSet::new();
-    let unread = conn
-        .client
-        .inbox(InboxRequest {
-            req: 0,
-            unread_only: true,
-            limit: 200,
-            from: None,
-            topic: None,
-            mark_read: false,
-        })
-        .await?;
+    let unread = conn.client.inbox(InboxRequest::unread(200)).await?;
     for m in &unread.messages {
         seen.insert(m.id.clone());
         print(m)?;

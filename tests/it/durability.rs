@@ -73,12 +73,8 @@ async fn kill_9_loses_no_acknowledged_message() {
     loop {
         let page = bob
             .inbox(InboxRequest {
-                req: 0,
-                unread_only: true,
-                limit: 200,
-                from: None,
-                topic: None,
                 mark_read: true,
+                ..InboxRequest::unread(200)
             })
             .await
             .unwrap();

@@ -130,14 +130,7 @@ async fn has_unread(c: &Client, id: &str) -> bool {
 }
 
 fn unread(limit: u32) -> InboxRequest {
-    InboxRequest {
-        req: 0,
-        unread_only: true,
-        limit,
-        from: None,
-        topic: None,
-        mark_read: false,
-    }
+    InboxRequest::unread(limit)
 }
 
 fn msg(to: &str, body: &str) -> SendRequest {

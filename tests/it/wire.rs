@@ -16,14 +16,7 @@ fn msg(to: &str, body: &str) -> SendRequest {
 }
 
 fn unread() -> InboxRequest {
-    InboxRequest {
-        req: 0,
-        unread_only: true,
-        limit: 200,
-        from: None,
-        topic: None,
-        mark_read: false,
-    }
+    InboxRequest::unread(200)
 }
 
 #[tokio::test]
