@@ -64,8 +64,6 @@ const DISCOVERY_MAX: usize = 256;
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// The code of the error an acceptor answers when the dialer expected another node.
 const WRONG_NODE: &str = "wrong_node";
-/// Part of that error's message, which the dialer recognizes.
-const WRONG_NODE_TEXT: &str = "this is node";
 /// Longest URL taken from a peer's report.
 const URL_MAX: usize = 512;
 /// A link that lasted this long resets its dialer's backoff; one refused or closed at once
@@ -369,7 +367,12 @@ impl Mesh {
             .live
             .keys()
             .chain(t.remembered.keys())
-            .chain(t.heard.keys())
+            .chain(
+                t.heard
+                    .iter()
+                    .filter(|(_, by)| !by.is_empty())
+                    .map(|(n, _)| n),
+            )
             .chain(t.configured.iter())
             .collect();
         (t.live.len(), known.len())
@@ -470,15 +473,23 @@ impl Mesh {
         }
     }
 
-    /// Stops looking for `node` (see [`FORGET_AFTER`]).
-    fn forget_node(&self, node: &str, key: &str) {
+    /// Stops looking for `node` (see [`FORGET_AFTER`]), unless it was linked or reported
+    /// again since the caller looked. True if it was forgotten.
+    fn forget_node(&self, node: &str, key: &str) -> bool {
         let mut t = lock(&self.topology);
+        if t.live.contains_key(node)
+            || t.configured.contains(node)
+            || t.heard.get(node).is_some_and(|by| !by.is_empty())
+        {
+            return false;
+        }
         t.remembered.remove(node);
         t.heard.remove(node);
         t.discovering.remove(node);
         drop(t);
         lock(&self.links).remove(key);
         tracing::info!(%node, "forgot a node that has been out of reach for an hour");
+        true
     }
 
     /// What to tell `peer` in a `peers` frame: every other live link with a known URL.
@@ -569,7 +580,7 @@ impl Mesh {
         &self,
         target: &Target,
         known: Option<&str>,
-        attempt: u32,
+        attempt: &mut u32,
         key: &str,
         unlinked_since: &mut Option<tokio::time::Instant>,
     ) -> Option<String> {
@@ -591,8 +602,8 @@ impl Mesh {
                             .into_iter()
                             .chain(t.heard.get(n).into_iter().flat_map(|by| by.values()))
                             .collect();
-                        let url =
-                            (!urls.is_empty()).then(|| urls[attempt as usize % urls.len()].clone());
+                        let url = (!urls.is_empty())
+                            .then(|| urls[*attempt as usize % urls.len()].clone());
                         let idle = t.live.contains_key(n) || t.configured.contains(n);
                         let reported = t.heard.get(n).is_some_and(|by| !by.is_empty());
                         (idle, url, reported)
@@ -600,6 +611,8 @@ impl Mesh {
                 }
             };
             let wake = if linked {
+                // Linked by another connection: when it drops, start over from a short pause.
+                *attempt = 0;
                 *unlinked_since = None;
                 // A dialer with nothing to do says so, if it has shown up in /health yet.
                 if let Some(s) = lock(&self.links).get_mut(key)
@@ -614,8 +627,9 @@ impl Mesh {
                 let since = *unlinked_since.get_or_insert(now);
                 match (target, candidate) {
                     (Target::Url(_), Some(url)) => return Some(url),
-                    (Target::Node(n), _) if !reported && now >= since + FORGET_AFTER => {
-                        self.forget_node(n, key);
+                    (Target::Node(n), _)
+                        if !reported && now >= since + FORGET_AFTER && self.forget_node(n, key) =>
+                    {
                         return None;
                     }
                     (_, Some(url)) if now >= since + DISCOVERY_GRACE => return Some(url),
@@ -650,7 +664,7 @@ impl Mesh {
                 .next_dial(
                     &target,
                     known.as_deref(),
-                    attempt,
+                    &mut attempt,
                     &key,
                     &mut unlinked_since,
                 )
@@ -668,7 +682,7 @@ impl Mesh {
             };
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                r = self.dial_once(&url, &key, expect) => r,
+                r = self.dial_once(&url, &key, expect, known.as_deref()) => r,
             };
             match result {
                 Ok((peer, lasted)) => {
@@ -703,11 +717,13 @@ impl Mesh {
     /// Dials `url`, authenticates, and runs the link until it ends. Returns the peer's node id
     /// and how long the link was up. `expect`: the node that must answer, for a URL a peer
     /// reported (it may lead elsewhere by now); `None` for a configured URL.
+    /// `before`: the node a configured URL led to last time.
     async fn dial_once(
         self: &Arc<Self>,
         url: &str,
         key: &str,
         expect: Option<&str>,
+        before: Option<&str>,
     ) -> Result<(String, Duration)> {
         let endpoint = crate::config::ws_endpoint(url);
         let (ws, _) = tokio::time::timeout(
@@ -761,6 +777,9 @@ impl Mesh {
                     Err(Error::Connection("the peer failed mesh authentication".into()))
                 }
                 PeerFrame::Error { code, message } if code == WRONG_NODE => {
+                    if let Some(want) = expect {
+                        self.forget_url(want, url);
+                    }
                     Err(Error::Connection(format!("{url}: {message}")))
                 }
                 PeerFrame::Error { message, .. } => Err(Error::Connection(message)),
@@ -769,17 +788,7 @@ impl Mesh {
         })
         .await
         .map_err(|_| Error::Connection("mesh handshake timed out".into()))?;
-        let (peer, theirs) = match handshake {
-            Ok(ok) => ok,
-            Err(e) => {
-                if let Some(want) = expect
-                    && e.to_string().contains(WRONG_NODE_TEXT)
-                {
-                    self.forget_url(want, url);
-                }
-                return Err(e);
-            }
-        };
+        let (peer, theirs) = handshake?;
         if peer == me {
             return Err(Error::Connection(format!("{url} is this node itself")));
         }
@@ -794,7 +803,18 @@ impl Mesh {
         }
         if expect.is_none() {
             // The node behind a configured URL: its own dialer looks after it, not discovery.
-            lock(&self.topology).configured.insert(peer.clone());
+            let mut t = lock(&self.topology);
+            t.configured.insert(peer.clone());
+            // The URL now leads to another node: the one it led to has moved or left, and
+            // is looked for like any other node (found through reports, or forgotten).
+            if let Some(old) = before
+                && old != peer
+            {
+                t.configured.remove(old);
+                if t.remembered.get(old).is_some_and(|u| u == url) {
+                    t.remembered.remove(old);
+                }
+            }
         }
         tracing::debug!(peer = %peer, %url, "mesh handshake done (dialed)");
         let started = tokio::time::Instant::now();
@@ -865,7 +885,7 @@ impl Mesh {
                     if let Some(want) = expect
                         && want != me
                     {
-                        let message = format!("{WRONG_NODE_TEXT} {me}, not {want}");
+                        let message = format!("this is node {me}, not {want}");
                         let code = WRONG_NODE.to_owned();
                         send(&mut sink, PeerFrame::Error { code, message }).await?;
                         return Ok(None);
@@ -1041,7 +1061,8 @@ impl Mesh {
                 }
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break 'link "shutting down".into(),
-                    _ = replaced.cancelled() => break 'link "replaced by a newer link to the same peer".into(),
+                    // Also cancelled by shutdown (a child token): say which.
+                    _ = replaced.cancelled(), if !self.shutdown.is_cancelled() => break 'link "replaced by a newer link to the same peer".into(),
                     _ = &mut silence => break 'link "the peer went silent".into(),
                     r = commits.changed() => {
                         if r.is_err() { break 'link "store closed".into(); }
@@ -1082,10 +1103,6 @@ impl Mesh {
                             Some(Ok(t)) => t,
                             _ => break 'link "closed by the peer".into(),
                         };
-                        // Replaced while this frame was on its way: the new link speaks now.
-                        if replaced.is_cancelled() {
-                            break 'link "replaced by a newer link to the same peer".into();
-                        }
                         let frame = match serde_json::from_str::<PeerFrame>(&text) {
                             Ok(f) => f,
                             Err(e) => {

@@ -483,6 +483,14 @@ pub fn upsert_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>
 /// here later, or made on a node whose log has not reached this one yet — wins on every node;
 /// a plain upsert would have overwritten that agent's node and status everywhere.
 pub fn introduce_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<'_>) -> Result<()> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM agents WHERE name = ?1")?
+        .query_row([&a.name], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
     let row = Stamped::Agent(&a.name);
     if let Some(origin) = log_as
         && replication::stamp_of(conn, row)?.is_none()

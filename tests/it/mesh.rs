@@ -726,3 +726,26 @@ async fn a_node_found_at_an_old_address_is_not_mistaken_for_the_one_that_left() 
     send_live(&alice, &bob, "n4", "hello n4").await;
     assert_eq!(up_links(port).await, ["n1", "n2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_address_taken_over_by_another_node_leaves_no_ghost() {
+    // n2 is configured with n1's address; n1 leaves and n3 takes its place there.
+    let mut mesh = Mesh::start(2).await;
+    let (n1_port, n2_port) = (mesh.ports[0], mesh.ports[1]);
+    mesh.nodes[0].take().unwrap().kill9().await;
+    let dir = tempdir();
+    let secret = mesh.secret.display().to_string();
+    let _n3 =
+        NodeProc::start_named(dir.path(), n1_port, "n3", &["--mesh-secret-file", &secret]).await;
+    // n2 links to n3 and no longer counts n1 as a peer it is missing.
+    eventually(
+        15,
+        "n2 linked to n3, knowing of no other node",
+        || async move {
+            up_links(n2_port).await == ["n3"]
+                && metric(n2_port, "peers_linked").await == 1
+                && metric(n2_port, "peers_known").await == 1
+        },
+    )
+    .await;
+}
