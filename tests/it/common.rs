@@ -228,3 +228,13 @@ where
         "timed out after {secs} s waiting for: {what}"
     );
 }
+
+/// The next message pushed to a client, failing the test (instead of hanging it) after 10 s.
+pub async fn next_push(
+    pushes: &mut tokio::sync::broadcast::Receiver<switchboard::message::Message>,
+) -> switchboard::message::Message {
+    tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .expect("no message pushed within 10 s")
+        .unwrap()
+}

@@ -119,7 +119,7 @@ async fn send_live(alice: &Client, bob: &Client, node: &str, body: &str) {
     .await;
     let r = alice.send(msg("bob", body)).await.unwrap();
     assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(pushes.recv().await.unwrap().id, r.id);
+    assert_eq!(next_push(&mut pushes).await.id, r.id);
 }
 
 /// Whether `c` has the message `id` unread (without marking it read).
@@ -160,7 +160,7 @@ async fn three_nodes_share_presence_and_deliver_across_nodes() {
     // A message from n1 reaches bob on n3, and the status is true.
     let r = alice.send(msg("bob", "across the mesh")).await.unwrap();
     assert_eq!(r.status, DeliveryStatus::Delivered);
-    let m = pushes.recv().await.unwrap();
+    let m = next_push(&mut pushes).await;
     assert_eq!(m.id, r.id);
     assert_eq!(m.from, "alice");
     // Topics reach subscribers on every node, once each.
@@ -189,7 +189,7 @@ async fn three_nodes_share_presence_and_deliver_across_nodes() {
     assert_eq!(b.recipients, 2);
     assert_eq!(b.status, DeliveryStatus::Delivered);
     loop {
-        let m = pushes.recv().await.unwrap();
+        let m = next_push(&mut pushes).await;
         if m.id == b.id {
             break;
         }
@@ -364,7 +364,7 @@ async fn a_node_killed_right_after_a_push_ends_with_each_message_once() {
             tokio::spawn(async move { alice.send(msg("bob", &format!("{i}"))).await.unwrap().id })
         })
         .collect();
-    pushes.recv().await.unwrap();
+    next_push(&mut pushes).await;
     mesh.nodes[1].take().unwrap().kill9().await;
     drop(bob);
     let mut acked = Vec::new();

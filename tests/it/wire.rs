@@ -48,7 +48,7 @@ async fn online_recipient_makes_send_delivered() {
     let alice = node.client("alice").await;
     let r = alice.send(msg("bob", "hi bob")).await.unwrap();
     assert_eq!(r.status, DeliveryStatus::Delivered);
-    let m = pushes.recv().await.unwrap();
+    let m = next_push(&mut pushes).await;
     assert_eq!(m.id, r.id);
     assert_eq!(m.from, "alice");
     // Peeking leaves it unread.
@@ -186,7 +186,7 @@ async fn a_body_near_the_frame_limit_arrives_intact() {
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     let r = alice.send(msg("bob", &body)).await.unwrap();
-    let pushed = pushes.recv().await.unwrap();
+    let pushed = next_push(&mut pushes).await;
     assert_eq!(
         (pushed.id.as_str(), pushed.body.len()),
         (r.id.as_str(), body.len())
