@@ -270,6 +270,11 @@ struct Topology {
 }
 
 impl Topology {
+    /// Whether link `id` is the live link to `peer`.
+    fn is_live(&self, peer: &str, id: u64) -> bool {
+        self.live.get(peer).is_some_and(|l| l.id == id)
+    }
+
     /// Notes a node to look for; true if it needs a dialer.
     fn discover(&mut self, node: &str) -> bool {
         if self.discovering.contains(node) || self.discovering.len() >= DISCOVERY_MAX {
@@ -441,7 +446,7 @@ impl Mesh {
     /// Link `id` to `peer` ended; if it was the live one, the peer is unlinked.
     fn leave(&self, peer: &str, id: u64, tx: &mpsc::Sender<String>) {
         let mut t = lock(&self.topology);
-        if t.live.get(peer).is_some_and(|l| l.id == id) {
+        if t.is_live(peer, id) {
             t.live.remove(peer);
             for by in t.heard.values_mut() {
                 by.remove(peer);
@@ -457,7 +462,7 @@ impl Mesh {
     /// (it would bring back presence for a peer nobody is linked to).
     fn if_live(&self, peer: &str, id: u64, f: impl FnOnce()) {
         let t = lock(&self.topology);
-        if t.live.get(peer).is_some_and(|l| l.id == id) {
+        if t.is_live(peer, id) {
             f();
         }
     }
@@ -524,7 +529,7 @@ impl Mesh {
         let mut fresh = Vec::new();
         let mut t = lock(&self.topology);
         // A replaced link's last report says nothing the live link will not say.
-        if t.live.get(peer).is_none_or(|l| l.id != id) {
+        if !t.is_live(peer, id) {
             return;
         }
         if let Via::Accepted(Some(ip)) = via

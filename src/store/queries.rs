@@ -491,15 +491,13 @@ pub fn introduce_agent(conn: &Connection, a: &AgentRow, now: i64, log_as: LogAs<
     if exists {
         return Ok(());
     }
-    let row = Stamped::Agent(&a.name);
-    if let Some(origin) = log_as
-        && replication::stamp_of(conn, row)?.is_none()
-    {
+    // No row means no stamp either: stamps are written with their rows, which stay.
+    if let Some(origin) = log_as {
         let stamp = Stamp {
             at: 1,
             by: origin.to_owned(),
         };
-        replication::put_stamp(conn, row, &stamp)?;
+        replication::put_stamp(conn, Stamped::Agent(&a.name), &stamp)?;
         replication::append(conn, origin, &agent_event(a, stamp))?;
     }
     write_agent(conn, a, now, "DO NOTHING")
