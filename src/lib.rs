@@ -21,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod core;
 pub mod embedded;
 pub mod error;
 pub mod mcp;
@@ -30,5 +31,6 @@ pub mod node;
 pub mod protocol;
 pub mod schemas;
 pub mod store;
+pub mod transport;
 
 pub use error::{Error, Result};

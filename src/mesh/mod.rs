@@ -32,10 +32,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
+use crate::core::{DeliveryNotice, Metrics, RemoteAgent, Router};
 use crate::error::{Error, Result};
 use crate::message::now_ms;
-use crate::node::metrics::Metrics;
-use crate::node::router::{RemoteAgent, Router};
 use crate::store::replication::{self, Event};
 
 /// Events per `events` frame.
@@ -236,6 +235,8 @@ struct Live {
     /// Where the peer can be reached, as far as this node knows: the URL dialed, or the
     /// peer's address and the port it reports.
     url: Option<String>,
+    /// Frames for the link to send (delivery notices).
+    tx: mpsc::Sender<String>,
 }
 
 /// What ranks two links between the same nodes: the peer's incarnation, then (for links made
@@ -352,6 +353,22 @@ impl Mesh {
             next_dial: AtomicU64::new(1),
             presence_version: AtomicU64::new(0),
         });
+        let (notices, mut notice_rx) = mpsc::channel::<DeliveryNotice>(1024);
+        mesh.router.set_delivery_notices(notices);
+        let m = mesh.clone();
+        tracker.spawn(async move {
+            loop {
+                let n = tokio::select! {
+                    _ = m.shutdown.cancelled() => return,
+                    n = notice_rx.recv() => match n { Some(n) => n, None => return },
+                };
+                let tx = lock(&m.topology).live.get(&n.origin).map(|l| l.tx.clone());
+                if let Some(tx) = tx {
+                    let f = PeerFrame::Delivered { ids: vec![n.id] };
+                    let _ = tx.try_send(f.text());
+                }
+            }
+        });
         for url in peers {
             let m = mesh.clone();
             tracker.spawn(async move { m.dial_forever(Target::Url(url)).await });
@@ -435,23 +452,23 @@ impl Mesh {
                 order,
                 cancel: cancel.clone(),
                 url,
+                tx,
             },
         );
-        self.router.peer_up(peer, tx);
         drop(t);
         self.bump();
         Ok((id, cancel))
     }
 
     /// Link `id` to `peer` ended; if it was the live one, the peer is unlinked.
-    fn leave(&self, peer: &str, id: u64, tx: &mpsc::Sender<String>) {
+    fn leave(&self, peer: &str, id: u64) {
         let mut t = lock(&self.topology);
         if t.is_live(peer, id) {
             t.live.remove(peer);
             for by in t.heard.values_mut() {
                 by.remove(peer);
             }
-            self.router.peer_down(peer, tx);
+            self.router.peer_gone(peer);
         }
         drop(t);
         self.bump();
@@ -1151,7 +1168,7 @@ impl Mesh {
                 }
             }
         };
-        self.leave(&peer, link_id, &out_tx);
+        self.leave(&peer, link_id);
         tracing::info!(%peer, reason = %ended, "mesh link down");
         ended
     }

@@ -1,18 +1,17 @@
-//! The node's one port: `/ws` (clients and, later, peers), `/health` and `/metrics`.
-//! axum does the HTTP; tokio-tungstenite (under axum) does the WebSocket.
+//! The node's one port: the accept loop, and the routes `/ws` (clients and peers, see
+//! [`upgrade`](super::upgrade)), `/health` and `/metrics`. hyper and axum do the HTTP.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::node::router::Router;
+use crate::core::Router;
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -25,6 +24,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Peer links, when the node is part of a mesh.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// One permit per open WebSocket: the connection cap.
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled: what axum's `serve` does, plus a
@@ -37,6 +38,7 @@ pub async fn serve(
     app: axum::Router,
     header_timeout: std::time::Duration,
     stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
     loop {
         let (tcp, remote) = tokio::select! {
@@ -54,7 +56,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
@@ -88,54 +90,10 @@ pub async fn serve(
 /// The HTTP routes.
 pub fn app(state: AppState) -> axum::Router {
     axum::Router::new()
-        .route("/ws", get(ws))
+        .route("/ws", get(super::upgrade::ws))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
-}
-
-async fn ws(
-    State(s): State<AppState>,
-    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    if s.shutdown.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is shutting down\n",
-        )
-            .into_response();
-    }
-    let active = s.router.metrics.connections_active.load(Ordering::Relaxed) as usize;
-    if active >= s.router.limits.max_connections {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
-    }
-    let token = bearer(&headers);
-    let max = s.router.limits.max_frame_bytes;
-    let tracker = s.tracker.clone();
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
-        // Writes are buffered up to 16 KiB and flushed per batch (see session::write_batch).
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| {
-            tracker.track_future(crate::node::session::run(
-                socket,
-                s.router.clone(),
-                s.mesh.clone(),
-                token,
-                s.shutdown.clone(),
-                remote.to_string(),
-            ))
-        })
 }
 
 /// The node's resident memory, read from the kernel.

@@ -1,13 +1,14 @@
-//! A node: the WebSocket server, the router and the store of one data dir.
+//! A node: the network edges for clients (the port, the WebSocket upgrade, sessions and their
+//! requests) and the wiring of one data dir's store, core and mesh into a process.
 //!
 //! [`Node::start`] takes the data dir's lock *before* opening the store and binding the port,
 //! so two nodes can never write one SQLite file. Shutdown is ordered: stop accepting, say
 //! goodbye to every session, let in-flight sends commit, flush the store, then drop the lock.
 
+pub mod dispatch;
 pub mod http;
-pub mod metrics;
-pub mod router;
 pub mod session;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, DataDirLock};
 use crate::config::{DB_FILE, NodeConfig};
+use crate::core::Router;
 use crate::error::{Error, Result};
 use crate::mesh::Mesh;
 use crate::store::Store;
-use router::Router;
 
 /// How long shutdown waits for sessions to finish before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,11 +81,18 @@ impl Node {
         store
             .write(move |c| crate::store::replication::configure(c, &origin, meshed))
             .await?;
-        let router = Arc::new(
-            Router::load(config.node_id.clone(), store, config.limits.clone(), secret).await?,
-        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let router = Arc::new(
+            Router::load(
+                config.node_id.clone(),
+                store,
+                config.limits.clone(),
+                secret,
+                tracker.clone(),
+            )
+            .await?,
+        );
         let mesh = match &config.mesh_secret_file {
             Some(f) => Some(Mesh::start(
                 router.clone(),
@@ -106,12 +114,14 @@ impl Node {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             mesh,
+            connections: Arc::new(tokio::sync::Semaphore::new(router.limits.max_connections)),
         });
-        let server = tokio::spawn(http::serve(
+        let server = tracker.spawn(http::serve(
             listener,
             app,
             router.limits.handshake_timeout,
             shutdown.clone(),
+            tracker.clone(),
         ));
         tracing::info!(node = %config.node_id, %addr, data_dir = %config.data_dir.display(), "node listening");
         Ok(Node {
@@ -162,9 +172,8 @@ impl Node {
             tracing::warn!("some sessions did not close in time");
         }
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await;
-        self.router.flush_delivered().await;
         // Everything queued before this point is committed when it returns.
-        let flushed = self.router.store.write(|_| Ok(())).await;
+        let flushed = self.router.flush().await;
         drop(self.lock.take());
         tracing::info!("node stopped");
         flushed

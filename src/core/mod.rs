@@ -1,0 +1,196 @@
+//! The core of a node: what it knows and every decision it makes, apart from the network.
+//!
+//! The edges (`node/` for clients, `mesh/` for peers) decode frames and call the [`Router`];
+//! the router validates, consults the in-memory directory, goes to the [`Store`] for anything
+//! durable, and pushes serialized [`Frame`]s into sessions' bounded queues. It uses no HTTP or
+//! WebSocket type, so the same core serves any transport. Jobs, one file each:
+//!
+//! - [`directory`]: agents, their live sessions, remote presence, topics (memory only);
+//! - [`presence`]: joining, leaving, status, subscriptions, and presence from peers;
+//! - [`send`]: a send from validation to its `sent` answer, and pushes of peers' messages;
+//! - [`acks`]: waiting for the first ack, which makes a send `delivered`;
+//! - [`reads`]: inbox, read marks, threads, search and tokens;
+//! - [`rate`], [`suggest`], [`metrics`]: the rate limit, "did you mean", counters.
+
+pub mod acks;
+pub mod directory;
+pub mod metrics;
+pub mod presence;
+pub mod rate;
+pub mod reads;
+pub mod send;
+pub mod suggest;
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::task::TaskTracker;
+
+use crate::auth;
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::message::{now_ms, validate_name};
+use crate::protocol::{ErrorCode, Hello, PROTOCOL_VERSION, ServerFrame};
+use crate::store::{Store, queries};
+
+pub use acks::ACK_WAIT;
+pub use directory::{RemoteAgent, SessionTx};
+pub use metrics::Metrics;
+pub use send::{DeliveryNotice, SendQueue};
+
+/// A serialized server frame. Cloning it for every session it is pushed to shares the bytes.
+#[derive(Debug, Clone)]
+pub struct Frame(bytes::Bytes);
+
+impl Frame {
+    /// Serializes a frame (our own frames always serialize; `{}` would still be valid JSON).
+    pub fn encode(frame: &ServerFrame) -> Frame {
+        Frame(
+            serde_json::to_string(frame)
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
+        )
+    }
+
+    /// The UTF-8 text of the frame.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0
+    }
+}
+
+/// What a node knows and decides; shared by every connection and peer link.
+pub struct Router {
+    /// This node's id.
+    pub node_id: String,
+    /// The durable store.
+    pub store: Store,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Metrics,
+    /// This run of the node; a restarted node's presence replaces its stale entries at peers.
+    pub incarnation: u64,
+    secret: String,
+    started: Instant,
+    /// Owns the core's own tasks (send completers, delayed writes) for an orderly shutdown.
+    tracker: TaskTracker,
+    directory: Mutex<directory::Directory>,
+    acks: acks::Acks,
+    notices: send::Notices,
+    rate: Mutex<rate::RateLimiter>,
+    /// (agent, message id, ms) acks not yet recorded in the store.
+    delivered: Mutex<Vec<(String, String, i64)>>,
+    /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
+    presence_version: tokio::sync::watch::Sender<u64>,
+    ids: Mutex<ulid::Generator>,
+    next_session: AtomicU64,
+}
+
+impl Router {
+    /// Builds the core from what the store remembers.
+    pub async fn load(
+        node_id: String,
+        store: Store,
+        limits: Limits,
+        secret: String,
+        tracker: TaskTracker,
+    ) -> Result<Router> {
+        let (rows, subs) = store
+            .read(|c| Ok((queries::agents(c)?, queries::subscriptions(c)?)))
+            .await?;
+        Ok(Router {
+            node_id,
+            store,
+            rate: Mutex::new(rate::RateLimiter::new(
+                limits.send_per_second,
+                limits.send_burst,
+            )),
+            limits,
+            metrics: Metrics::default(),
+            incarnation: u64::try_from(now_ms()).unwrap_or_default(),
+            secret,
+            started: Instant::now(),
+            tracker,
+            directory: Mutex::new(directory::Directory::load(rows, subs)),
+            acks: acks::Acks::default(),
+            notices: send::Notices::new(),
+            delivered: Mutex::new(Vec::new()),
+            presence_version: tokio::sync::watch::channel(0).0,
+            ids: Mutex::new(ulid::Generator::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Checks a hello. Returns whether the connection holds the local secret (may act as anyone
+    /// and manage tokens).
+    pub async fn authenticate(&self, hello: &Hello, header_token: Option<&str>) -> Result<bool> {
+        if hello.v != PROTOCOL_VERSION {
+            return Err(Error::refused(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this node speaks v1",
+                    hello.v
+                ),
+            ));
+        }
+        validate_name(&hello.agent)
+            .map_err(|e| Error::refused(ErrorCode::InvalidArgument, format!("agent name {e}")))?;
+        let Some(token) = hello.token.as_deref().or(header_token) else {
+            return Err(Error::refused(
+                ErrorCode::Unauthorized,
+                "no token: put the local secret or an agent token in hello.token or an Authorization: Bearer header",
+            ));
+        };
+        if auth::constant_time_eq(token, &self.secret) {
+            return Ok(true);
+        }
+        let hash = auth::hash_token(token);
+        let owner = self
+            .store
+            .read(move |c| queries::token_owner(c, &hash))
+            .await?;
+        match owner {
+            Some(name) if name == hello.agent => Ok(false),
+            Some(_) => Err(Error::refused(
+                ErrorCode::Unauthorized,
+                format!("this token is not valid for agent '{}'", hello.agent),
+            )),
+            None => Err(Error::refused(ErrorCode::Unauthorized, "invalid token")),
+        }
+    }
+
+    /// Counts for `/health`: (agents online, sessions).
+    pub fn counts(&self) -> (usize, usize) {
+        let d = self.directory.lock();
+        let online = d.agents.values().filter(|a| a.online()).count();
+        let sessions = d.agents.values().map(|a| a.sessions.len()).sum();
+        (online, sessions)
+    }
+
+    /// Cuts every session off; each says goodbye (`bye`) as it closes.
+    pub fn close_all(&self) {
+        let d = self.directory.lock();
+        for s in d.agents.values().flat_map(|a| &a.sessions) {
+            s.kill.cancel();
+        }
+    }
+
+    /// Writes delivery times still gathering (graceful shutdown), then waits for everything
+    /// queued to the store before this point to commit.
+    pub async fn flush(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.delivered.lock());
+        if !batch.is_empty() {
+            let _ = self
+                .store
+                .write(move |c| queries::mark_delivered(c, &batch))
+                .await;
+        }
+        self.store.write(|_| Ok(())).await
+    }
+}

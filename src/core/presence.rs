@@ -1,0 +1,270 @@
+//! Who is here and who is online anywhere: sessions joining and leaving, status and
+//! subscriptions, and the presence that peer nodes report. Every change is applied to the
+//! directory first (so the next send sees it) and then written, stamped, to the store, which
+//! replicates it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::directory::{Agent, RemoteAgent, RemoteNode, SessionTx};
+use super::{Frame, Router};
+use crate::error::{Error, Result};
+use crate::message::{now_ms, validate_name};
+use crate::protocol::{PresenceEntry, Role, Status};
+use crate::store::replication::Applied;
+use crate::store::{AgentRow, queries};
+
+/// Longest status text, in characters.
+pub const MAX_STATUS_TEXT: usize = 200;
+
+impl Router {
+    fn new_row(&self, name: &str) -> AgentRow {
+        AgentRow {
+            name: name.to_owned(),
+            node: self.node_id.clone(),
+            status: Status::Available,
+            status_text: None,
+            last_seen: None,
+        }
+    }
+
+    /// Adds a session; creates the agent's directory entry the first time a name is seen.
+    pub async fn register(
+        &self,
+        agent: &str,
+        role: Role,
+        tx: mpsc::Sender<Frame>,
+        kill: CancellationToken,
+    ) -> Result<SessionTx> {
+        let session = SessionTx {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            role,
+            tx,
+            kill,
+        };
+        // One-shot commands are not presence and get no pushes: keep them out of the directory,
+        // so `switchboard who` does not invent an agent called "cli".
+        if role == Role::Cli {
+            return Ok(session);
+        }
+        let now = now_ms();
+        let persist = {
+            let mut d = self.directory.lock();
+            let mut created = false;
+            let entry = d.agents.entry(agent.to_owned()).or_insert_with(|| {
+                created = true;
+                Agent::offline(self.new_row(agent))
+            });
+            let was_online = entry.online();
+            entry.sessions.push(session.clone());
+            if role == Role::Agent && !was_online {
+                entry.connected_since = Some(now);
+                entry.row.node = self.node_id.clone();
+                entry.row.last_seen = Some(now);
+                Some((entry.row.clone(), false))
+            } else if created {
+                // A watcher (`tail --as carol`) makes its name known, as a token does: stored
+                // and replicated, so every node accepts mail for it and it outlives a restart.
+                Some((entry.row.clone(), true))
+            } else {
+                None
+            }
+        };
+        if let Some((row, introduced)) = persist {
+            self.presence_changed();
+            let origin = self.node_id.clone();
+            self.store
+                .write(move |c| {
+                    if introduced {
+                        queries::introduce_agent(c, &row, now, Some(&origin))
+                    } else {
+                        queries::upsert_agent(c, &row, now, Some(&origin))
+                    }
+                })
+                .await?;
+        }
+        Ok(session)
+    }
+
+    /// Removes a session; the agent goes offline when its last agent session leaves.
+    pub fn unregister(self: &Arc<Self>, agent: &str, session_id: u64) {
+        let now = now_ms();
+        let row = {
+            let mut d = self.directory.lock();
+            let Some(entry) = d.agents.get_mut(agent) else {
+                return;
+            };
+            let was_online = entry.online();
+            entry.sessions.retain(|s| s.id != session_id);
+            if !was_online || entry.online() {
+                return;
+            }
+            entry.connected_since = None;
+            entry.row.last_seen = Some(now);
+            entry.row.clone()
+        };
+        self.presence_changed();
+        let origin = self.node_id.clone();
+        let store = self.store.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = store
+                .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record last seen");
+            }
+        });
+    }
+
+    /// Presence of every known agent (or of one).
+    pub fn presence(&self, filter: Option<&str>) -> Result<Vec<PresenceEntry>> {
+        self.directory.lock().presence(filter)
+    }
+
+    /// Sets an agent's status and returns its entry.
+    pub async fn set_status(
+        &self,
+        agent: &str,
+        status: Status,
+        text: Option<String>,
+    ) -> Result<PresenceEntry> {
+        if let Some(t) = &text
+            && t.chars().count() > MAX_STATUS_TEXT
+        {
+            return Err(Error::Invalid(format!(
+                "text: must be at most {MAX_STATUS_TEXT} characters"
+            )));
+        }
+        let (row, entry) = {
+            let mut d = self.directory.lock();
+            let a = d.agent_mut(agent)?;
+            a.row.status = status;
+            a.row.status_text = text;
+            let row = a.row.clone();
+            let entry = d.agents.get(agent).map(|a| d.entry(a));
+            (row, entry)
+        };
+        self.presence_changed();
+        let entry = entry.ok_or_else(|| {
+            Error::refused(crate::protocol::ErrorCode::Internal, "agent vanished")
+        })?;
+        let now = now_ms();
+        let origin = self.node_id.clone();
+        self.store
+            .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
+            .await?;
+        Ok(entry)
+    }
+
+    /// Subscribes or unsubscribes; returns the agent's topics afterwards.
+    pub async fn subscribe(&self, agent: &str, topic: &str, on: bool) -> Result<Vec<String>> {
+        let topic = topic.strip_prefix('#').unwrap_or(topic);
+        validate_name(topic).map_err(|e| Error::Invalid(format!("topic: {e}")))?;
+        let (t, a) = (topic.to_owned(), agent.to_owned());
+        let now = now_ms();
+        let origin = self.node_id.clone();
+        self.store
+            .write(move |c| queries::set_subscription(c, &t, &a, on, now, Some(&origin)))
+            .await?;
+        let mut d = self.directory.lock();
+        d.set_subscription(topic, agent, on);
+        Ok(d.topics_of(agent))
+    }
+
+    /// Registers an agent name without a connection (a token was issued for it, or a command
+    /// line sent as it), so that messages to it are accepted and queued before it connects.
+    pub async fn ensure_agent(&self, name: &str) -> Result<()> {
+        let now = now_ms();
+        let row = {
+            let mut d = self.directory.lock();
+            if d.agents.contains_key(name) {
+                return Ok(());
+            }
+            let row = self.new_row(name);
+            d.agents
+                .insert(name.to_owned(), Agent::offline(row.clone()));
+            row
+        };
+        let origin = self.node_id.clone();
+        self.store
+            .write(move |c| queries::introduce_agent(c, &row, now, Some(&origin)))
+            .await
+    }
+
+    /// Tells peer links that local presence changed.
+    fn presence_changed(&self) {
+        self.presence_version.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes when local presence changes.
+    pub fn presence_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.presence_version.subscribe()
+    }
+
+    /// Agents online here, for peers.
+    pub fn local_presence(&self) -> Vec<RemoteAgent> {
+        let d = self.directory.lock();
+        d.agents
+            .values()
+            .filter(|a| a.online())
+            .map(|a| RemoteAgent {
+                name: a.row.name.clone(),
+                connected_since: a.connected_since.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// A peer's presence snapshot; older (incarnation, version) pairs are ignored.
+    pub fn remote_presence(
+        &self,
+        node: &str,
+        incarnation: u64,
+        version: u64,
+        agents: Vec<RemoteAgent>,
+    ) {
+        let mut d = self.directory.lock();
+        if let Some(old) = d.remote.get(node)
+            && (old.incarnation, old.version) >= (incarnation, version)
+        {
+            return;
+        }
+        d.remote.insert(
+            node.to_owned(),
+            RemoteNode {
+                incarnation,
+                version,
+                agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
+            },
+        );
+    }
+
+    /// A peer is unlinked: its agents are no longer known to be online anywhere.
+    pub fn peer_gone(&self, node: &str) {
+        self.directory.lock().remote.remove(node);
+    }
+
+    /// Takes in what a peer's committed events changed in the directory and subscriptions.
+    /// (Their messages were pushed already, by [`Router::push_remote`].)
+    pub fn apply_remote(&self, applied: Applied) {
+        let mut d = self.directory.lock();
+        for row in applied.agents {
+            match d.agents.get_mut(&row.name) {
+                // Where the agent is online here, this node's view of it wins.
+                Some(a) if a.online() => {
+                    a.row.status = row.status;
+                    a.row.status_text = row.status_text;
+                }
+                Some(a) => a.row = row,
+                None => {
+                    d.agents.insert(row.name.clone(), Agent::offline(row));
+                }
+            }
+        }
+        for (topic, agent, on) in applied.subscriptions {
+            d.set_subscription(&topic, &agent, on);
+        }
+    }
+}

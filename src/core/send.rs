@@ -1,0 +1,357 @@
+//! A message's way through the core, in one direction: a session hands over a send
+//! ([`Router::send`]); it is validated, rate-limited, addressed and given its id, then queued to
+//! the store in arrival order. The sender's [`SendQueue`] completer takes the commits in that
+//! order, pushes each message to its recipients' sessions, waits for the first ack, and puts
+//! the `sent` answer into the sender's own queue. Peers' messages arrive through
+//! [`Router::push_remote`]; acks through [`Router::acked`] and [`Router::remote_delivered`].
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::acks::{AckedBy, arrived};
+use super::directory::SessionTx;
+use super::{Frame, Metrics, Router};
+use crate::error::{Error, Result};
+use crate::message::{Target, now_ms};
+use crate::protocol::{DeliveryStatus, ErrorCode, Role, SendRequest, SendResult, ServerFrame};
+use crate::store::{NewMessage, Stored, queries};
+
+/// Longest subject, in characters.
+pub const MAX_SUBJECT: usize = 200;
+/// Sends in flight (queued, not yet answered) per connection.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long acks gather before their delivery times are written (lost on a crash: they are
+/// an audit record only).
+const DELIVERED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A peer's message was taken by a session here: its origin, which waits to answer the
+/// sender, should hear of it. The mesh owns the channel these go out on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryNotice {
+    /// The node that accepted the message from its sender.
+    pub origin: String,
+    /// The message id.
+    pub id: String,
+}
+
+/// Where delivery notices for peers go, once a mesh is running.
+pub(super) type Notices = OnceLock<mpsc::Sender<DeliveryNotice>>;
+
+type InFlight = (u64, oneshot::Receiver<Result<Stored>>);
+
+/// One connection's sends in flight, answered in the order they were sent.
+pub struct SendQueue {
+    tx: mpsc::Sender<InFlight>,
+    completer: tokio::task::JoinHandle<()>,
+}
+
+impl SendQueue {
+    /// No more sends: waits until every queued one has been answered.
+    pub async fn close(self) {
+        drop(self.tx);
+        let _ = self.completer.await;
+    }
+}
+
+/// A send that passed validation and has an id and recipients, ready for the store.
+struct PreparedSend {
+    message: NewMessage,
+}
+
+impl Router {
+    /// A queue for the sends of `session`, answered into its own outbound queue.
+    pub fn send_queue(self: &Arc<Self>, session: SessionTx) -> SendQueue {
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let completer = self.tracker.spawn(self.clone().complete_sends(rx, session));
+        SendQueue { tx, completer }
+    }
+
+    /// Validates a send and queues it to the store; its answer (`sent` or an error with `req`)
+    /// arrives in the sender's session queue once it has committed. An error here means nothing
+    /// was queued.
+    pub async fn send(
+        &self,
+        queue: &SendQueue,
+        from: &str,
+        role: Role,
+        req: SendRequest,
+    ) -> Result<()> {
+        let id = req.req;
+        let permit = queue.tx.try_reserve().map_err(|_| {
+            Error::refused(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {MAX_IN_FLIGHT} sends in flight on this connection; wait for answers"
+                ),
+            )
+        })?;
+        if role == Role::Cli {
+            // A command-line sender becomes a known agent, so replies can reach it.
+            self.ensure_agent(from).await?;
+        }
+        let prepared = self.prepare_send(from, req)?;
+        let now = now_ms();
+        let origin = self.node_id.clone();
+        let per_minute = self.limits.thread_per_minute;
+        let rx = self
+            .store
+            .submit(move |c| {
+                if let Some(parent) = &prepared.message.reply_to {
+                    queries::check_thread_rate(c, parent, per_minute, now)?;
+                }
+                queries::insert_message(c, prepared.message, Some(&origin))
+            })
+            .await?;
+        permit.send((id, rx));
+        Ok(())
+    }
+
+    /// Validates a send, applies the rate limit, resolves recipients and assigns the id.
+    /// Synchronous so that the caller queues sends to the store in the order they arrived.
+    fn prepare_send(&self, from: &str, req: SendRequest) -> Result<PreparedSend> {
+        let target = Target::parse(&req.to).map_err(|e| Error::Invalid(format!("to: {e}")))?;
+        if req.body.trim().is_empty() {
+            return Err(Error::Invalid("body: must not be empty".into()));
+        }
+        if let Some(s) = &req.subject
+            && s.chars().count() > MAX_SUBJECT
+        {
+            return Err(Error::Invalid(format!(
+                "subject: must be at most {MAX_SUBJECT} characters"
+            )));
+        }
+        if let Some(r) = &req.reply_to {
+            ulid::Ulid::from_string(r)
+                .map_err(|_| Error::Invalid(format!("reply_to: '{r}' is not a message id")))?;
+        }
+        let now = now_ms();
+        let id = match &req.id {
+            Some(id) => {
+                let u = ulid::Ulid::from_string(id)
+                    .map_err(|_| Error::Invalid(format!("id: '{id}' is not a ULID")))?;
+                if u.timestamp_ms() as i64 > now + 300_000 {
+                    return Err(Error::Invalid(format!("id: '{id}' is from the future")));
+                }
+                u.to_string()
+            }
+            None => self.new_id()?,
+        };
+        if let Err(e) = self.rate.lock().take(from, std::time::Instant::now()) {
+            Metrics::inc(&self.metrics.rate_limited_total);
+            return Err(e);
+        }
+        let (recipients, topic) = self.directory.lock().recipients(&target, from)?;
+        Ok(PreparedSend {
+            message: NewMessage {
+                id,
+                origin: self.node_id.clone(),
+                sender: from.to_owned(),
+                target: req.to,
+                topic,
+                kind: req.kind,
+                priority: req.priority,
+                subject: req.subject,
+                body: req.body,
+                data: req.data,
+                reply_to: req.reply_to,
+                thread_id: None,
+                created_at: now,
+                recipients,
+            },
+        })
+    }
+
+    fn new_id(&self) -> Result<String> {
+        self.ids
+            .lock()
+            .generate()
+            .map(|u| u.to_string())
+            .map_err(|_| {
+                Error::refused(
+                    ErrorCode::Internal,
+                    "message id space exhausted for this millisecond",
+                )
+            })
+    }
+
+    /// Awaits each queued send's commit in order, pushes it, and answers the sender once the
+    /// delivery outcome is known (without holding up the next send).
+    async fn complete_sends(self: Arc<Self>, mut queue: mpsc::Receiver<InFlight>, to: SessionTx) {
+        while let Some((req, rx)) = queue.recv().await {
+            let frame = match rx.await {
+                Ok(Ok(stored)) => {
+                    let acked = if stored.duplicate {
+                        Metrics::inc(&self.metrics.messages_duplicate_total);
+                        None
+                    } else {
+                        Metrics::inc(&self.metrics.messages_accepted_total);
+                        self.dispatch(&stored)
+                    };
+                    if acked.is_some() {
+                        // Someone must ack first: wait off this loop so later sends go on.
+                        let (router, to) = (self.clone(), to.clone());
+                        self.tracker.spawn(async move {
+                            let result = router.outcome(&stored, acked).await;
+                            to.push(
+                                &router.metrics,
+                                Frame::encode(&ServerFrame::Sent { req, result }),
+                            );
+                        });
+                        continue;
+                    }
+                    let result = self.outcome(&stored, None).await;
+                    ServerFrame::Sent { req, result }
+                }
+                Ok(Err(e)) => ServerFrame::error(Some(req), e.code(), e.to_string()),
+                Err(_) => ServerFrame::error(
+                    Some(req),
+                    ErrorCode::ShuttingDown,
+                    "the node is shutting down",
+                ),
+            };
+            to.push(&self.metrics, Frame::encode(&frame));
+        }
+    }
+
+    /// Pushes a committed message to every live session of its recipients. Returns a receiver
+    /// that fires on the first ack (here, or from a peer where a recipient is online there), or
+    /// `None` when nobody can ack. Called in commit order, so each session sees one sender's
+    /// messages in order.
+    fn dispatch(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
+        let frame = msg_frame(stored);
+        let reached = {
+            let d = self.directory.lock();
+            // Recipients online at a peer: that node tells us with `delivered`.
+            let mut reached: Vec<String> = stored
+                .recipients
+                .iter()
+                .filter(|r| d.remote_of(r).is_some())
+                .cloned()
+                .collect();
+            reached.extend(d.push(&self.metrics, &stored.recipients, &frame));
+            reached
+        };
+        self.wait_for_ack(stored, reached)
+    }
+
+    fn wait_for_ack(
+        &self,
+        stored: &Stored,
+        mut reached: Vec<String>,
+    ) -> Option<oneshot::Receiver<()>> {
+        if reached.is_empty() {
+            return None;
+        }
+        reached.dedup();
+        Some(self.acks.wait_for(&stored.message.id, reached))
+    }
+
+    /// Waits for the first ack of a dispatched message and turns it into a send's status.
+    async fn outcome(&self, stored: &Stored, acked: Option<oneshot::Receiver<()>>) -> SendResult {
+        let delivered = match acked {
+            Some(rx) => arrived(&self.acks, &stored.message.id, rx).await,
+            None => false,
+        };
+        let status = if stored.message.topic.is_some() {
+            DeliveryStatus::Published
+        } else if delivered {
+            Metrics::inc(&self.metrics.messages_delivered_total);
+            DeliveryStatus::Delivered
+        } else {
+            Metrics::inc(&self.metrics.messages_queued_total);
+            DeliveryStatus::Queued
+        };
+        SendResult {
+            id: stored.message.id.clone(),
+            status,
+            recipients: stored.recipients.len() as u32,
+            thread_id: stored.message.thread_id.clone(),
+        }
+    }
+
+    /// Where delivery notices for peers go; set once, by the mesh.
+    pub fn set_delivery_notices(&self, tx: mpsc::Sender<DeliveryNotice>) {
+        let _ = self.notices.set(tx);
+    }
+
+    /// Pushes messages a peer's events brought to this node's sessions of their recipients,
+    /// and emits a [`DeliveryNotice`] when a recipient acks one. Called as soon as the apply
+    /// has run, before its commit: the message is already durable at its origin, which
+    /// re-sends it until this node has committed it, so an early push can repeat after a crash
+    /// but never announce a loss.
+    pub fn push_remote(self: &Arc<Self>, messages: &[Stored], rt: &tokio::runtime::Handle) {
+        for stored in messages {
+            let frame = msg_frame(stored);
+            let reached = self
+                .directory
+                .lock()
+                .push(&self.metrics, &stored.recipients, &frame);
+            let Some(acked) = self.wait_for_ack(stored, reached) else {
+                continue;
+            };
+            let notice = DeliveryNotice {
+                origin: stored.origin.clone(),
+                id: stored.message.id.clone(),
+            };
+            let router = self.clone();
+            self.tracker.spawn_on(
+                async move {
+                    if arrived(&router.acks, &notice.id, acked).await
+                        && let Some(tx) = router.notices.get()
+                    {
+                        let _ = tx.try_send(notice);
+                    }
+                },
+                rt,
+            );
+        }
+    }
+
+    /// A session of `agent` holds these messages: complete waiting sends and record delivery.
+    pub fn acked(self: &Arc<Self>, agent: &str, role: Role, ids: Vec<String>) {
+        if role != Role::Agent || ids.is_empty() {
+            return;
+        }
+        self.metrics
+            .acks_total
+            .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.acks.acked(AckedBy::Agent(agent), &ids);
+        // Delivery times are an audit record, not state anyone waits on: gather them for
+        // DELIVERED_FLUSH and write them in one job, instead of one commit (and one disk write,
+        // on the latency path of the next message) per ack.
+        let now = now_ms();
+        let first = {
+            let mut buf = self.delivered.lock();
+            let first = buf.is_empty();
+            buf.extend(ids.into_iter().map(|id| (agent.to_owned(), id, now)));
+            first
+        };
+        if first {
+            let router = self.clone();
+            self.tracker.spawn(async move {
+                tokio::time::sleep(DELIVERED_FLUSH).await;
+                let batch = std::mem::take(&mut *router.delivered.lock());
+                if let Ok(answer) = router
+                    .store
+                    .submit(move |c| queries::mark_delivered(c, &batch))
+                    .await
+                {
+                    drop(answer);
+                }
+            });
+        }
+    }
+
+    /// A peer says a session of a recipient there holds these messages.
+    pub fn remote_delivered(&self, ids: &[String]) {
+        self.acks.acked(AckedBy::Peer, ids);
+    }
+}
+
+fn msg_frame(stored: &Stored) -> Frame {
+    Frame::encode(&ServerFrame::Msg {
+        message: stored.message.clone(),
+    })
+}

@@ -1,0 +1,121 @@
+//! One request frame of a client session, decoded and handed to the core; the answer comes
+//! back as the frame to write (a send is answered later, through the session's queue).
+
+use std::sync::Arc;
+
+use crate::core::{Metrics, Router, SendQueue};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    ClientFrame, ErrorCode, MarkResult, MessagesResult, PresenceResult, Role, ServerFrame,
+    TopicsResult,
+};
+
+/// What a session's requests act as.
+pub struct Conn {
+    /// The core.
+    pub router: Arc<Router>,
+    /// The authenticated agent.
+    pub agent: String,
+    /// What the connection is for.
+    pub role: Role,
+    /// It holds the local secret.
+    pub admin: bool,
+    /// Its sends in flight.
+    pub sends: SendQueue,
+}
+
+impl Conn {
+    /// Handles one text frame; returns the answer to write, if any.
+    pub async fn handle(&self, text: &str) -> Option<ServerFrame> {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&self.router.metrics.frames_rejected_total);
+                let req = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
+                return Some(ServerFrame::error(
+                    req,
+                    ErrorCode::BadFrame,
+                    format!("bad frame: {e}"),
+                ));
+            }
+        };
+        let req = frame.req();
+        match self.dispatch(frame).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                Metrics::inc(&self.router.metrics.frames_rejected_total);
+                Some(ServerFrame::error(req, e.code(), e.to_string()))
+            }
+        }
+    }
+
+    async fn dispatch(&self, frame: ClientFrame) -> Result<Option<ServerFrame>> {
+        let (r, agent) = (&self.router, self.agent.as_str());
+        Ok(Some(match frame {
+            ClientFrame::Hello(_) => {
+                return Err(Error::Invalid(
+                    "hello: this connection is already authenticated".into(),
+                ));
+            }
+            ClientFrame::Send(req) => {
+                r.send(&self.sends, agent, self.role, req).await?;
+                return Ok(None);
+            }
+            ClientFrame::Ack(a) => {
+                r.acked(agent, self.role, a.ids);
+                return Ok(None);
+            }
+            ClientFrame::Inbox(q) => ServerFrame::Inbox {
+                req: q.req,
+                result: r.inbox(agent, q).await?,
+            },
+            ClientFrame::MarkRead(m) => ServerFrame::Marked {
+                req: m.req,
+                result: MarkResult {
+                    marked: r.mark_read(agent, m).await?,
+                },
+            },
+            ClientFrame::Presence(p) => ServerFrame::Presence {
+                req: p.req,
+                result: PresenceResult {
+                    agents: r.presence(p.agent.as_deref())?,
+                },
+            },
+            ClientFrame::SetStatus(s) => ServerFrame::Status {
+                req: s.req,
+                result: r.set_status(agent, s.status, s.text).await?,
+            },
+            ClientFrame::Subscribe(t) => ServerFrame::Topics {
+                req: t.req,
+                result: TopicsResult {
+                    topics: r.subscribe(agent, &t.topic, true).await?,
+                },
+            },
+            ClientFrame::Unsubscribe(t) => ServerFrame::Topics {
+                req: t.req,
+                result: TopicsResult {
+                    topics: r.subscribe(agent, &t.topic, false).await?,
+                },
+            },
+            ClientFrame::Thread(t) => ServerFrame::Messages {
+                req: t.req,
+                result: MessagesResult {
+                    messages: r.thread(agent, t.id).await?,
+                },
+            },
+            ClientFrame::Search(s) => ServerFrame::Messages {
+                req: s.req,
+                result: MessagesResult {
+                    messages: r.search(agent, s).await?,
+                },
+            },
+            ClientFrame::Token(t) => ServerFrame::Tokens {
+                req: t.req,
+                result: r.token(self.admin, t.action, t.name).await?,
+            },
+            ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
+        }))
+    }
+}
