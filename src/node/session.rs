@@ -47,7 +47,7 @@ pub async fn run(
         Ok(a) => a,
         Err(e) => {
             Metrics::inc(&router.metrics.auth_failures_total);
-            tracing::info!(agent = %hello.agent, error = %e, "refused a connection");
+            tracing::info!(agent = ?hello.agent, error = ?e.to_string(), "refused a connection");
             return writer.refuse(e.code(), e.to_string()).await;
         }
     };
