@@ -211,22 +211,40 @@ pub async fn http_get(port: u16, path: &str) -> String {
     buf.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
-/// Polls `check` (each poll is a real round trip) until it holds, or panics after `secs`.
+/// Polls `check` until it gives a value, or panics after `secs` naming `what`. Between
+/// checks it pauses 1 ms, doubling up to 20 ms, so a wait never spins.
+pub async fn poll<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        let now = tokio::time::Instant::now();
+        assert!(
+            now < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` (see [`poll`]) until it holds, or panics after `secs`.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let waited = tokio::time::timeout(Duration::from_secs(secs), async {
-        while !check().await {
-            tokio::task::yield_now().await;
-        }
+    poll(secs, what, || {
+        let f = check();
+        async move { f.await.then_some(()) }
     })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "timed out after {secs} s waiting for: {what}"
-    );
+    .await
 }
 
 /// The next message pushed to a client, failing the test (instead of hanging it) after 10 s.

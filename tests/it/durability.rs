@@ -53,12 +53,10 @@ async fn kill_9_loses_no_acknowledged_message() {
         }));
     }
     // Kill the node while the senders are mid-stream.
-    loop {
-        if acked.lock().await.len() >= SENDERS * PER_SENDER / 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    eventually(60, "half the sends acknowledged", || async {
+        acked.lock().await.len() >= SENDERS * PER_SENDER / 2
+    })
+    .await;
     let dir_path = node.kill9().await;
     for t in tasks {
         let _ = t.await;
@@ -70,7 +68,8 @@ async fn kill_9_loses_no_acknowledged_message() {
     let node = NodeProc::start(&dir_path, &[]).await;
     let bob = node.client("bob").await;
     let mut stored = Vec::new();
-    loop {
+    // Every page marks what it returns read, so this ends within a page per 200 messages.
+    for _ in 0..=SENDERS * PER_SENDER / 200 + 1 {
         let page = bob
             .inbox(InboxRequest {
                 mark_read: true,

@@ -56,16 +56,13 @@ async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
     alice.cancel().await.unwrap();
 
     // bob's MCP takes over: his tool calls keep working, and nothing was lost.
-    let took_over = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let r = crate::mcp::call(&bob, "presence", json!({})).await;
-            if r.is_error != Some(true) {
-                return r.structured_content.unwrap();
-            }
-        }
+    let gone = std::time::Instant::now();
+    let took_over = poll(10, "bob's MCP to take over hosting", || async {
+        let r = crate::mcp::call(&bob, "presence", json!({})).await;
+        (r.is_error != Some(true)).then(|| r.structured_content.unwrap())
     })
-    .await
-    .expect("bob's MCP should take over hosting");
+    .await;
+    assert_takeover_within_contract(gone.elapsed());
     let names: Vec<&str> = took_over["agents"]
         .as_array()
         .unwrap()
@@ -134,19 +131,25 @@ async fn a_killed_host_is_replaced_and_acknowledged_mail_survives() {
     assert_eq!(sent["status"], "delivered");
     host.kill().await.unwrap();
     // bob or carol hosts now; both keep working and the message is there.
-    let inbox = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let r = crate::mcp::call(&carol, "get_inbox", json!({})).await;
-            if r.is_error != Some(true) {
-                return r.structured_content.unwrap();
-            }
-        }
+    let gone = std::time::Instant::now();
+    let inbox = poll(10, "a survivor to host the node", || async {
+        let r = crate::mcp::call(&carol, "get_inbox", json!({})).await;
+        (r.is_error != Some(true)).then(|| r.structured_content.unwrap())
     })
-    .await
-    .expect("a survivor should host the node");
+    .await;
+    assert_takeover_within_contract(gone.elapsed());
     assert_eq!(inbox["messages"][0]["body"], "survives kill -9");
     let after = ok(&bob, "send_message", json!({"to":"carol","body":"after"})).await;
     assert_eq!(after["status"], "delivered");
     bob.cancel().await.unwrap();
     carol.cancel().await.unwrap();
+}
+
+/// The contract: another `switchboard mcp` of the data dir hosts the node within 2 s of the
+/// host's exit, measured here up to the first tool call that the new host answered.
+fn assert_takeover_within_contract(took: Duration) {
+    assert!(
+        took <= Duration::from_secs(2),
+        "takeover took {took:?}; the contract allows 2 s"
+    );
 }

@@ -188,12 +188,8 @@ async fn three_nodes_share_presence_and_deliver_across_nodes() {
     let b = alice.send(msg("*", "all hands")).await.unwrap();
     assert_eq!(b.recipients, 2);
     assert_eq!(b.status, DeliveryStatus::Delivered);
-    loop {
-        let m = next_push(&mut pushes).await;
-        if m.id == b.id {
-            break;
-        }
-    }
+    // Earlier pushes may come first; each wait is bounded by next_push's deadline.
+    while next_push(&mut pushes).await.id != b.id {}
     eventually(5, "the broadcast at n2", || has_unread(&watcher, &b.id)).await;
     // /metrics counts what crossed the mesh.
     let n1 = mesh.ports[0];
@@ -319,16 +315,15 @@ async fn kill_9_and_sigstop_lose_nothing_and_duplicate_nothing() {
     mesh.wait_linked().await;
     for node in [1, 2] {
         let bob = mesh.client(node, "bob").await;
-        let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            loop {
+        let got = poll(
+            20,
+            &format!("all 150 messages at n{}", node + 1),
+            || async {
                 let got = bob.inbox(unread(200)).await.unwrap().messages;
-                if got.len() >= acked.len() {
-                    return got;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("not all 150 messages reached n{}", node + 1));
+                (got.len() >= acked.len()).then_some(got)
+            },
+        )
+        .await;
         let ids: Vec<&str> = got.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(
             ids.len(),
@@ -375,16 +370,11 @@ async fn a_node_killed_right_after_a_push_ends_with_each_message_once() {
     mesh.nodes[1] = Some(mesh.spawn(1).await);
     mesh.wait_linked().await;
     let bob = mesh.client(1, "bob").await;
-    let ids: Vec<String> = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        loop {
-            let got = bob.inbox(unread(200)).await.unwrap().messages;
-            if got.len() >= acked.len() {
-                return got.into_iter().map(|m| m.id).collect();
-            }
-        }
+    let ids: Vec<String> = poll(20, "all 40 messages at the restarted n2", || async {
+        let got = bob.inbox(unread(200)).await.unwrap().messages;
+        (got.len() >= acked.len()).then(|| got.into_iter().map(|m| m.id).collect())
     })
-    .await
-    .expect("all 40 messages at the restarted n2");
+    .await;
     assert_eq!(ids, acked, "each message exactly once, in order");
 }
 
@@ -418,9 +408,10 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
         let stop = stop.clone();
         senders.push(tokio::spawn(async move {
             // The sink must be known at this node before the first send.
-            while client.presence(Some("sink".into())).await.is_err() {
-                tokio::task::yield_now().await;
-            }
+            poll(20, "the sink known at this node", || async {
+                client.presence(Some("sink".into())).await.ok()
+            })
+            .await;
             let mut ids = ulid::Generator::new();
             let mut acked: Vec<(u32, String)> = Vec::new();
             let mut seq = 0u32;
@@ -436,7 +427,10 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
                 loop {
                     match client.send(req.clone()).await {
                         Ok(_) => break,
-                        Err(_) if !stop.load(Ordering::Relaxed) => continue,
+                        Err(_) if !stop.load(Ordering::Relaxed) => {
+                            // The node is down or restarting: try again shortly.
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
                         Err(_) => return acked,
                     }
                 }
@@ -467,27 +461,26 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
     let total: usize = acked.iter().map(Vec::len).sum();
     assert!(kills >= 3 && total > 100, "kills {kills}, messages {total}");
     let sink = mesh.client(0, "sink").await;
-    let mut got = Vec::new();
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
+    // Drain page by page; an empty page means the rest is still on its way, so wait a little
+    // (see `poll`) before asking again.
+    let got = std::sync::Mutex::new(Vec::new());
+    poll(
+        30,
+        "every acknowledged message at the sink's node",
+        || async {
             let page = sink.inbox(unread(200)).await.unwrap().messages;
-            if page.is_empty() {
-                if got.len() >= total {
-                    return;
-                }
-                continue;
+            if !page.is_empty() {
+                let ids = page.iter().map(|m| m.id.clone()).collect();
+                sink.mark_read(ids, false).await.unwrap();
+                got.lock().unwrap().extend(page);
+                // More may be waiting: ask again at once.
+                return None;
             }
-            let ids = page.iter().map(|m| m.id.clone()).collect();
-            sink.mark_read(ids, false).await.unwrap();
-            got.extend(page);
-        }
-    })
+            (got.lock().unwrap().len() >= total).then_some(())
+        },
+    )
     .await;
-    assert!(
-        drained.is_ok(),
-        "only {} of {total} acknowledged messages reached the sink's node",
-        got.len()
-    );
+    let got = got.into_inner().unwrap();
     // Exactly once: a bitset per sender.
     let mut seen = vec![vec![false; 1 << 20]; 3];
     for m in &got {
@@ -518,18 +511,49 @@ async fn chaos_kill_and_restart_nodes_while_messages_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_a_mesh_later_shares_its_history() {
-    // n2 starts alone: a single node logs nothing for peers.
+    use switchboard::protocol::TokenAction;
+    // n2 starts alone: a single node logs nothing for peers. It makes one change of every kind
+    // the mesh replicates: a message, a read mark, an agent row (status and text), a
+    // subscription added and one removed, a token issued and one revoked.
     let mut mesh = Mesh::start(1).await;
     let dir = tempdir();
     let port = free_port();
     let lone = NodeProc::start_named(dir.path(), port, "n2", &[]).await;
-    drop(lone.client("bob").await);
+    let bob = lone.client("bob").await;
     let alice = lone.client("alice").await;
     let early = alice
         .send(msg("bob", "sent before the mesh"))
         .await
         .unwrap();
-    drop(alice);
+    let read = alice
+        .send(msg("bob", "read before the mesh"))
+        .await
+        .unwrap();
+    bob.mark_read(vec![read.id.clone()], false).await.unwrap();
+    bob.set_status(Status::Busy, Some("reviewing".into()))
+        .await
+        .unwrap();
+    let carol = lone.client("carol").await;
+    carol.subscribe("builds".into(), true).await.unwrap();
+    carol.subscribe("ops".into(), true).await.unwrap();
+    carol.subscribe("ops".into(), false).await.unwrap();
+    let erin_token = alice
+        .token(TokenAction::Issue, Some("erin".into()))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let frank_token = alice
+        .token(TokenAction::Issue, Some("frank".into()))
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    alice
+        .token(TokenAction::Revoke, Some("frank".into()))
+        .await
+        .unwrap();
+    drop((alice, bob, carol));
     lone.terminate().await;
     // Restarted with the mesh secret and n1 as its peer, it ships everything it has.
     let secret = mesh.secret.display().to_string();
@@ -540,14 +564,50 @@ async fn a_node_that_joins_a_mesh_later_shares_its_history() {
         &["--mesh-secret-file", &secret, "--peer", &mesh.node(0).url()],
     )
     .await;
-    let bob = mesh.client(0, "bob").await;
-    eventually(10, "n2's earlier message at n1", || async {
-        bob.inbox(unread(10))
-            .await
-            .map(|r| r.messages.iter().any(|m| m.id == early.id))
-            .unwrap_or(false)
+    let n1 = mesh.node(0);
+    // The agent row, seen from n1 before bob connects there (where he is online, n1's view wins).
+    let observer = n1.client("observer").await;
+    eventually(10, "bob's status at n1", || async {
+        observer.presence(Some("bob".into())).await.is_ok_and(|p| {
+            p.agents[0].status == Status::Busy
+                && p.agents[0].status_text.as_deref() == Some("reviewing")
+        })
     })
     .await;
+    // The message, still unread, and the read mark.
+    let bob = mesh.client(0, "bob").await;
+    eventually(10, "n2's earlier message at n1", || {
+        has_unread(&bob, &early.id)
+    })
+    .await;
+    assert!(
+        !has_unread(&bob, &read.id).await,
+        "a message read at n2 must be read at n1"
+    );
+    let all = bob
+        .inbox(InboxRequest {
+            unread_only: false,
+            ..unread(10)
+        })
+        .await
+        .unwrap()
+        .messages;
+    assert!(all.iter().any(|m| m.id == read.id && m.read), "{all:?}");
+    // The subscriptions: #builds reaches carol from n1, #ops has nobody.
+    let to_builds = observer.send(msg("#builds", "green")).await.unwrap();
+    assert_eq!(to_builds.recipients, 1);
+    let to_ops = observer.send(msg("#ops", "anyone?")).await.unwrap_err();
+    assert!(to_ops.to_string().contains("nobody subscribes"), "{to_ops}");
+    // The tokens: erin's works at n1, frank's revoked one does not.
+    let erin = n1.client_opts("erin", |o| o.token = erin_token).await;
+    assert!(erin.presence(None).await.is_ok());
+    let frank = Client::connect({
+        let mut o = switchboard::client::ClientOptions::new(n1.url(), "frank", frank_token);
+        o.reconnect = false;
+        o
+    })
+    .await;
+    assert!(frank.is_err(), "a token revoked at n2 must not work at n1");
     mesh.nodes.push(Some(n2));
 }
 

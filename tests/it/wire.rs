@@ -482,44 +482,63 @@ async fn presence_shows_online_status_and_last_seen() {
     drop(bob);
     // Offline shows once the node has seen the socket close: poll the node (each poll is a
     // round trip), bounded by a generous deadline.
-    let went_offline = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let p = alice
-                .presence(Some("bob".into()))
-                .await
-                .unwrap()
-                .agents
-                .remove(0);
-            if !p.online {
-                return p;
-            }
-        }
+    let went_offline = poll(10, "bob offline after disconnecting", || async {
+        let p = alice
+            .presence(Some("bob".into()))
+            .await
+            .unwrap()
+            .agents
+            .remove(0);
+        (!p.online).then_some(p)
     })
-    .await
-    .expect("bob should show offline after disconnecting");
+    .await;
     assert!(went_offline.last_seen.is_some());
     assert!(went_offline.connected_since.is_none());
 }
 
 #[tokio::test]
 async fn rate_limit_stops_message_storms() {
+    const RATE: u32 = 5;
+    const BURST: u32 = 200;
     let dir = tempdir();
     let node = NodeProc::start(dir.path(), &["--send-rate", "5"]).await;
     let alice = node.client("alice").await;
-    let mut limited = 0;
-    for i in 0..400 {
-        match alice.send(msg("alice", &format!("ack {i}"))).await {
-            Ok(_) => {}
-            Err(Error::Remote {
-                code: ErrorCode::RateLimited,
-                ..
-            }) => limited += 1,
-            Err(e) => panic!("{e}"),
+    // Sends until the first refusal; returns how many were accepted and the refusal's text.
+    let storm = |label: &'static str| {
+        let alice = &alice;
+        async move {
+            for i in 0..2 * BURST {
+                match alice.send(msg("alice", &format!("{label} {i}"))).await {
+                    Ok(_) => {}
+                    Err(Error::Remote {
+                        code: ErrorCode::RateLimited,
+                        message,
+                    }) => return (i, message),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            panic!("{} sends at {RATE}/s were never limited", 2 * BURST);
         }
-    }
+    };
+    let start = std::time::Instant::now();
+    let (accepted, message) = storm("burst").await;
+    // The whole burst, plus what refilled at RATE/s while it was being sent.
+    let refilled = (start.elapsed().as_secs_f64() * f64::from(RATE)).ceil() as u32;
     assert!(
-        limited > 0,
-        "a storm of 400 sends at 5/s (burst 200) must be limited"
+        (BURST..=BURST + refilled).contains(&accepted),
+        "accepted {accepted} before the first refusal; burst {BURST}, refilled {refilled}"
+    );
+    assert!(
+        message.starts_with("rate limit: at most 5 messages/s (burst 200) per sender"),
+        "{message}"
+    );
+    // The bucket refills at RATE per second: measure it over one second (the sleep is the
+    // time being measured, not a synchronisation).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (refill, _) = storm("refill").await;
+    assert!(
+        (RATE - 1..=RATE + 2).contains(&refill),
+        "{refill} sends accepted one second after the bucket ran dry, at {RATE}/s"
     );
 }
 
