@@ -1,10 +1,13 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
+mod chaos;
 mod cli;
 mod common;
 mod durability;
 mod embedded;
+mod limits;
 mod mcp;
 mod mesh;
+mod mesh_links;
 mod schemas;
 mod wire;

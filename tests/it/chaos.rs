@@ -1,0 +1,137 @@
+//! Chaos: nodes of a mesh killed and restarted at random while mail flows.
+
+use switchboard::protocol::SendRequest;
+
+use crate::common::*;
+use crate::mesh::*;
+
+/// Chaos: random nodes are killed (-9) and restarted every 1-3 s while numbered messages flow
+/// from a sender on every node; afterwards every acknowledged message is in the inbox exactly
+/// once, in order per sender. `SWITCHBOARD_CHAOS_SECONDS` makes it run longer (default 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kill_and_restart_nodes_while_messages_flow() {
+    use rand::Rng;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let seconds: u64 = std::env::var("SWITCHBOARD_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    // SWITCHBOARD_CHAOS_HUB=1: n2 and n3 know only n1 and find each other through it.
+    let hub = std::env::var_os("SWITCHBOARD_CHAOS_HUB").is_some();
+    let mut mesh = Mesh::start_with(3, hub).await;
+    drop(mesh.client(0, "sink").await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        let node = mesh.node(i);
+        let client = node
+            .client_opts(&format!("sender{i}"), |o| {
+                o.reconnect = true;
+                o.request_timeout = std::time::Duration::from_secs(2);
+                o.max_backoff = std::time::Duration::from_millis(300);
+            })
+            .await;
+        let stop = stop.clone();
+        senders.push(tokio::spawn(async move {
+            // The sink must be known at this node before the first send.
+            poll(20, "the sink known at this node", || async {
+                client.presence(Some("sink".into())).await.ok()
+            })
+            .await;
+            let mut ids = ulid::Generator::new();
+            let mut acked: Vec<(u32, String)> = Vec::new();
+            let mut seq = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let id = ids.generate().unwrap().to_string();
+                let req = SendRequest {
+                    id: Some(id.clone()),
+                    to: "sink".into(),
+                    body: format!("{i}:{seq}"),
+                    ..Default::default()
+                };
+                // Retry the same id until the node acknowledges it: never a duplicate.
+                loop {
+                    match client.send(req.clone()).await {
+                        Ok(_) => break,
+                        Err(_) if !stop.load(Ordering::Relaxed) => {
+                            // The node is down or restarting: try again shortly.
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        Err(_) => return acked,
+                    }
+                }
+                acked.push((seq, id));
+                seq += 1;
+            }
+            acked
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut kills = 0;
+    while tokio::time::Instant::now() < deadline {
+        let pause = rand::rng().random_range(1000..3000);
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await; // chaos pacing, not sync
+        let victim = rand::rng().random_range(0..3);
+        if let Some(n) = mesh.nodes[victim].take() {
+            n.kill9().await;
+            kills += 1;
+            mesh.nodes[victim] = Some(mesh.spawn(victim).await);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.push(s.await.unwrap());
+    }
+    mesh.wait_linked().await;
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(kills >= 3 && total > 100, "kills {kills}, messages {total}");
+    let sink = mesh.client(0, "sink").await;
+    // Drain page by page; an empty page means the rest is still on its way, so wait a little
+    // (see `poll`) before asking again.
+    let got = std::sync::Mutex::new(Vec::new());
+    poll(
+        30,
+        "every acknowledged message at the sink's node",
+        || async {
+            let page = sink.inbox(unread(200)).await.unwrap().messages;
+            if !page.is_empty() {
+                let ids = page.iter().map(|m| m.id.clone()).collect();
+                sink.mark_read(ids, false).await.unwrap();
+                got.lock().unwrap().extend(page);
+                // More may be waiting: ask again at once.
+                return None;
+            }
+            (got.lock().unwrap().len() >= total).then_some(())
+        },
+    )
+    .await;
+    let got = got.into_inner().unwrap();
+    // Exactly once: a bitset per sender.
+    let mut seen = vec![vec![false; 1 << 20]; 3];
+    for m in &got {
+        let (s, q) = m.body.split_once(':').unwrap();
+        let (s, q): (usize, usize) = (s.parse().unwrap(), q.parse().unwrap());
+        assert!(!seen[s][q], "message {s}:{q} is in the inbox twice");
+        seen[s][q] = true;
+    }
+    for (s, list) in acked.iter().enumerate() {
+        for (q, _) in list {
+            assert!(
+                seen[s][*q as usize],
+                "acknowledged message {s}:{q} was lost"
+            );
+        }
+        let order: Vec<usize> = got
+            .iter()
+            .filter(|m| m.from == format!("sender{s}"))
+            .map(|m| m.body.split_once(':').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "sender{s} out of order"
+        );
+    }
+    eprintln!("chaos: {kills} kills, {total} messages, all exactly once and in order");
+}
