@@ -9,6 +9,12 @@ pub enum Error {
     /// A caller-supplied value broke a rule; the text names the argument and the rule.
     #[error("{0}")]
     Invalid(String),
+    /// A client-chosen message id a send cannot use: not a ULID, outside the window around
+    /// now, or already another sender's. One answer for all, so it reveals nothing.
+    #[error(
+        "id: '{0}' cannot be used: give a ULID made in the last 7 days (at most 5 minutes ahead of the node's clock), or leave id out"
+    )]
+    UnusableId(String),
     /// A refusal the peer should see with a specific code (unknown agent, rate limited, ...).
     #[error("{message}")]
     Refused {
@@ -61,6 +67,11 @@ impl Error {
         }
     }
 
+    /// The answer for an unusable client-chosen id (shown cut to 40 characters).
+    pub fn unusable_id(id: &str) -> Self {
+        Error::UnusableId(id.chars().take(40).collect())
+    }
+
     /// A refusal with a wire code.
     pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::Refused {
@@ -72,7 +83,7 @@ impl Error {
     /// The wire code a peer sees for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::Invalid(_) | Error::UnusableId(_) => ErrorCode::InvalidArgument,
             Error::Refused { code, .. } | Error::Remote { code, .. } => *code,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             _ => ErrorCode::Internal,

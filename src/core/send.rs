@@ -18,6 +18,13 @@ use crate::message::{Target, now_ms};
 use crate::protocol::{DeliveryStatus, ErrorCode, Role, SendRequest, SendResult, ServerFrame};
 use crate::store::{NewMessage, Stored, queries};
 
+/// How far ahead of the node's clock a client-chosen id may be (clock skew).
+pub const ID_FUTURE_MS: i64 = 5 * 60 * 1000;
+/// How old a client-chosen id may be: a retry after a long disconnect (a laptop asleep over a
+/// weekend) still deduplicates, but no client can place a message before everyone's mail (an
+/// id of all zeros sorts first in every inbox and thread).
+pub const ID_PAST_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// Longest subject, in characters.
 pub const MAX_SUBJECT: usize = 200;
 /// Sends in flight (queued, not yet answered) per connection.
@@ -128,14 +135,7 @@ impl Router {
         }
         let now = now_ms();
         let id = match &req.id {
-            Some(id) => {
-                let u = ulid::Ulid::from_string(id)
-                    .map_err(|_| Error::Invalid(format!("id: '{id}' is not a ULID")))?;
-                if u.timestamp_ms() as i64 > now + 300_000 {
-                    return Err(Error::Invalid(format!("id: '{id}' is from the future")));
-                }
-                u.to_string()
-            }
+            Some(id) => client_id(id, now)?,
             None => self.new_id()?,
         };
         if let Err(e) = self.rate.lock().take(from, std::time::Instant::now()) {
@@ -350,8 +350,63 @@ impl Router {
     }
 }
 
+/// A client-chosen message id, if it is a ULID made within the window around `now`. Every
+/// unusable id gets the same answer, so an answer never tells whether another sender's id
+/// exists (the store answers the same for one that does).
+fn client_id(id: &str, now: i64) -> Result<String> {
+    match ulid::Ulid::from_string(id) {
+        Ok(u) if (now - ID_PAST_MS..=now + ID_FUTURE_MS).contains(&(u.timestamp_ms() as i64)) => {
+            Ok(u.to_string())
+        }
+        _ => Err(Error::unusable_id(id)),
+    }
+}
+
 fn msg_frame(stored: &Stored) -> Frame {
     Frame::encode(&ServerFrame::Msg {
         message: stored.message.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulid_at(ms: i64) -> String {
+        ulid::Ulid::from_parts(ms as u64, 7).to_string()
+    }
+
+    #[test]
+    fn client_ids_stay_within_the_window() {
+        let now = 1_800_000_000_000;
+        assert!(client_id(&ulid_at(now), now).is_ok());
+        assert!(client_id(&ulid_at(now - ID_PAST_MS), now).is_ok());
+        assert!(client_id(&ulid_at(now + ID_FUTURE_MS), now).is_ok());
+        let lower = client_id(&ulid_at(now), now).unwrap().to_lowercase();
+        assert_eq!(
+            client_id(&lower, now).unwrap(),
+            ulid_at(now),
+            "stored in upper case"
+        );
+        let answers: Vec<String> = [
+            "00000000000000000000000000".to_string(),
+            ulid_at(now - ID_PAST_MS - 1),
+            ulid_at(now + ID_FUTURE_MS + 1),
+            "not-a-ulid".to_string(),
+        ]
+        .iter()
+        .map(|id| {
+            client_id(id, now)
+                .unwrap_err()
+                .to_string()
+                .replace(id.as_str(), "ID")
+        })
+        .collect();
+        assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
+        assert!(
+            answers[0].starts_with("id: 'ID' cannot be used"),
+            "{}",
+            answers[0]
+        );
+    }
 }

@@ -31,9 +31,7 @@ impl Conn {
             Ok(f) => f,
             Err(e) => {
                 Metrics::inc(&self.router.metrics.frames_rejected_total);
-                let req = serde_json::from_str::<serde_json::Value>(text)
-                    .ok()
-                    .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
+                let req = request_id(text);
                 return Some(ServerFrame::error(
                     req,
                     ErrorCode::BadFrame,
@@ -117,5 +115,60 @@ impl Conn {
             },
             ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
         }))
+    }
+}
+
+/// The `req` of a frame that did not decode, so its error still answers the right request:
+/// the top-level object's keys are read one by one until `req`, and nothing past it, so a
+/// frame nested too deeply to parse whole still names its `req` when that comes first.
+pub fn request_id(text: &str) -> Option<u64> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Req<'a>(&'a mut Option<u64>);
+
+    impl<'de> Visitor<'de> for Req<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "req" {
+                    *self.0 = map.next_value::<u64>().ok();
+                    // Stop here: what follows may be what made the frame unreadable.
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut req = None;
+    // The error after an early stop (the object is not consumed to its end) is expected.
+    let _ = serde_json::Deserializer::from_str(text).deserialize_map(Req(&mut req));
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    #[test]
+    fn req_is_found_in_frames_that_do_not_decode() {
+        assert_eq!(request_id(r#"{"op":"nope","req":7}"#), Some(7));
+        assert_eq!(request_id(r#"{"req":8,"op":"send","to":1}"#), Some(8));
+        let deep = format!(
+            r#"{{"op":"send","req":9,"data":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_err());
+        assert_eq!(request_id(&deep), Some(9));
+        assert_eq!(request_id("not json"), None);
+        assert_eq!(request_id(r#"{"op":"send","req":"x"}"#), None);
+        assert_eq!(request_id("[1,2]"), None);
     }
 }
