@@ -86,10 +86,63 @@ impl Error {
             Error::Invalid(_) | Error::UnusableId(_) => ErrorCode::InvalidArgument,
             Error::Refused { code, .. } | Error::Remote { code, .. } => *code,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Store(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                ErrorCode::StorageFull
+            }
+            Error::Store(_) => ErrorCode::StorageError,
             _ => ErrorCode::Internal,
+        }
+    }
+
+    /// What a client is told. The store's own text (SQL, file names) stays in the node's log:
+    /// it means nothing to an agent and tells an outsider about the node's insides.
+    pub fn client_message(&self) -> String {
+        match self.code() {
+            ErrorCode::StorageFull => {
+                "the node's disk is full: nothing was stored; try again later".into()
+            }
+            ErrorCode::StorageError => {
+                "the node's store failed: nothing was stored (the node's log says why)".into()
+            }
+            _ => self.to_string(),
         }
     }
 }
 
 /// Shorthand used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32, text: &str) -> Error {
+        Error::Store(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            Some(text.into()),
+        ))
+    }
+
+    #[test]
+    fn store_failures_have_codes_and_no_store_text() {
+        let full = sqlite(rusqlite::ffi::SQLITE_FULL, "database or disk is full");
+        assert_eq!(full.code(), ErrorCode::StorageFull);
+        assert!(
+            !full.client_message().contains("database"),
+            "{}",
+            full.client_message()
+        );
+        let other = sqlite(
+            rusqlite::ffi::SQLITE_CORRUPT,
+            "near \"x\": syntax error in messages",
+        );
+        assert_eq!(other.code(), ErrorCode::StorageError);
+        assert!(
+            !other.client_message().contains("syntax"),
+            "{}",
+            other.client_message()
+        );
+        let invalid = Error::Invalid("limit: must be between 1 and 200".into());
+        assert_eq!(invalid.client_message(), "limit: must be between 1 and 200");
+    }
+}

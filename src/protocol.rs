@@ -442,6 +442,10 @@ pub enum ErrorCode {
     Forbidden,
     /// The node is shutting down.
     ShuttingDown,
+    /// The node's store is out of disk space: nothing was stored (try again later).
+    StorageFull,
+    /// The node's store failed: nothing was stored (the node's log has the details).
+    StorageError,
     /// The node failed; nothing was changed.
     Internal,
 }
@@ -463,6 +467,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }
     }

@@ -59,6 +59,15 @@ impl Frame {
     }
 }
 
+/// The error frame a client gets for `e`; failures of the node itself are logged here, with
+/// what the client is not told.
+pub fn error_frame(req: Option<u64>, e: &Error) -> ServerFrame {
+    if matches!(e, Error::Store(_) | Error::Io { .. }) {
+        tracing::warn!(error = %e, "a request failed inside the node");
+    }
+    ServerFrame::error(req, e.code(), e.client_message())
+}
+
 /// What a node knows and decides; shared by every connection and peer link.
 pub struct Router {
     /// This node's id.

@@ -204,7 +204,7 @@ impl Router {
                     let result = self.outcome(&stored, None).await;
                     ServerFrame::Sent { req, result }
                 }
-                Ok(Err(e)) => ServerFrame::error(Some(req), e.code(), e.to_string()),
+                Ok(Err(e)) => super::error_frame(Some(req), &e),
                 Err(_) => ServerFrame::error(
                     Some(req),
                     ErrorCode::ShuttingDown,

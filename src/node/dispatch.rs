@@ -44,7 +44,7 @@ impl Conn {
             Ok(reply) => reply,
             Err(e) => {
                 Metrics::inc(&self.router.metrics.frames_rejected_total);
-                Some(ServerFrame::error(req, e.code(), e.to_string()))
+                Some(crate::core::error_frame(req, &e))
             }
         }
     }

@@ -48,7 +48,7 @@ pub async fn run(
         Err(e) => {
             Metrics::inc(&router.metrics.auth_failures_total);
             tracing::info!(agent = ?hello.agent, error = ?e.to_string(), "refused a connection");
-            return writer.refuse(e.code(), e.to_string()).await;
+            return writer.refuse(e.code(), e.client_message()).await;
         }
     };
     if s.shutdown.is_cancelled() {
@@ -60,7 +60,7 @@ pub async fn run(
     let kill = s.shutdown.child_token();
     let session = match router.register(&hello.agent, hello.role, tx, kill).await {
         Ok(s) => s,
-        Err(e) => return writer.refuse(e.code(), e.to_string()).await,
+        Err(e) => return writer.refuse(e.code(), e.client_message()).await,
     };
     let agent = hello.agent.clone();
     tracing::debug!(%agent, role = ?hello.role, session = session.id, "session open");
