@@ -20,6 +20,8 @@ use crate::store::AgentRow;
 pub struct SessionTx {
     /// Unique per node run.
     pub id: u64,
+    /// The agent it acts as, spelled as the directory has it (`BOB` connecting is `bob`).
+    pub name: String,
     /// What the connection is for.
     pub role: Role,
     /// Bounded queue of serialized frames; full means the client is too slow.
@@ -111,10 +113,18 @@ pub(super) struct RemoteNode {
     pub(super) agents: HashMap<String, RemoteAgent>,
 }
 
+/// Names are one name whatever their case (`bob`, `Bob`, `BOB`): the key of an agent is its
+/// folded name, and its row keeps the spelling it was first written with. Names are ASCII
+/// (see `validate_name`), so folding is ASCII lower case, the same on every node.
+pub fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
 /// The directory's state.
 #[derive(Debug, Default)]
 pub(super) struct Directory {
-    pub(super) agents: HashMap<String, Agent>,
+    /// By folded name.
+    agents: HashMap<String, Agent>,
     pub(super) topics: HashMap<String, BTreeSet<String>>,
     /// Presence reported by peer nodes with a live link.
     pub(super) remote: HashMap<String, RemoteNode>,
@@ -125,7 +135,7 @@ impl Directory {
     pub(super) fn load(rows: Vec<AgentRow>, subs: Vec<(String, String)>) -> Directory {
         let mut d = Directory::default();
         for row in rows {
-            d.agents.insert(row.name.clone(), Agent::offline(row));
+            d.insert(Agent::offline(row));
         }
         for (topic, agent) in subs {
             d.topics.entry(topic).or_default().insert(agent);
@@ -133,12 +143,42 @@ impl Directory {
         d
     }
 
+    /// The agent called `name`, in any case.
+    pub(super) fn get(&self, name: &str) -> Option<&Agent> {
+        self.agents.get(&fold(name))
+    }
+
+    /// The agent called `name`, in any case, to change.
+    pub(super) fn get_mut(&mut self, name: &str) -> Option<&mut Agent> {
+        self.agents.get_mut(&fold(name))
+    }
+
+    /// Adds an agent (replacing one of the same name in any case).
+    pub(super) fn insert(&mut self, agent: Agent) {
+        self.agents.insert(fold(&agent.row.name), agent);
+    }
+
+    /// Every agent.
+    pub(super) fn all(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.values()
+    }
+
+    /// Every known name, as stored.
+    pub(super) fn names(&self) -> impl Iterator<Item = &String> {
+        self.agents.values().map(|a| &a.row.name)
+    }
+
+    /// How `name` is stored, if it is known in any case.
+    pub(super) fn spelling(&self, name: &str) -> Option<String> {
+        self.get(name).map(|a| a.row.name.clone())
+    }
+
     /// A live peer that reports `name` online (the earliest connection wins, so every node
     /// resolves the same way).
     pub(super) fn remote_of(&self, name: &str) -> Option<(&String, &RemoteAgent)> {
         self.remote
             .iter()
-            .filter_map(|(node, n)| n.agents.get(name).map(|a| (node, a)))
+            .filter_map(|(node, n)| n.agents.get(&fold(name)).map(|a| (node, a)))
             .min_by(|a, b| {
                 a.1.connected_since
                     .cmp(&b.1.connected_since)
@@ -153,12 +193,12 @@ impl Directory {
     /// Presence of every known agent, online first, or of one (unknown: "did you mean").
     pub(super) fn presence(&self, filter: Option<&str>) -> Result<Vec<PresenceEntry>> {
         if let Some(name) = filter {
-            return match self.agents.get(name) {
+            return match self.get(name) {
                 Some(a) => Ok(vec![self.entry(a)]),
-                None => Err(unknown(Unknown::Agent, name, self.agents.keys())),
+                None => Err(unknown(Unknown::Agent, name, self.names())),
             };
         }
-        let mut all: Vec<PresenceEntry> = self.agents.values().map(|a| self.entry(a)).collect();
+        let mut all: Vec<PresenceEntry> = self.all().map(|a| self.entry(a)).collect();
         all.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
         Ok(all)
     }
@@ -171,12 +211,10 @@ impl Directory {
         from: &str,
     ) -> Result<(Vec<String>, Option<String>)> {
         match target {
-            Target::Agent(name) => {
-                if !self.agents.contains_key(name) {
-                    return Err(unknown(Unknown::Agent, name, self.agents.keys()));
-                }
-                Ok((vec![name.clone()], None))
-            }
+            Target::Agent(name) => match self.spelling(name) {
+                Some(stored) => Ok((vec![stored], None)),
+                None => Err(unknown(Unknown::Agent, name, self.names())),
+            },
             Target::Topic(topic) => match self.topics.get(topic).filter(|s| !s.is_empty()) {
                 Some(subs) => Ok((
                     subs.iter().filter(|a| *a != from).cloned().collect(),
@@ -191,10 +229,7 @@ impl Directory {
                         .map(|(t, _)| t),
                 )),
             },
-            Target::Broadcast => Ok((
-                self.agents.keys().filter(|a| *a != from).cloned().collect(),
-                None,
-            )),
+            Target::Broadcast => Ok((self.names().filter(|a| *a != from).cloned().collect(), None)),
         }
     }
 
@@ -208,7 +243,7 @@ impl Directory {
     ) -> Vec<String> {
         let mut reached = Vec::new();
         for r in recipients {
-            let Some(agent) = self.agents.get(r) else {
+            let Some(agent) = self.get(r) else {
                 continue;
             };
             for s in &agent.sessions {
@@ -248,7 +283,7 @@ impl Directory {
 
     /// The entry of `agent`, or "unknown agent".
     pub(super) fn agent_mut(&mut self, agent: &str) -> Result<&mut Agent> {
-        self.agents.get_mut(agent).ok_or_else(|| {
+        self.get_mut(agent).ok_or_else(|| {
             Error::refused(
                 crate::protocol::ErrorCode::UnknownAgent,
                 format!("unknown agent '{agent}'"),

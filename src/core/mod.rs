@@ -165,7 +165,8 @@ impl Router {
             .read(move |c| queries::token_owner(c, &hash))
             .await?;
         match owner {
-            Some(name) if name == hello.agent => Ok(false),
+            // Names are one name in any case: a token of `bob` is the token of `BOB`.
+            Some(name) if directory::fold(&name) == directory::fold(&hello.agent) => Ok(false),
             Some(_) => Err(Error::refused(
                 ErrorCode::Unauthorized,
                 format!("this token is not valid for agent '{}'", hello.agent),
@@ -177,15 +178,15 @@ impl Router {
     /// Counts for `/health`: (agents online, sessions).
     pub fn counts(&self) -> (usize, usize) {
         let d = self.directory.lock();
-        let online = d.agents.values().filter(|a| a.online()).count();
-        let sessions = d.agents.values().map(|a| a.sessions.len()).sum();
+        let online = d.all().filter(|a| a.online()).count();
+        let sessions = d.all().map(|a| a.sessions.len()).sum();
         (online, sessions)
     }
 
     /// Cuts every session off; each says goodbye (`bye`) as it closes.
     pub fn close_all(&self) {
         let d = self.directory.lock();
-        for s in d.agents.values().flat_map(|a| &a.sessions) {
+        for s in d.all().flat_map(|a| &a.sessions) {
             s.kill.cancel();
         }
     }

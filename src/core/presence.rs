@@ -32,6 +32,7 @@ impl Router {
     }
 
     /// Adds a session; creates the agent's directory entry the first time a name is seen.
+    /// The session acts as the name as the directory spells it (see [`SessionTx::name`]).
     pub async fn register(
         &self,
         agent: &str,
@@ -39,8 +40,9 @@ impl Router {
         tx: mpsc::Sender<Frame>,
         kill: CancellationToken,
     ) -> Result<SessionTx> {
-        let session = SessionTx {
+        let mut session = SessionTx {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            name: agent.to_owned(),
             role,
             tx,
             kill,
@@ -48,16 +50,25 @@ impl Router {
         // One-shot commands are not presence and get no pushes: keep them out of the directory,
         // so `switchboard who` does not invent an agent called "cli".
         if role == Role::Cli {
+            if let Some(stored) = self.directory.lock().spelling(agent) {
+                session.name = stored;
+            }
             return Ok(session);
         }
         let now = now_ms();
         let persist = {
             let mut d = self.directory.lock();
-            let mut created = false;
-            let entry = d.agents.entry(agent.to_owned()).or_insert_with(|| {
-                created = true;
-                Agent::offline(self.new_row(agent))
-            });
+            let created = d.get(agent).is_none();
+            if created {
+                d.insert(Agent::offline(self.new_row(agent)));
+            }
+            let Some(entry) = d.get_mut(agent) else {
+                return Err(Error::refused(
+                    crate::protocol::ErrorCode::Internal,
+                    "agent vanished",
+                ));
+            };
+            session.name = entry.row.name.clone();
             let was_online = entry.online();
             entry.sessions.push(session.clone());
             if role == Role::Agent && !was_online {
@@ -94,7 +105,7 @@ impl Router {
         let now = now_ms();
         let row = {
             let mut d = self.directory.lock();
-            let Some(entry) = d.agents.get_mut(agent) else {
+            let Some(entry) = d.get_mut(agent) else {
                 return;
             };
             let was_online = entry.online();
@@ -144,7 +155,7 @@ impl Router {
             a.row.status = status;
             a.row.status_text = text;
             let row = a.row.clone();
-            let entry = d.agents.get(agent).map(|a| d.entry(a));
+            let entry = d.get(agent).map(|a| d.entry(a));
             (row, entry)
         };
         self.presence_changed();
@@ -180,12 +191,11 @@ impl Router {
         let now = now_ms();
         let row = {
             let mut d = self.directory.lock();
-            if d.agents.contains_key(name) {
+            if d.get(name).is_some() {
                 return Ok(());
             }
             let row = self.new_row(name);
-            d.agents
-                .insert(name.to_owned(), Agent::offline(row.clone()));
+            d.insert(Agent::offline(row.clone()));
             row
         };
         let origin = self.node_id.clone();
@@ -207,8 +217,7 @@ impl Router {
     /// Agents online here, for peers.
     pub fn local_presence(&self) -> Vec<RemoteAgent> {
         let d = self.directory.lock();
-        d.agents
-            .values()
+        d.all()
             .filter(|a| a.online())
             .map(|a| RemoteAgent {
                 name: a.row.name.clone(),
@@ -236,7 +245,10 @@ impl Router {
             RemoteNode {
                 incarnation,
                 version,
-                agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
+                agents: agents
+                    .into_iter()
+                    .map(|a| (super::directory::fold(&a.name), a))
+                    .collect(),
             },
         );
     }
@@ -251,16 +263,20 @@ impl Router {
     pub fn apply_remote(&self, applied: Applied) {
         let mut d = self.directory.lock();
         for row in applied.agents {
-            match d.agents.get_mut(&row.name) {
+            match d.get_mut(&row.name) {
                 // Where the agent is online here, this node's view of it wins.
                 Some(a) if a.online() => {
                     a.row.status = row.status;
                     a.row.status_text = row.status_text;
                 }
-                Some(a) => a.row = row,
-                None => {
-                    d.agents.insert(row.name.clone(), Agent::offline(row));
+                // The spelling this node has stays: a name is one name in any case.
+                Some(a) => {
+                    a.row = AgentRow {
+                        name: std::mem::take(&mut a.row.name),
+                        ..row
+                    }
                 }
+                None => d.insert(Agent::offline(row)),
             }
         }
         for (topic, agent, on) in applied.subscriptions {

@@ -53,10 +53,13 @@ impl Router {
         check_optional_name("from", q.from.as_deref())?;
         let topic = q.topic.map(|t| t.trim_start_matches('#').to_owned());
         check_optional_name("topic", topic.as_deref())?;
+        let from = q
+            .from
+            .map(|f| self.directory.lock().spelling(&f).unwrap_or(f));
         let query = InboxQuery {
             unread_only: q.unread_only,
             limit: q.limit,
-            from: q.from,
+            from,
             topic,
             mark_read: q.mark_read,
         };
@@ -130,7 +133,8 @@ impl Router {
                 .clone()
                 .ok_or_else(|| Error::Invalid("name: required for issue and revoke".into()))?;
             validate_name(&n).map_err(|e| Error::Invalid(format!("name: agent name {e}")))?;
-            Ok::<_, Error>(n)
+            // A token for `Bob` is the token of `bob`.
+            Ok::<_, Error>(self.directory.lock().spelling(&n).unwrap_or(n))
         };
         let origin = self.node_id.clone();
         match action {

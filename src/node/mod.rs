@@ -83,6 +83,12 @@ impl Node {
             .await?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        for m in store
+            .write(crate::store::names::merge_case_duplicates)
+            .await?
+        {
+            tracing::warn!(kept = ?m.into, merged = ?m.from, "agent names that differ only in case are one agent now: merged");
+        }
         let router = Arc::new(
             Router::load(
                 config.node_id.clone(),

@@ -62,7 +62,8 @@ pub async fn run(
         Ok(s) => s,
         Err(e) => return writer.refuse(e.code(), e.client_message()).await,
     };
-    let agent = hello.agent.clone();
+    // The name as the directory spells it: `BOB` connecting acts as `bob`.
+    let agent = session.name.clone();
     tracing::debug!(%agent, role = ?hello.role, session = session.id, "session open");
     let welcome = ServerFrame::Welcome(Welcome {
         agent: agent.clone(),

@@ -7,6 +7,7 @@
 //! the message is on disk. Each job runs in its own savepoint, so one bad job cannot undo its
 //! batch-mates. The async runtime never touches SQLite; it only awaits the answer.
 
+pub mod names;
 pub mod queries;
 pub mod replication;
 pub(crate) mod schema;

@@ -127,11 +127,9 @@ pub fn insert_message(conn: &Connection, m: NewMessage, log_as: LogAs<'_>) -> Re
         .optional()?;
     if let Some(message) = existing {
         if message.from != m.sender {
-            // An id names one message mesh-wide; another sender's retry cannot claim it.
-            return Err(Error::Invalid(format!(
-                "id: '{}' is already used by another message",
-                m.id
-            )));
+            // An id names one message mesh-wide; another sender's retry cannot claim it, and
+            // the answer is the one for any unusable id, so it does not tell the id exists.
+            return Err(Error::unusable_id(&m.id));
         }
         let recipients = conn
             .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?

@@ -118,6 +118,21 @@ impl NodeProc {
         Client::connect(o).await.unwrap()
     }
 
+    /// The next line the node logs that contains `text`, or a panic after `within`.
+    pub async fn log_line_containing(&mut self, text: &str, within: Duration) -> String {
+        let find = async {
+            while let Some(line) = self.stderr_lines.recv().await {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the node's log ended without a line containing {text:?}");
+        };
+        tokio::time::timeout(within, find)
+            .await
+            .unwrap_or_else(|_| panic!("no log line containing {text:?} within {within:?}"))
+    }
+
     /// kill -9.
     pub async fn kill9(mut self) -> PathBuf {
         self.child.kill().await.unwrap();

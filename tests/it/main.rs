@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod durability;
 mod embedded;
+mod hardening;
 mod limits;
 mod mcp;
 mod mesh;
