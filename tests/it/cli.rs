@@ -5,14 +5,14 @@ use std::process::Output;
 use crate::common::*;
 
 async fn sb(node: &NodeProc, args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&node.dir)
-        .args(["--node", &node.url()])
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+    output(
+        tokio::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(["--node", &node.url()])
+            .args(args),
+    )
+    .await
 }
 
 fn stdout(o: &Output) -> String {
@@ -162,7 +162,7 @@ async fn body_from_stdin() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"line one\nline two\n").await.unwrap();
     drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
+    let o = finish(child).await;
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "queued");
@@ -178,13 +178,13 @@ async fn body_from_stdin() {
 async fn unreachable_node_is_a_clear_error() {
     let dir = tempdir();
     let url = format!("ws://127.0.0.1:{}", free_port());
-    let o = tokio::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--node", &url, "--token", "x", "who"])
-        .output()
-        .await
-        .unwrap();
+    let o = output(
+        tokio::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--node", &url, "--token", "x", "who"]),
+    )
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach the switchboard node"));
 }

@@ -146,7 +146,10 @@ impl NodeProc {
             .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
-        self.child.wait().await.unwrap()
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the node did not exit within 15 s of SIGTERM")
+            .unwrap()
     }
 }
 
@@ -155,14 +158,24 @@ pub type RawWs =
 
 /// A raw WebSocket to the node, for speaking (bad) protocol by hand.
 pub async fn raw(url: &str) -> RawWs {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws"))
-        .await
-        .unwrap();
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(format!("{url}/ws")),
+    )
+    .await
+    .expect("no WebSocket within 10 s")
+    .unwrap();
     ws
 }
 
 pub async fn send_text(ws: &mut RawWs, text: impl Into<String>) {
-    ws.send(WsMessage::Text(text.into().into())).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ws.send(WsMessage::Text(text.into().into())),
+    )
+    .await
+    .expect("a frame not written within 10 s")
+    .unwrap();
 }
 
 /// The next JSON text frame, or None when the connection closed.
@@ -192,6 +205,32 @@ pub async fn raw_hello(node: &NodeProc, agent: &str) -> RawWs {
     ws
 }
 
+/// Runs a command to its end and takes its output, failing the test after 30 s.
+pub async fn output(cmd: &mut tokio::process::Command) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(30), cmd.kill_on_drop(true).output())
+        .await
+        .expect("the command did not finish within 30 s")
+        .unwrap()
+}
+
+/// The output of a started child once it ends, failing the test after 30 s.
+pub async fn finish(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the command did not finish within 30 s")
+        .unwrap()
+}
+
+/// The next line of a child's output, failing the test after 10 s.
+pub async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("no line within 10 s")
+        .unwrap()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -215,14 +254,22 @@ pub async fn metric(port: u16, name: &str) -> u64 {
 /// The body of `GET path` on the node.
 pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), get)
         .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
+        .unwrap_or_else(|_| panic!("GET {path} took over 10 s"));
     buf.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 

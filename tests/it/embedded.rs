@@ -115,7 +115,7 @@ async fn a_killed_host_is_replaced_and_acknowledged_mail_survives() {
         .unwrap();
     use tokio::io::AsyncBufReadExt;
     let mut log = tokio::io::BufReader::new(host.stderr.take().unwrap()).lines();
-    while let Some(l) = log.next_line().await.unwrap() {
+    while let Some(l) = next_line(&mut log).await {
         if l.contains("hosting it in this process") {
             break;
         }

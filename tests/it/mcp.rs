@@ -63,16 +63,28 @@ pub async fn spawn(
 ) -> (Mcp, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let transport = TokioChildProcess::new(command(dir, agent, node)).unwrap();
-    let client = TestClient { updates: tx }.serve(transport).await.unwrap();
+    let client = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        TestClient { updates: tx }.serve(transport),
+    )
+    .await
+    .expect("the MCP server did not initialize within 20 s")
+    .unwrap();
     (client, rx)
 }
 
 pub async fn call(c: &Mcp, tool: &str, args: Value) -> CallToolResult {
-    c.call_tool(
-        CallToolRequestParams::new(tool.to_owned())
-            .with_arguments(args.as_object().unwrap().clone()),
+    // The longest tool call a test makes is a 300 s-capped wait it sets far lower; 30 s is
+    // what no call here may take.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        c.call_tool(
+            CallToolRequestParams::new(tool.to_owned())
+                .with_arguments(args.as_object().unwrap().clone()),
+        ),
     )
     .await
+    .unwrap_or_else(|_| panic!("{tool} did not answer within 30 s"))
     .unwrap()
 }
 
@@ -377,7 +389,7 @@ async fn closing_stdin_ends_a_pending_wait_and_the_process() {
         .write_all(format!("{init}\n").as_bytes())
         .await
         .unwrap();
-    let line = out.next_line().await.unwrap().unwrap();
+    let line = next_line(&mut out).await.unwrap();
     assert!(line.contains("\"result\""), "{line}");
     stdin
         .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
@@ -394,7 +406,7 @@ async fn closing_stdin_ends_a_pending_wait_and_the_process() {
         .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n")
         .await
         .unwrap();
-    let pong = out.next_line().await.unwrap().unwrap();
+    let pong = next_line(&mut out).await.unwrap();
     assert!(pong.contains("\"id\":3"), "{pong}");
     drop(stdin);
     // The process exits by itself (not killed), well before the 300 s wait would end.

@@ -379,13 +379,13 @@ async fn tokens_are_bound_to_one_agent_and_revocable() {
 async fn second_node_on_the_same_data_dir_is_refused() {
     let dir = tempdir();
     let _node = NodeProc::start(dir.path(), &[]).await;
-    let out = tokio::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["node", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .await
-        .unwrap();
+    let out = output(
+        tokio::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["node", "--listen", &format!("127.0.0.1:{}", free_port())]),
+    )
+    .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another switchboard node"), "{err}");
@@ -514,10 +514,16 @@ async fn sigterm_says_goodbye_and_keeps_what_was_acknowledged() {
     assert!(status.success(), "{status:?}");
     let bye = next_json(&mut bob).await.unwrap();
     assert_eq!(bye["op"], "bye", "{bye}");
-    let mut stopped = false;
-    while let Some(l) = logs.recv().await {
-        stopped |= l.contains("node stopped");
-    }
+    // The log ends with the process (its stderr closes).
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut stopped = false;
+        while let Some(l) = logs.recv().await {
+            stopped |= l.contains("node stopped");
+        }
+        stopped
+    })
+    .await
+    .expect("the node's log did not end within 10 s of its exit");
     assert!(stopped, "the node should log a clean stop");
     let node = NodeProc::start(dir.path(), &[]).await;
     let bob = node.client("bob").await;
