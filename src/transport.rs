@@ -119,21 +119,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once: under load many
-    /// frames share one syscall instead of one each.
-    pub async fn send_batch(&mut self, first: Frame, rx: &mut mpsc::Receiver<Frame>) -> bool {
+    /// frames share one syscall instead of one each. Frames `skip` says so of are dropped.
+    pub async fn send_batch(
+        &mut self,
+        first: Frame,
+        rx: &mut mpsc::Receiver<Frame>,
+        mut skip: impl FnMut(&Frame) -> bool,
+    ) -> bool {
         let sink = &mut self.sink;
         let batch = async {
-            if let Some(t) = text(first) {
-                sink.feed(Message::Text(t)).await?;
-            }
-            for _ in 1..WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(f) => {
-                        if let Some(t) = text(f) {
-                            sink.feed(Message::Text(t)).await?;
-                        }
-                    }
-                    Err(_) => break,
+            let mut next = Some(first);
+            for _ in 0..WRITE_BATCH {
+                let Some(f) = next.take().or_else(|| rx.try_recv().ok()) else {
+                    break;
+                };
+                if !skip(&f)
+                    && let Some(t) = text(f)
+                {
+                    sink.feed(Message::Text(t)).await?;
                 }
             }
             sink.flush().await

@@ -41,21 +41,36 @@ pub use send::{DeliveryNotice, SendQueue};
 
 /// A serialized server frame. Cloning it for every session it is pushed to shares the bytes.
 #[derive(Debug, Clone)]
-pub struct Frame(bytes::Bytes);
+pub struct Frame {
+    text: bytes::Bytes,
+    /// The message a `msg` frame pushes, so a session can drop a push of mail it has just
+    /// replayed.
+    message: Option<std::sync::Arc<str>>,
+}
 
 impl Frame {
     /// Serializes a frame (our own frames always serialize; `{}` would still be valid JSON).
     pub fn encode(frame: &ServerFrame) -> Frame {
-        Frame(
-            serde_json::to_string(frame)
+        let message = match frame {
+            ServerFrame::Msg { message } => Some(message.id.as_str().into()),
+            _ => None,
+        };
+        Frame {
+            text: serde_json::to_string(frame)
                 .unwrap_or_else(|_| "{}".into())
                 .into(),
-        )
+            message,
+        }
+    }
+
+    /// The id of the message this frame pushes, if it is a push.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message.as_deref()
     }
 
     /// The UTF-8 text of the frame.
     pub fn into_bytes(self) -> bytes::Bytes {
-        self.0
+        self.text
     }
 }
 

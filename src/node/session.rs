@@ -5,6 +5,7 @@
 //! to the core ([`dispatch`](super::dispatch)); answers to sends, and pushes, come back through
 //! the session's bounded queue, in order.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -72,9 +73,13 @@ pub async fn run(
         max_frame_bytes: router.limits.max_frame_bytes,
     });
     let mut ok = writer.send_frame(&welcome).await;
+    // Mail committed while the replay is read is both replayed and queued as a push: the
+    // queued copy of what was replayed is dropped (see `serve`).
+    let mut replayed = HashSet::new();
     if ok && hello.role != Role::Cli {
         // A replay that fails to load leaves the mail unread; the session goes on.
         for message in router.replay(&agent).await.unwrap_or_default() {
+            replayed.insert(message.id.clone());
             if !writer.send_frame(&ServerFrame::Msg { message }).await {
                 ok = false;
                 break;
@@ -90,7 +95,16 @@ pub async fn run(
             admin,
         };
         let shutdown = s.shutdown.clone();
-        serve(&conn, writer, reader, &mut rx, &session.kill, &shutdown).await;
+        serve(
+            &conn,
+            writer,
+            reader,
+            &mut rx,
+            replayed,
+            &session.kill,
+            &shutdown,
+        )
+        .await;
         // Sends already queued are still answered (into the queue) before the agent leaves.
         conn.sends.close().await;
     }
@@ -103,6 +117,7 @@ async fn serve(
     mut writer: Writer<Socket>,
     mut reader: Reader<Socket>,
     rx: &mut mpsc::Receiver<Frame>,
+    mut replayed: HashSet<String>,
     kill: &tokio_util::sync::CancellationToken,
     shutdown: &tokio_util::sync::CancellationToken,
 ) {
@@ -116,6 +131,7 @@ async fn serve(
                 let bye = if shutdown.is_cancelled() { Bye::ShuttingDown } else { Bye::TooSlow };
                 // Frames already queued (answers, pushes) go out before the goodbye.
                 while let Ok(f) = rx.try_recv() {
+                    if f.message_id().is_some_and(|id| replayed.remove(id)) { continue; }
                     if !writer.send_queued(f).await { break; }
                 }
                 let _ = writer.send_frame(&ServerFrame::Bye { reason: bye.reason().into() }).await;
@@ -123,7 +139,12 @@ async fn serve(
                 return;
             }
             out = rx.recv() => match out {
-                Some(frame) => if !writer.send_batch(frame, rx).await { return },
+                Some(frame) => {
+                    // True for a push of mail already replayed (each is dropped once).
+                    let skip = |f: &Frame| !replayed.is_empty()
+                        && f.message_id().is_some_and(|id| replayed.remove(id));
+                    if !writer.send_batch(frame, rx, skip).await { return }
+                }
                 None => return,
             },
             _ = ping.tick() => {
