@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod client;
