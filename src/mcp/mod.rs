@@ -5,7 +5,6 @@
 //! restart without losing anything. Pushed messages wake `wait_for_messages` and become
 //! `notifications/resources/updated` for `inbox://NAME` — for 2025-11-25 clients through
 //! `resources/subscribe`, for 2026-07-28 clients through `subscriptions/listen`.
-
 //!
 //! `tools` holds the tools, `resource` the inbox resource and its update notifications,
 //! `server` the MCP handler and the stdio transport.
