@@ -11,12 +11,15 @@
 //! - [`mesh`] — peer links between nodes: authentication, log replication, presence.
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
-//! - [`bench`] — the load generator (`switchboard bench`).
+//! - `bench` — the load generator (`switchboard bench`, cargo feature `bench`).
+//! - [`backoff`] — the one retry-pause rule (client reconnects, mesh dialer).
 //! - [`auth`], [`config`], [`error`] — secrets and locks, settings, errors.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backoff;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod client;

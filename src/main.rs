@@ -5,15 +5,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::Error;
-use switchboard::cli::{Cli, Command};
+use switchboard::cli::{Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // rmcp logs every request at info; keep the MCP server's stderr for what matters. The
     // bench's thousands of clients would log each reconnection; its report is what matters.
-    let default = match cli.command {
-        Command::Bench(_) => "info,rmcp=warn,switchboard::client=warn",
-        _ => "info,rmcp=warn",
+    #[cfg(feature = "bench")]
+    let bench = matches!(cli.command, switchboard::cli::Command::Bench(_));
+    #[cfg(not(feature = "bench"))]
+    let bench = false;
+    let default = if bench {
+        "info,rmcp=warn,switchboard::client=warn"
+    } else {
+        "info,rmcp=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -33,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(switchboard::cli::run(cli)) {
-        Ok(code) => code,
+        Ok(Outcome::Done | Outcome::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");
             match e {

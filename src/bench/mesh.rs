@@ -7,12 +7,14 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BenchArgs, Stats, free_port, health, opts, progress, spawn_node};
+use super::Options;
+use super::ports::free_port;
+use super::procs::{health, opts, spawn_node};
+use super::stats::{Stats, WakeupProbe, progress};
 use crate::auth;
 use crate::client::{Client, ConnState};
 use crate::error::{Error, Result};
@@ -87,7 +89,7 @@ async fn wait_presence(observer: &Client, name: &str, online: bool, since: Insta
 }
 
 /// Runs the mesh benchmark.
-pub async fn run(a: BenchArgs) -> Result<ExitCode> {
+pub async fn run(a: Options) -> Result<()> {
     let n = a.mesh;
     if n < 2 {
         return Err(Error::Config("--mesh: at least 2 nodes".into()));
@@ -196,7 +198,7 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
         "cross-node latency: {total} messages at {} msg/s",
         a.rate
     ));
-    let probe = super::WakeupProbe::start();
+    let probe = WakeupProbe::start();
     let start = Instant::now();
     let mut handles = Vec::new();
     for m in 0..total {
@@ -263,7 +265,7 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
         .flat_map(|k| (0..per_node).map(move |i| (k, i)))
         .map(|(k, i)| (clients[k][i].clone(), format!("m{}-{i}", (k + 1) % n + 1)))
         .collect();
-    for s in super::saturate(pairs, a.window, stop, acked.clone()) {
+    for s in super::load::saturate(pairs, a.window, stop, acked.clone()) {
         let _ = s.await;
     }
     let acked_n = acked.load(Ordering::Relaxed);
@@ -359,5 +361,5 @@ pub async fn run(a: BenchArgs) -> Result<ExitCode> {
             let _ = c.kill().await;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -1,7 +1,6 @@
-//! One function per command.
+//! One function per command, and how a command's output ends.
 
 use std::io::{IsTerminal, Read, Write};
-use std::process::ExitCode;
 
 use crate::cli::connect::{self, connect};
 use crate::cli::{Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand};
@@ -15,22 +14,53 @@ use crate::store::SyncMode;
 /// The name CLI commands that act as nobody in particular (who, token) say hello with.
 const CLI_AGENT: &str = "cli";
 
-/// Writes to stdout; a closed pipe (`| head`) ends the program quietly, as it should.
-fn out(text: &str) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => Err(Error::io("writing to stdout", e)),
+/// How a command ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did its work.
+    Done,
+    /// Whoever read stdout closed it (`| head`): the rest was not wanted, which is no failure.
+    StdoutClosed,
+}
+
+/// Why a command stopped before its end.
+enum Stop {
+    Failed(Error),
+    StdoutClosed,
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<()> {
+type Step<T = ()> = std::result::Result<T, Stop>;
+
+/// Writes a line to stdout; a closed pipe stops the command quietly, as it should.
+fn out(text: &str) -> Step {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Stop::StdoutClosed),
+        Err(e) => Err(Error::io("writing to stdout", e).into()),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Step {
     out(&serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?)
 }
 
 /// Runs a parsed command line.
-pub async fn run(cli: Cli) -> Result<ExitCode> {
+pub async fn run(cli: Cli) -> Result<Outcome> {
+    match dispatch(cli).await {
+        Ok(()) => Ok(Outcome::Done),
+        Err(Stop::StdoutClosed) => Ok(Outcome::StdoutClosed),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Step {
     let g = cli.global;
     match cli.command {
         Command::Node(a) => node(&g, a).await,
@@ -46,7 +76,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(h) = host {
                 h.stop().await;
             }
-            served.map(|()| ExitCode::SUCCESS)
+            Ok(served?)
         }
         Command::Send(a) => send(&g, a).await,
         Command::Inbox(a) => inbox(&g, a).await,
@@ -84,11 +114,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 out(&t)?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Tail(a) => tail(&g, a).await,
         Command::Token(t) => token(&g, t).await,
-        Command::Bench(a) => crate::bench::run(&g, a).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(a) => bench(&g, a).await,
     }
 }
 
@@ -121,7 +152,7 @@ fn default_agent() -> Result<String> {
     Ok(name)
 }
 
-async fn node(g: &crate::cli::Global, a: NodeArgs) -> Result<ExitCode> {
+async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
     let dir = connect::data_dir(g)?;
     let config = NodeConfig::resolve(
         dir,
@@ -146,7 +177,7 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Result<ExitCode> {
         stop.cancel();
     });
     node.run_until_stopped().await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -171,7 +202,7 @@ async fn wait_for_signal() {
     }
 }
 
-async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
+async fn send(g: &crate::cli::Global, a: SendArgs) -> Step {
     let kind = a
         .kind
         .parse()
@@ -183,7 +214,7 @@ async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
     let data = match &a.data {
         Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
             Ok(serde_json::Value::Object(m)) => Some(m),
-            _ => return Err(Error::Config("--data: must be a JSON object".into())),
+            _ => return Err(Error::Config("--data: must be a JSON object".into()).into()),
         },
         None => None,
     };
@@ -225,7 +256,7 @@ async fn send(g: &crate::cli::Global, a: SendArgs) -> Result<ExitCode> {
             r.thread_id
         ))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn status_word(s: &crate::protocol::DeliveryStatus) -> &'static str {
@@ -256,9 +287,9 @@ fn show(m: &Message) -> String {
     s
 }
 
-async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Result<ExitCode> {
+async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Step {
     if !(1..=200).contains(&a.limit) {
-        return Err(Error::Config("--limit: must be between 1 and 200".into()));
+        return Err(Error::Config("--limit: must be between 1 and 200".into()).into());
     }
     validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
     let conn = connect(g, &a.agent, Role::Cli, false).await?;
@@ -295,17 +326,24 @@ async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Result<ExitCode> {
             out(&format!("\n({} more unread)", r.unread_remaining))?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn tail(g: &crate::cli::Global, a: TailArgs) -> Result<ExitCode> {
+async fn tail(g: &crate::cli::Global, a: TailArgs) -> Step {
     validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
     let conn = connect(g, &a.agent, Role::Watch, true).await?;
+    let followed = follow(&conn, &a).await;
+    conn.close().await;
+    followed
+}
+
+/// Prints the agent's unread mail, then every push until Ctrl-C.
+async fn follow(conn: &connect::Connection, a: &TailArgs) -> Step {
     let mut pushes = conn.client.pushes();
     if std::io::stderr().is_terminal() {
         eprintln!("following {}'s messages; Ctrl-C to stop", a.agent);
     }
-    let print = |m: &Message| -> Result<()> {
+    let print = |m: &Message| -> Step {
         if a.json {
             out(&serde_json::to_string(m).map_err(|e| Error::Invalid(e.to_string()))?)
         } else {
@@ -343,11 +381,10 @@ async fn tail(g: &crate::cli::Global, a: TailArgs) -> Result<ExitCode> {
             }
         }
     }
-    conn.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn token(g: &crate::cli::Global, t: TokenCommand) -> Result<ExitCode> {
+async fn token(g: &crate::cli::Global, t: TokenCommand) -> Step {
     let (action, name, as_json) = match t {
         TokenCommand::Issue { name } => (TokenAction::Issue, Some(name), false),
         TokenCommand::Revoke { name } => (TokenAction::Revoke, Some(name), false),
@@ -367,5 +404,28 @@ async fn token(g: &crate::cli::Global, t: TokenCommand) -> Result<ExitCode> {
         TokenAction::List if r.names.is_empty() => out("No tokens issued.")?,
         TokenAction::List => out(&r.names.join("\n"))?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+#[cfg(feature = "bench")]
+async fn bench(g: &crate::cli::Global, a: crate::cli::BenchArgs) -> Step {
+    let mut opts = a.into_options(None);
+    opts.check()?;
+    // The mesh mode starts its own nodes; only a single-node run measures `--node`.
+    if opts.mesh == 0
+        && let Some(url) = &g.node
+    {
+        let dir = connect::data_dir(g)?;
+        let token = match &g.token {
+            Some(t) => t.clone(),
+            None => crate::auth::read_secret(&dir)?.ok_or_else(|| {
+                Error::Config("--node given: pass --token (the node's local secret)".into())
+            })?,
+        };
+        opts.node = Some(crate::bench::Remote {
+            url: url.clone(),
+            token,
+        });
+    }
+    Ok(crate::bench::run(opts).await?)
 }

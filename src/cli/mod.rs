@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use commands::run;
+pub use commands::{Outcome, run};
 pub use connect::data_dir as data_dir_of;
 
 /// Real-time, durable messaging between LLM agents.
@@ -60,7 +60,8 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Load generator: latency percentiles and throughput of a node.
-    Bench(crate::bench::BenchArgs),
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
 }
 
 /// `switchboard node`.
@@ -201,4 +202,53 @@ pub enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `switchboard bench`.
+#[cfg(feature = "bench")]
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Agents connected for the latency and throughput phases.
+    #[arg(long, default_value_t = 50)]
+    pub agents: usize,
+    /// Paced send rate for the latency phase, messages/s.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds for the latency phase and for the throughput phase each.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Sends in flight per sender in the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Extra idle connections to open to measure memory per connection (0 skips).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle: usize,
+    /// Round trips through two `switchboard mcp` processes (0 skips).
+    #[arg(long, default_value_t = 500)]
+    pub mcp_rounds: usize,
+    /// Print the results as JSON too.
+    #[arg(long)]
+    pub json: bool,
+    /// Mesh mode: start this many nodes in a full mesh and measure cross-node delivery,
+    /// presence convergence and reconnection after a node restart (`--agents` per node).
+    #[arg(long, default_value_t = 0, value_name = "NODES")]
+    pub mesh: usize,
+}
+
+#[cfg(feature = "bench")]
+impl BenchArgs {
+    /// The bench's own options; `node` is the running node to measure, if any.
+    pub fn into_options(self, node: Option<crate::bench::Remote>) -> crate::bench::Options {
+        crate::bench::Options {
+            agents: self.agents,
+            rate: self.rate,
+            seconds: self.seconds,
+            window: self.window,
+            idle: self.idle,
+            mcp_rounds: self.mcp_rounds,
+            json: self.json,
+            mesh: self.mesh,
+            node,
+        }
+    }
 }

@@ -1,0 +1,235 @@
+//! A WebSocket client of a node, shared by `switchboard mcp`, the CLI and `bench`.
+//!
+//! One background task ([`connection`]) owns the socket. Callers send requests through a
+//! bounded channel and await their answer by `req` number, so many requests can be in flight
+//! at once; when the connection drops the task reconnects (first retry well under 250 ms) and
+//! re-sends what was never answered. A caller waits at most `request_timeout` (including any
+//! reconnecting) and then gets a clear error.
+
+mod connection;
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::protocol::*;
+use connection::{Cmd, fatal, open, run};
+pub use options::{ClientOptions, ConnState, UnreachableHook};
+
+/// A connection to a node that survives node restarts.
+pub struct Client {
+    cmds: mpsc::Sender<Cmd>,
+    /// Monotonic, so one client's messages are ordered by id even within a millisecond.
+    ids: std::sync::Mutex<ulid::Generator>,
+    next_req: AtomicU64,
+    pushes: broadcast::Sender<Message>,
+    state: watch::Receiver<ConnState>,
+    opts: ClientOptions,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A typed answer: the result carried by the one server frame that answers its request.
+trait Answer: Sized {
+    /// The result, or the frame back when it is some other answer.
+    fn from_frame(frame: ServerFrame) -> std::result::Result<Self, Box<ServerFrame>>;
+}
+
+macro_rules! answers {
+    ($($result:ty => $variant:ident),* $(,)?) => {$(
+        impl Answer for $result {
+            fn from_frame(frame: ServerFrame) -> std::result::Result<Self, Box<ServerFrame>> {
+                match frame {
+                    ServerFrame::$variant { result, .. } => Ok(result),
+                    other => Err(Box::new(other)),
+                }
+            }
+        }
+    )*};
+}
+
+answers!(
+    SendResult => Sent,
+    InboxResult => Inbox,
+    MarkResult => Marked,
+    PresenceResult => Presence,
+    PresenceEntry => Status,
+    TopicsResult => Topics,
+    MessagesResult => Messages,
+    TokenResult => Tokens,
+);
+
+impl Client {
+    /// Connects (retrying, and running the unreachable hook, until `connect_timeout`) and starts
+    /// the background task.
+    pub async fn connect(opts: ClientOptions) -> Result<Client> {
+        let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+        let backoff = opts.backoff();
+        let mut attempt = 0;
+        let (ws, welcome) = loop {
+            match open(&opts).await {
+                Ok(ok) => break ok,
+                Err(e) if fatal(&e).is_some() => return Err(e),
+                Err(e) => {
+                    if let Some(hook) = &opts.on_unreachable {
+                        hook().await;
+                    }
+                    let pause = backoff.delay(attempt);
+                    if tokio::time::Instant::now() + pause > deadline {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    // Try again at once after the hook (it may have started a node).
+                    if opts.on_unreachable.is_some() && attempt == 1 {
+                        continue;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        };
+        let (cmds, rx) = mpsc::channel(1024);
+        let (pushes, _) = broadcast::channel(1024);
+        let (state_tx, state) = watch::channel(ConnState::Connected(welcome.node.clone()));
+        let task = tokio::spawn(run(opts.clone(), ws, rx, pushes.clone(), state_tx));
+        Ok(Client {
+            cmds,
+            ids: std::sync::Mutex::new(ulid::Generator::new()),
+            next_req: AtomicU64::new(1),
+            pushes,
+            state,
+            opts,
+            task,
+        })
+    }
+
+    /// The agent this client acts as.
+    pub fn agent(&self) -> &str {
+        &self.opts.agent
+    }
+
+    /// Messages pushed by the node as they arrive (already acknowledged to the node).
+    pub fn pushes(&self) -> broadcast::Receiver<Message> {
+        self.pushes.subscribe()
+    }
+
+    /// Connection state changes.
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.state.clone()
+    }
+
+    /// Sends a request frame and waits for its answer.
+    pub async fn call(&self, build: impl FnOnce(u64) -> ClientFrame) -> Result<ServerFrame> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let frame =
+            serde_json::to_string(&build(req)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        let wait = async {
+            self.cmds
+                .send(Cmd::Request { req, frame, reply })
+                .await
+                .map_err(|_| Error::Connection("the client has stopped".into()))?;
+            rx.await
+                .map_err(|_| Error::Connection("the connection to the node was lost".into()))?
+        };
+        match tokio::time::timeout(self.opts.request_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(match &*self.state.borrow() {
+                ConnState::Disconnected(why) => Error::Connection(format!(
+                    "the switchboard node at {} is unreachable ({why}); still retrying in the background",
+                    self.opts.url
+                )),
+                ConnState::Connected(_) => Error::Connection(format!(
+                    "the node did not answer within {} s",
+                    self.opts.request_timeout.as_secs()
+                )),
+            }),
+        }
+    }
+
+    /// [`Client::call`], expecting the answer that carries a `T`.
+    async fn ask<T: Answer>(&self, build: impl FnOnce(u64) -> ClientFrame) -> Result<T> {
+        T::from_frame(self.call(build).await?).map_err(|frame| {
+            Error::Connection(format!("unexpected answer from the node: {frame:?}"))
+        })
+    }
+
+    /// Sends a message; a missing id is filled in so retries cannot duplicate it.
+    pub async fn send(&self, mut req: SendRequest) -> Result<SendResult> {
+        if req.id.is_none() {
+            let id = self
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generate()
+                .unwrap_or_else(|_| ulid::Ulid::new());
+            req.id = Some(id.to_string());
+        }
+        self.ask(|req_n| ClientFrame::Send(SendRequest { req: req_n, ..req }))
+            .await
+    }
+
+    /// Reads the inbox (the node marks read only if `mark_read` is set).
+    pub async fn inbox(&self, q: InboxRequest) -> Result<InboxResult> {
+        self.ask(|req| ClientFrame::Inbox(InboxRequest { req, ..q }))
+            .await
+    }
+
+    /// Marks messages read (`all` marks the whole inbox).
+    pub async fn mark_read(&self, ids: Vec<String>, all: bool) -> Result<MarkResult> {
+        self.ask(|req| ClientFrame::MarkRead(MarkReadRequest { req, ids, all }))
+            .await
+    }
+
+    /// Presence of everyone, or of one agent.
+    pub async fn presence(&self, agent: Option<String>) -> Result<PresenceResult> {
+        self.ask(|req| ClientFrame::Presence(PresenceRequest { req, agent }))
+            .await
+    }
+
+    /// Sets this agent's status.
+    pub async fn set_status(&self, status: Status, text: Option<String>) -> Result<PresenceEntry> {
+        self.ask(|req| ClientFrame::SetStatus(SetStatusRequest { req, status, text }))
+            .await
+    }
+
+    /// Subscribes (`on`) or unsubscribes; returns the topics afterwards.
+    pub async fn subscribe(&self, topic: String, on: bool) -> Result<TopicsResult> {
+        self.ask(|req| {
+            let t = TopicRequest { req, topic };
+            if on {
+                ClientFrame::Subscribe(t)
+            } else {
+                ClientFrame::Unsubscribe(t)
+            }
+        })
+        .await
+    }
+
+    /// The thread of a message.
+    pub async fn thread(&self, id: String) -> Result<MessagesResult> {
+        self.ask(|req| ClientFrame::Thread(ThreadRequest { req, id }))
+            .await
+    }
+
+    /// Full-text search.
+    pub async fn search(&self, query: String, limit: u32) -> Result<MessagesResult> {
+        self.ask(|req| ClientFrame::Search(SearchRequest { req, query, limit }))
+            .await
+    }
+
+    /// Token management (needs the local secret).
+    pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
+        self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
+            .await
+    }
+}

@@ -1,0 +1,147 @@
+//! The MCP handler (capabilities, instructions, resource requests) and serving it on stdio.
+
+use rmcp::model::{
+    Implementation, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
+use tokio_util::sync::CancellationToken;
+
+use super::{McpServer, instructions};
+use crate::client::Client;
+
+#[tool_handler]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "switchboard",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(instructions(&self.inner.agent))
+    }
+
+    async fn list_resources(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(
+                self.inner.uri.clone(),
+                format!("inbox of {}", self.inner.agent),
+            )
+            .with_mime_type("text/plain"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        self.known(&request.uri)?;
+        let text = self.summary().await?;
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri.clone())]).into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.known(&request.uri)?;
+        self.inner
+            .legacy_subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request.uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.inner
+            .legacy_subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request.uri);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = requested.clone();
+        if let Some(uris) = accepted.resource_subscriptions.as_mut() {
+            uris.retain(|u| *u == self.inner.uri);
+        }
+        Some(accepted)
+    }
+
+    async fn listen(&self, cx: SubscriptionContext) -> Result<(), McpError> {
+        self.listen_updates(cx).await
+    }
+}
+
+/// stdin that cancels a token at end of file. rmcp waits up to 5 s for in-flight handlers after
+/// stdin closes; a pending `wait_for_messages` would hold the exit that long, so we notice EOF
+/// ourselves and end long-polls at once.
+struct EofSignal<R> {
+    inner: R,
+    eof: CancellationToken,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.eof.cancel();
+        }
+        r
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client goes away.
+pub async fn serve_stdio(client: Client) -> crate::Result<()> {
+    use rmcp::ServiceExt;
+    let shutdown = CancellationToken::new();
+    let server = McpServer::new(client, shutdown.clone());
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let stdin = EofSignal {
+        inner: stdin,
+        eof: shutdown.clone(),
+    };
+    let running = server
+        .clone()
+        .serve((stdin, stdout))
+        .await
+        .map_err(|e| crate::Error::Connection(format!("MCP handshake failed: {e}")))?;
+    server.start_notifier(running.peer().clone());
+    let result = running.waiting().await;
+    shutdown.cancel();
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "MCP service ended with an error");
+    }
+    Ok(())
+}
