@@ -217,23 +217,32 @@ impl Router {
             .collect()
     }
 
-    /// A peer's presence snapshot; older (incarnation, version) pairs are ignored.
+    /// A peer's presence snapshot, as mesh link `link` received it. Link ids increase with
+    /// every link the mesh makes live, so a report from a link that has ended (or from one
+    /// older than the link that reported last) is ignored: a replaced link that was still
+    /// reading cannot bring back presence for a peer nobody is linked to. Older
+    /// (incarnation, version) pairs are ignored as well.
     pub fn remote_presence(
         &self,
         node: &str,
+        link: u64,
         incarnation: u64,
         version: u64,
         agents: Vec<RemoteAgent>,
     ) {
         let mut d = self.directory.lock();
+        if d.gone.get(node).is_some_and(|&gone| link <= gone) {
+            return;
+        }
         if let Some(old) = d.remote.get(node)
-            && (old.incarnation, old.version) >= (incarnation, version)
+            && (old.link > link || (old.incarnation, old.version) >= (incarnation, version))
         {
             return;
         }
         d.remote.insert(
             node.to_owned(),
             RemoteNode {
+                link,
                 incarnation,
                 version,
                 agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
@@ -241,9 +250,16 @@ impl Router {
         );
     }
 
-    /// A peer is unlinked: its agents are no longer known to be online anywhere.
-    pub fn peer_gone(&self, node: &str) {
-        self.directory.lock().remote.remove(node);
+    /// Mesh link `link` to a peer, its live one, ended: the peer's agents are no longer known
+    /// to be online anywhere, and that link's (and older links') late reports are ignored. A
+    /// newer link's report, which may arrive before this call, stays.
+    pub fn peer_gone(&self, node: &str, link: u64) {
+        let mut d = self.directory.lock();
+        let gone = d.gone.entry(node.to_owned()).or_default();
+        *gone = (*gone).max(link);
+        if d.remote.get(node).is_some_and(|r| r.link <= link) {
+            d.remote.remove(node);
+        }
     }
 
     /// Takes in what a peer's committed events changed in the directory and subscriptions.
