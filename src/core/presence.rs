@@ -284,3 +284,62 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn router(dir: &std::path::Path) -> Router {
+        let store = crate::store::Store::open(&dir.join("db"), Default::default()).unwrap();
+        let limits = crate::config::Limits::default();
+        let tracker = tokio_util::task::TaskTracker::new();
+        Router::load("me".into(), store, limits, "s".into(), tracker)
+            .await
+            .unwrap()
+    }
+
+    fn agents(names: &[&str]) -> Vec<RemoteAgent> {
+        names
+            .iter()
+            .map(|n| RemoteAgent {
+                name: (*n).into(),
+                connected_since: 1,
+            })
+            .collect()
+    }
+
+    fn online(r: &Router, name: &str) -> bool {
+        r.directory.lock().remote_of(name).is_some()
+    }
+
+    #[tokio::test]
+    async fn a_link_that_ended_cannot_bring_back_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path()).await;
+        // Link 1 is live and reports; link 2 replaces it, then ends.
+        r.remote_presence("b", 1, 1, 1, agents(&["bob"]));
+        r.remote_presence("b", 2, 1, 2, agents(&["bob"]));
+        r.peer_gone("b", 2);
+        assert!(!online(&r, "bob"));
+        // Link 1 was still reading: its late report is void.
+        r.remote_presence("b", 1, 1, 3, agents(&["bob"]));
+        assert!(!online(&r, "bob"));
+        // A newer link reports again.
+        r.remote_presence("b", 3, 1, 4, agents(&["bob"]));
+        assert!(online(&r, "bob"));
+    }
+
+    #[tokio::test]
+    async fn a_late_peer_gone_leaves_a_newer_links_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path()).await;
+        r.remote_presence("b", 1, 1, 1, agents(&["bob"]));
+        // Link 2 took over and reported before link 1's end reached the router.
+        r.remote_presence("b", 2, 1, 2, agents(&["bob"]));
+        r.peer_gone("b", 1);
+        assert!(online(&r, "bob"));
+        // An older link's report after a newer one's is ignored, whatever its version.
+        r.remote_presence("b", 1, 1, 9, agents(&[]));
+        assert!(online(&r, "bob"));
+    }
+}
