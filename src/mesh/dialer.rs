@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Mesh;
 use super::handshake::{self, Dialed, HANDSHAKE, Us};
-use super::link::{Via, far_future};
+use super::link::{Opened, Via, far_future};
 use super::status::{LinkOrigin, LinkState};
 use super::topology::{Order, Target};
 use crate::error::{Error, Result};
@@ -240,19 +240,14 @@ impl Mesh {
             incarnation: theirs,
             seq,
         };
-        let via = Via::Dialed(url.to_owned());
-        let ended = self
-            .clone()
-            .link(
-                peer.clone(),
-                key.to_owned(),
-                origin,
-                via,
-                order,
-                sink,
-                stream,
-            )
-            .await;
+        let opened = Opened {
+            peer: peer.clone(),
+            key: key.to_owned(),
+            origin,
+            via: Via::Dialed(url.to_owned()),
+            order,
+        };
+        let ended = self.clone().link(opened, sink, stream).await;
         self.statuses.set(key, origin, |s| {
             s.node = Some(peer.clone());
             s.enter(LinkState::Down, Some(ended.to_string()));

@@ -47,6 +47,20 @@ pub(super) enum Via {
     Accepted(Option<IpAddr>),
 }
 
+/// A link whose handshake is done.
+pub(super) struct Opened {
+    /// The peer's node id.
+    pub peer: String,
+    /// Its `/health` entry.
+    pub key: String,
+    /// The origin that entry is created with.
+    pub origin: LinkOrigin,
+    /// How it came to be.
+    pub via: Via,
+    /// What ranks it against another link to the same peer.
+    pub order: Order,
+}
+
 /// Why a link ended; shown in `/health` as the dialer's last error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkEnd {
@@ -99,19 +113,20 @@ pub enum LinkEnd {
 
 impl Mesh {
     /// Runs an authenticated link until it fails, is replaced, or turns out to duplicate the
-    /// live link to the same peer. Returns why it ended. `key` and `origin`: its `/health`
-    /// entry.
-    #[allow(clippy::too_many_arguments)]
+    /// live link to the same peer. Returns why it ended.
     pub(super) async fn link(
         self: Arc<Self>,
-        peer: String,
-        key: String,
-        origin: LinkOrigin,
-        via: Via,
-        order: Order,
+        opened: Opened,
         mut sink: TextSink,
         mut stream: TextStream,
     ) -> LinkEnd {
+        let Opened {
+            peer,
+            key,
+            origin,
+            via,
+            order,
+        } = opened;
         let router = self.router.clone();
         let store = router.store.clone();
         let me = router.node_id.clone();

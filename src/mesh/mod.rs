@@ -52,7 +52,7 @@ use crate::core::{DeliveryNotice, Metrics, Router};
 use crate::error::{Error, Result};
 use crate::transport::{TextSink, TextStream};
 use handshake::{Accepted, Us};
-use link::Via;
+use link::{Opened, Via};
 use status::Statuses;
 use topology::Topology;
 
@@ -195,17 +195,14 @@ impl Mesh {
         );
         let ip = remote.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         tracing::debug!(%peer, %remote, "mesh handshake done (accepted)");
-        self.clone()
-            .link(
-                peer,
-                key.clone(),
-                LinkOrigin::Accepted,
-                Via::Accepted(ip),
-                order,
-                sink,
-                stream,
-            )
-            .await;
+        let opened = Opened {
+            peer,
+            key: key.clone(),
+            origin: LinkOrigin::Accepted,
+            via: Via::Accepted(ip),
+            order,
+        };
+        self.clone().link(opened, sink, stream).await;
         // An accepted link that ends is gone for good (the peer dials again): forget it.
         self.statuses.remove(&key);
     }
