@@ -108,6 +108,8 @@ impl Agent {
 /// A peer node's presence: replaced wholesale by a newer (incarnation, version).
 #[derive(Debug)]
 pub(super) struct RemoteNode {
+    /// The mesh link that reported it (see [`super::Router::remote_presence`]).
+    pub(super) link: u64,
     pub(super) incarnation: u64,
     pub(super) version: u64,
     pub(super) agents: HashMap<String, RemoteAgent>,
@@ -128,6 +130,9 @@ pub(super) struct Directory {
     pub(super) topics: HashMap<String, BTreeSet<String>>,
     /// Presence reported by peer nodes with a live link.
     pub(super) remote: HashMap<String, RemoteNode>,
+    /// Per peer node, the latest mesh link that has ended: reports from it or any older link
+    /// are stale.
+    pub(super) gone: HashMap<String, u64>,
 }
 
 impl Directory {

@@ -226,23 +226,32 @@ impl Router {
             .collect()
     }
 
-    /// A peer's presence snapshot; older (incarnation, version) pairs are ignored.
+    /// A peer's presence snapshot, as mesh link `link` received it. Link ids increase with
+    /// every link the mesh makes live, so a report from a link that has ended (or from one
+    /// older than the link that reported last) is ignored: a replaced link that was still
+    /// reading cannot bring back presence for a peer nobody is linked to. Older
+    /// (incarnation, version) pairs are ignored as well.
     pub fn remote_presence(
         &self,
         node: &str,
+        link: u64,
         incarnation: u64,
         version: u64,
         agents: Vec<RemoteAgent>,
     ) {
         let mut d = self.directory.lock();
+        if d.gone.get(node).is_some_and(|&gone| link <= gone) {
+            return;
+        }
         if let Some(old) = d.remote.get(node)
-            && (old.incarnation, old.version) >= (incarnation, version)
+            && (old.link > link || (old.incarnation, old.version) >= (incarnation, version))
         {
             return;
         }
         d.remote.insert(
             node.to_owned(),
             RemoteNode {
+                link,
                 incarnation,
                 version,
                 agents: agents
@@ -253,9 +262,16 @@ impl Router {
         );
     }
 
-    /// A peer is unlinked: its agents are no longer known to be online anywhere.
-    pub fn peer_gone(&self, node: &str) {
-        self.directory.lock().remote.remove(node);
+    /// Mesh link `link` to a peer, its live one, ended: the peer's agents are no longer known
+    /// to be online anywhere, and that link's (and older links') late reports are ignored. A
+    /// newer link's report, which may arrive before this call, stays.
+    pub fn peer_gone(&self, node: &str, link: u64) {
+        let mut d = self.directory.lock();
+        let gone = d.gone.entry(node.to_owned()).or_default();
+        *gone = (*gone).max(link);
+        if d.remote.get(node).is_some_and(|r| r.link <= link) {
+            d.remote.remove(node);
+        }
     }
 
     /// Takes in what a peer's committed events changed in the directory and subscriptions.
@@ -282,5 +298,64 @@ impl Router {
         for (topic, agent, on) in applied.subscriptions {
             d.set_subscription(&topic, &agent, on);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn router(dir: &std::path::Path) -> Router {
+        let store = crate::store::Store::open(&dir.join("db"), Default::default()).unwrap();
+        let limits = crate::config::Limits::default();
+        let tracker = tokio_util::task::TaskTracker::new();
+        Router::load("me".into(), store, limits, "s".into(), tracker)
+            .await
+            .unwrap()
+    }
+
+    fn agents(names: &[&str]) -> Vec<RemoteAgent> {
+        names
+            .iter()
+            .map(|n| RemoteAgent {
+                name: (*n).into(),
+                connected_since: 1,
+            })
+            .collect()
+    }
+
+    fn online(r: &Router, name: &str) -> bool {
+        r.directory.lock().remote_of(name).is_some()
+    }
+
+    #[tokio::test]
+    async fn a_link_that_ended_cannot_bring_back_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path()).await;
+        // Link 1 is live and reports; link 2 replaces it, then ends.
+        r.remote_presence("b", 1, 1, 1, agents(&["bob"]));
+        r.remote_presence("b", 2, 1, 2, agents(&["bob"]));
+        r.peer_gone("b", 2);
+        assert!(!online(&r, "bob"));
+        // Link 1 was still reading: its late report is void.
+        r.remote_presence("b", 1, 1, 3, agents(&["bob"]));
+        assert!(!online(&r, "bob"));
+        // A newer link reports again.
+        r.remote_presence("b", 3, 1, 4, agents(&["bob"]));
+        assert!(online(&r, "bob"));
+    }
+
+    #[tokio::test]
+    async fn a_late_peer_gone_leaves_a_newer_links_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path()).await;
+        r.remote_presence("b", 1, 1, 1, agents(&["bob"]));
+        // Link 2 took over and reported before link 1's end reached the router.
+        r.remote_presence("b", 2, 1, 2, agents(&["bob"]));
+        r.peer_gone("b", 1);
+        assert!(online(&r, "bob"));
+        // An older link's report after a newer one's is ignored, whatever its version.
+        r.remote_presence("b", 1, 1, 9, agents(&[]));
+        assert!(online(&r, "bob"));
     }
 }

@@ -280,8 +280,9 @@ impl Router {
     /// and emits a [`DeliveryNotice`] when a recipient acks one. Called as soon as the apply
     /// has run, before its commit: the message is already durable at its origin, which
     /// re-sends it until this node has committed it, so an early push can repeat after a crash
-    /// but never announce a loss.
-    pub fn push_remote(self: &Arc<Self>, messages: &[Stored], rt: &tokio::runtime::Handle) {
+    /// but never announce a loss. Called on the runtime (by the mesh's link side, which hears
+    /// from the apply job), never on the store's writer thread.
+    pub fn push_remote(self: &Arc<Self>, messages: &[Stored]) {
         for stored in messages {
             let frame = msg_frame(stored);
             let reached = self
@@ -296,16 +297,13 @@ impl Router {
                 id: stored.message.id.clone(),
             };
             let router = self.clone();
-            self.tracker.spawn_on(
-                async move {
-                    if arrived(&router.acks, &notice.id, acked).await
-                        && let Some(tx) = router.notices.get()
-                    {
-                        let _ = tx.try_send(notice);
-                    }
-                },
-                rt,
-            );
+            self.tracker.spawn(async move {
+                if arrived(&router.acks, &notice.id, acked).await
+                    && let Some(tx) = router.notices.get()
+                {
+                    let _ = tx.try_send(notice);
+                }
+            });
         }
     }
 

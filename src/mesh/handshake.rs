@@ -1,16 +1,43 @@
-//! Mutual authentication of two nodes with the shared mesh secret, never sent on the wire.
+//! Mutual authentication of two nodes with the shared mesh secret, never sent on the wire;
+//! both ends, over a link's text sink and stream.
 //!
 //! ```text
 //! dialer   → peer_hello     { nonce_d }
 //! acceptor → peer_challenge { nonce_a }                       (nothing else: an intruder learns nothing)
-//! dialer   → peer_auth      { node, proof = HMAC(s, "dial|nonce_d|nonce_a|node") }
-//! acceptor → peer_welcome   { node, proof = HMAC(s, "accept|nonce_d|nonce_a|node") }
+//! dialer   → peer_auth      { node, proof = HMAC(s, "dial|nonce_d|nonce_a|node"), incarnation, expect, seq }
+//! acceptor → peer_welcome   { node, proof = HMAC(s, "accept|nonce_d|nonce_a|node"), incarnation }
 //! ```
 //! Fresh nonces on both sides make every proof single-use; the labels stop a proof from being
-//! reflected back in the other role.
+//! reflected back in the other role. The acceptor reveals who it is (and refuses with
+//! `wrong_node` a dialer that expected another node) only once the dialer has proven the
+//! secret.
 
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use super::frames::{PeerError, PeerFrame};
+use super::topology::Order;
+use crate::auth;
+use crate::error::{Error, Result};
+
+/// Time for the whole handshake.
+pub const HANDSHAKE: Duration = Duration::from_secs(5);
+
+fn mac(
+    secret: &[u8],
+    role: &str,
+    dial_nonce: &str,
+    accept_nonce: &str,
+    node: &str,
+) -> Option<Hmac<Sha256>> {
+    // HMAC takes keys of any length; should that ever change, nothing verifies.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
+    mac.update(format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}").as_bytes());
+    Some(mac)
+}
 
 /// HMAC-SHA256 of the handshake transcript, hex.
 pub fn proof(
@@ -20,15 +47,12 @@ pub fn proof(
     accept_nonce: &str,
     node: &str,
 ) -> String {
-    // HMAC takes keys of any length; should that ever change, an empty proof verifies nothing.
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    mac(secret, role, dial_nonce, accept_nonce, node)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
 }
 
-/// Checks a proof in constant time.
+/// Checks a proof (in constant time, by the MAC itself).
 pub fn verify(
     secret: &[u8],
     role: &str,
@@ -37,21 +61,192 @@ pub fn verify(
     node: &str,
     given: &str,
 ) -> bool {
-    let expected = proof(secret, role, dial_nonce, accept_nonce, node);
-    !expected.is_empty() && crate::auth::constant_time_eq(&expected, given)
+    let Ok(given) = hex::decode(given) else {
+        return false;
+    };
+    mac(secret, role, dial_nonce, accept_nonce, node)
+        .is_some_and(|m| m.verify_slice(&given).is_ok())
+}
+
+/// Who this node is, for either end.
+pub struct Us<'a> {
+    /// The mesh secret.
+    pub secret: &'a [u8],
+    /// This node's id.
+    pub node: &'a str,
+    /// This node's incarnation.
+    pub incarnation: u64,
+}
+
+/// How a dial's handshake ended, short of a broken connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dialed {
+    /// The acceptor proved the secret.
+    Welcome {
+        /// Its node id.
+        node: String,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// The acceptor is not the node the dialer expected (its message).
+    WrongNode(String),
+    /// The acceptor's proof was wrong: it has another mesh secret.
+    Unauthenticated,
+}
+
+/// The dialer's end. `expect`: the node that must answer; `seq`: this dial's number.
+pub async fn dial<S, R>(
+    sink: &mut S,
+    stream: &mut R,
+    us: &Us<'_>,
+    expect: Option<&str>,
+    seq: u64,
+) -> Result<Dialed>
+where
+    S: Sink<String> + Unpin,
+    S::Error: std::fmt::Display,
+    R: Stream<Item = std::result::Result<String, ()>> + Unpin,
+{
+    let nonce = auth::random_hex();
+    let exchange = async {
+        send(
+            sink,
+            PeerFrame::PeerHello {
+                nonce: nonce.clone(),
+                v: 1,
+            },
+        )
+        .await?;
+        let theirs = match recv(stream).await? {
+            PeerFrame::PeerChallenge { nonce } => nonce,
+            PeerFrame::Error { message, .. } => return Err(Error::Connection(message)),
+            _ => return Err(Error::Connection("unexpected frame in handshake".into())),
+        };
+        let auth = PeerFrame::PeerAuth {
+            node: us.node.to_owned(),
+            proof: proof(us.secret, "dial", &nonce, &theirs, us.node),
+            incarnation: us.incarnation,
+            expect: expect.map(str::to_owned),
+            seq,
+        };
+        send(sink, auth).await?;
+        match recv(stream).await? {
+            PeerFrame::PeerWelcome {
+                node,
+                proof,
+                incarnation,
+            } => {
+                if verify(us.secret, "accept", &nonce, &theirs, &node, &proof) {
+                    Ok(Dialed::Welcome { node, incarnation })
+                } else {
+                    Ok(Dialed::Unauthenticated)
+                }
+            }
+            PeerFrame::Error { code, message } => match PeerError::parse(&code) {
+                Some(PeerError::WrongNode) => Ok(Dialed::WrongNode(message)),
+                _ => Err(Error::Connection(message)),
+            },
+            _ => Err(Error::Connection("unexpected frame in handshake".into())),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE, exchange)
+        .await
+        .map_err(|_| Error::Connection("mesh handshake timed out".into()))?
+}
+
+/// How an accepted handshake ended, short of a failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// The dialer proved the secret and was welcomed.
+    Peer {
+        /// Its node id.
+        node: String,
+        /// What ranks the link (its incarnation and dial number).
+        order: Order,
+    },
+    /// The dialer expected another node and was told so.
+    WrongNode,
+}
+
+/// The acceptor's end; `hello_nonce`: the nonce of the dialer's first frame, already read.
+/// An error means the dialer failed authentication (or the handshake broke or timed out):
+/// the caller refuses it.
+pub async fn accept<S, R>(
+    sink: &mut S,
+    stream: &mut R,
+    us: &Us<'_>,
+    hello_nonce: &str,
+) -> Result<Accepted>
+where
+    S: Sink<String> + Unpin,
+    S::Error: std::fmt::Display,
+    R: Stream<Item = std::result::Result<String, ()>> + Unpin,
+{
+    let nonce = auth::random_hex();
+    let exchange = async {
+        send(
+            sink,
+            PeerFrame::PeerChallenge {
+                nonce: nonce.clone(),
+            },
+        )
+        .await?;
+        match recv(stream).await? {
+            PeerFrame::PeerAuth {
+                node,
+                proof: given,
+                incarnation,
+                expect,
+                seq,
+            } if verify(us.secret, "dial", hello_nonce, &nonce, &node, &given) => {
+                // The dialer has proven the secret, so it may learn who we are.
+                if let Some(want) = expect
+                    && want != us.node
+                {
+                    let message = format!("this is node {}, not {want}", us.node);
+                    send(sink, PeerFrame::refusal(PeerError::WrongNode, message)).await?;
+                    return Ok(Accepted::WrongNode);
+                }
+                let welcome = PeerFrame::PeerWelcome {
+                    node: us.node.to_owned(),
+                    proof: proof(us.secret, "accept", hello_nonce, &nonce, us.node),
+                    incarnation: us.incarnation,
+                };
+                send(sink, welcome).await?;
+                Ok(Accepted::Peer {
+                    node,
+                    order: Order { incarnation, seq },
+                })
+            }
+            _ => Err(Error::Connection("mesh authentication failed".into())),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE, exchange)
+        .await
+        .map_err(|_| Error::Connection("mesh handshake timed out".into()))?
+}
+
+/// Sends one frame.
+pub async fn send<S: Sink<String> + Unpin>(sink: &mut S, f: PeerFrame) -> Result<()>
+where
+    S::Error: std::fmt::Display,
+{
+    sink.send(f.text())
+        .await
+        .map_err(|e| Error::Connection(e.to_string()))
+}
+
+async fn recv<R: Stream<Item = std::result::Result<String, ()>> + Unpin>(
+    stream: &mut R,
+) -> Result<PeerFrame> {
+    match stream.next().await {
+        Some(Ok(t)) => {
+            serde_json::from_str(&t).map_err(|e| Error::Connection(format!("bad peer frame: {e}")))
+        }
+        _ => Err(Error::Connection("the peer closed the link".into())),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proofs_bind_secret_role_nonces_and_node() {
-        let p = proof(b"s3cret", "dial", "n1", "n2", "a");
-        assert!(verify(b"s3cret", "dial", "n1", "n2", "a", &p));
-        assert!(!verify(b"other", "dial", "n1", "n2", "a", &p));
-        assert!(!verify(b"s3cret", "accept", "n1", "n2", "a", &p));
-        assert!(!verify(b"s3cret", "dial", "n1", "n3", "a", &p));
-        assert!(!verify(b"s3cret", "dial", "n1", "n2", "b", &p));
-    }
-}
+#[path = "handshake_tests.rs"]
+mod tests;

@@ -1,0 +1,186 @@
+//! What nodes say to each other on `/ws`: the peer frames, and the `events` frame built
+//! straight from the log's raw payloads. One place for the mesh's wire format, so a change to
+//! it is visible in one diff.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::RemoteAgent;
+use crate::store::replication::{Event, TailBody};
+
+/// Frames between nodes on `/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerFrame {
+    /// Dialer's first frame.
+    PeerHello {
+        /// Dialer's random nonce.
+        nonce: String,
+        /// Mesh protocol version (1).
+        v: u32,
+    },
+    /// Acceptor's challenge.
+    PeerChallenge {
+        /// Acceptor's random nonce.
+        nonce: String,
+    },
+    /// Dialer proves it knows the secret.
+    PeerAuth {
+        /// Dialer's node id.
+        node: String,
+        /// HMAC proof.
+        proof: String,
+        /// Dialer's incarnation: a link from a newer one replaces any older link.
+        #[serde(default)]
+        incarnation: u64,
+        /// The node the dialer means to reach (a URL it was told may now lead elsewhere): any
+        /// other node refuses the link before it can replace a good one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+        /// Increases with every dial the dialer makes: of two links it made to the same node,
+        /// both ends keep the later one, whatever order they saw them in.
+        #[serde(default)]
+        seq: u64,
+    },
+    /// Acceptor proves it knows the secret.
+    PeerWelcome {
+        /// Acceptor's node id.
+        node: String,
+        /// HMAC proof.
+        proof: String,
+        /// Acceptor's incarnation.
+        #[serde(default)]
+        incarnation: u64,
+    },
+    /// "I have applied your log up to `cursor`": send me what follows.
+    Sync {
+        /// Last seq applied.
+        cursor: u64,
+    },
+    /// Entries of the sender's own log, in order.
+    Events {
+        /// The entries.
+        events: Vec<Event>,
+    },
+    /// Entries applied up to here.
+    Ack {
+        /// Last seq applied.
+        cursor: u64,
+    },
+    /// The sender's online agents (also the heartbeat).
+    Presence {
+        /// Increases on every restart of the node.
+        incarnation: u64,
+        /// Increases on every change within an incarnation.
+        version: u64,
+        /// Agents online there.
+        agents: Vec<RemoteAgent>,
+    },
+    /// Liveness, every second; presence itself travels only when it changes.
+    Heartbeat,
+    /// The nodes the sender is linked to and where they can be reached, so that nodes linked
+    /// through a common peer find and dial each other. Sent when the set changes.
+    Peers {
+        /// The port the sender listens on: the receiver reaches it at the address the link
+        /// came from (when the sender dialed).
+        port: u16,
+        /// The sender's live links, except to the receiver.
+        nodes: Vec<PeerAddr>,
+    },
+    /// A session of a recipient on the sender's node holds these messages.
+    Delivered {
+        /// Message ids.
+        ids: Vec<String>,
+    },
+    /// The link is refused.
+    Error {
+        /// Stable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+/// A node and a URL it can be dialed at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PeerAddr {
+    /// Node id.
+    pub node: String,
+    /// `ws://HOST:PORT`.
+    pub url: String,
+}
+
+impl PeerFrame {
+    /// The frame as sent.
+    pub fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// A refusal with a typed code.
+    pub fn refusal(code: PeerError, message: String) -> PeerFrame {
+        PeerFrame::Error {
+            code: code.as_str().to_owned(),
+            message,
+        }
+    }
+}
+
+/// The codes of [`PeerFrame::Error`] a node acts on. The wire carries a string, so a peer of
+/// another version may send codes this one does not know; those read as `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerError {
+    /// The mesh secret did not match.
+    Unauthorized,
+    /// The dialer expected another node: the URL it was told now leads elsewhere.
+    WrongNode,
+}
+
+impl PeerError {
+    /// The wire code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerError::Unauthorized => "unauthorized",
+            PeerError::WrongNode => "wrong_node",
+        }
+    }
+
+    /// A wire code, if it is one this node knows.
+    pub fn parse(code: &str) -> Option<PeerError> {
+        [PeerError::Unauthorized, PeerError::WrongNode]
+            .into_iter()
+            .find(|c| c.as_str() == code)
+    }
+}
+
+/// An `events` frame from raw log payloads, without parsing them again.
+pub fn events_frame(entries: &[(u64, TailBody)]) -> String {
+    let mut s = String::from("{\"op\":\"events\",\"events\":[");
+    for (i, (seq, body)) in entries.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{{\"seq\":{seq},\"body\":{}}}", body.to_json()));
+    }
+    s.push_str("]}");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_and_unknown_ones_are_none() {
+        for c in [PeerError::Unauthorized, PeerError::WrongNode] {
+            assert_eq!(PeerError::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(PeerError::parse("something_new"), None);
+        let f = PeerFrame::refusal(PeerError::WrongNode, "x".into()).text();
+        assert_eq!(f, r#"{"op":"error","code":"wrong_node","message":"x"}"#);
+    }
+
+    #[test]
+    fn an_empty_events_frame_parses() {
+        let f: PeerFrame = serde_json::from_str(&events_frame(&[])).unwrap();
+        assert!(matches!(f, PeerFrame::Events { events } if events.is_empty()));
+    }
+}
