@@ -28,9 +28,9 @@ const STABLE_LINK: Duration = Duration::from_secs(2);
 /// The pause before dial `attempt` (counted from 0): doubling from 100 ms up to 5 s, with
 /// jitter so that dialers do not move in step.
 fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
-    base.min(Duration::from_secs(5))
-        .mul_f64(rand::random_range(0.5..1.5))
+    crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+        .max_doublings(6)
+        .delay(attempt)
 }
 
 impl Mesh {
@@ -106,7 +106,10 @@ impl Mesh {
             return false;
         }
         self.statuses.remove(key);
-        tracing::info!(%node, "forgot a node that has been out of reach for an hour");
+        tracing::info!(
+            ?node,
+            "forgot a node that has been out of reach for an hour"
+        );
         true
     }
 
@@ -159,7 +162,7 @@ impl Mesh {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %url, error = %e, "peer link failed");
+                    tracing::debug!(peer = ?url, error = ?e.to_string(), "peer link failed");
                     self.statuses.set(&key, origin, |s| {
                         s.enter(LinkState::Down, Some(e.to_string()))
                     });
@@ -207,7 +210,7 @@ impl Mesh {
         {
             Dialed::Welcome { node, incarnation } => (node, incarnation),
             Dialed::Unauthenticated => {
-                tracing::warn!(peer = %url, "peer failed mesh authentication (wrong mesh secret?)");
+                tracing::warn!(peer = ?url, "peer failed mesh authentication (wrong mesh secret?)");
                 return Err(Error::Connection(
                     "the peer failed mesh authentication".into(),
                 ));
@@ -234,7 +237,7 @@ impl Mesh {
         if expect.is_none() {
             self.topology.lock().configured_at(url, &peer, before);
         }
-        tracing::debug!(peer = %peer, %url, "mesh handshake done (dialed)");
+        tracing::debug!(peer = ?peer, url = ?url, "mesh handshake done (dialed)");
         let started = tokio::time::Instant::now();
         let order = Order {
             incarnation: theirs,

@@ -135,11 +135,17 @@ impl Mesh {
             Ok(joined) => joined,
             Err(Refused::OlderRun) => {
                 // Two live nodes with one id would corrupt each other's replication.
-                tracing::warn!(%peer, "refused a link from an older run of {peer}: do two running nodes share the id '{peer}'?");
+                tracing::warn!(
+                    ?peer,
+                    "refused a link from an older run of this peer: do two running nodes share its id?"
+                );
                 return LinkEnd::OlderRun;
             }
             Err(Refused::Duplicate) => {
-                tracing::debug!(%peer, "closing a second link to a peer that is linked already");
+                tracing::debug!(
+                    ?peer,
+                    "closing a second link to a peer that is linked already"
+                );
                 return LinkEnd::Duplicate;
             }
         };
@@ -148,8 +154,8 @@ impl Mesh {
             s.enter(LinkState::Up, None);
         });
         match &via {
-            Via::Dialed(url) => tracing::info!(%peer, %url, "mesh link up (dialed)"),
-            Via::Accepted(ip) => tracing::info!(%peer, remote = ?ip, "mesh link up (accepted)"),
+            Via::Dialed(url) => tracing::info!(?peer, url = ?url, "mesh link up (dialed)"),
+            Via::Accepted(ip) => tracing::info!(?peer, remote = ?ip, "mesh link up (accepted)"),
         }
         let mut commits = store.commits();
         let mut presence = router.presence_watch();
@@ -279,7 +285,7 @@ impl Mesh {
                         let frame = match serde_json::from_str::<PeerFrame>(&text) {
                             Ok(f) => f,
                             Err(e) => {
-                                tracing::warn!(%peer, error = %e, "ignoring a bad frame from a peer");
+                                tracing::warn!(?peer, error = ?e.to_string(), "ignoring a bad frame from a peer");
                                 continue;
                             }
                         };
@@ -320,7 +326,7 @@ impl Mesh {
             }
         };
         self.leave(&peer, link_id);
-        tracing::info!(%peer, reason = %ended, "mesh link down");
+        tracing::info!(?peer, reason = ?ended.to_string(), "mesh link down");
         ended
     }
 
@@ -379,7 +385,7 @@ impl Mesh {
         };
         self.bump();
         for node in fresh {
-            tracing::debug!(%node, via = %peer, "looking for a node when it is not linked");
+            tracing::debug!(?node, via = ?peer, "looking for a node when it is not linked");
             self.spawn_discovery(node);
         }
     }
@@ -406,7 +412,7 @@ impl Mesh {
                 let (applied, pushed) = match answer.await {
                     Ok(Ok(a)) => a,
                     Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "applying a peer's events failed");
+                        tracing::warn!(?peer, error = ?e.to_string(), "applying a peer's events failed");
                         let _ = fail_tx.send(LinkEnd::Store(e.to_string()));
                         return;
                     }

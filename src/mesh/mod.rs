@@ -194,7 +194,7 @@ impl Mesh {
             auth::random_hex().get(..8).unwrap_or_default()
         );
         let ip = remote.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
-        tracing::debug!(%peer, %remote, "mesh handshake done (accepted)");
+        tracing::debug!(?peer, %remote, "mesh handshake done (accepted)");
         let opened = Opened {
             peer,
             key: key.clone(),

@@ -121,13 +121,11 @@ async fn run(
             None => {
                 Metrics::inc(&metrics.auth_failures_total);
                 tracing::warn!(%remote, "refused a peer link: this node has no mesh secret");
-                let f = PeerFrame::Error {
-                    code: "unauthorized".into(),
-                    message: "mesh authentication failed".into(),
-                };
-                let _ = writer
-                    .send(serde_json::to_string(&f).unwrap_or_default().into())
-                    .await;
+                let f = PeerFrame::refusal(
+                    crate::mesh::PeerError::Unauthorized,
+                    "mesh authentication failed".into(),
+                );
+                let _ = writer.send(f.text().into()).await;
             }
         },
         Err(None) => {}
