@@ -48,6 +48,29 @@ pub enum Error {
     /// Talking to a node failed.
     #[error("{0}")]
     Connection(String),
+    /// No message with this id that the asking agent may read; the text names the argument
+    /// (`id: no message 'X' that you can read`).
+    #[error("{field}: no message '{id}' that you can read")]
+    UnknownMessage {
+        /// The argument that named it (`id`, `reply_to`).
+        field: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The thread loop guard stopped a reply.
+    #[error(
+        "loop guard: this thread had {count} messages in the last minute (limit {limit}); \
+         nothing was sent. Do not answer acknowledgements with acknowledgements."
+    )]
+    LoopGuard {
+        /// Messages the thread had in the last minute.
+        count: u32,
+        /// The configured limit per minute.
+        limit: u32,
+    },
+    /// The store's transaction did not commit; the job's effect is gone.
+    #[error("the store could not commit: {0}")]
+    NotCommitted(String),
     /// The node refused a request with an error frame.
     #[error("{message} [{code}]", code = code.as_str())]
     Remote {
@@ -86,6 +109,8 @@ impl Error {
             Error::Invalid(_) | Error::UnusableId(_) => ErrorCode::InvalidArgument,
             Error::Refused { code, .. } | Error::Remote { code, .. } => *code,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::UnknownMessage { .. } => ErrorCode::UnknownMessage,
+            Error::LoopGuard { .. } => ErrorCode::RateLimited,
             Error::Store(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
                 ErrorCode::StorageFull
             }

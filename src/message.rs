@@ -184,6 +184,39 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An agent's self-declared availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Ready for work.
+    #[default]
+    Available,
+    /// Working; messages will wait.
+    Busy,
+    /// Not looking at messages.
+    Away,
+}
+
+impl Status {
+    /// The stable lower-case name used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Available => "available",
+            Status::Busy => "busy",
+            Status::Away => "away",
+        }
+    }
+
+    /// Parses a stored status, falling back to `available` for anything unknown.
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "busy" => Status::Busy,
+            "away" => Status::Away,
+            _ => Status::Available,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! so the two faces of switchboard cannot drift apart. `docs/PROTOCOL.md` is the prose version;
 //! `schemas/wire.schema.json` is generated from these types.
 
+pub use crate::message::Status;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -175,39 +176,6 @@ pub struct PresenceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Agent name.
     pub agent: Option<String>,
-}
-
-/// An agent's self-declared availability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Ready for work.
-    #[default]
-    Available,
-    /// Working; messages will wait.
-    Busy,
-    /// Not looking at messages.
-    Away,
-}
-
-impl Status {
-    /// The stable lower-case name used in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Available => "available",
-            Status::Busy => "busy",
-            Status::Away => "away",
-        }
-    }
-
-    /// Parses a stored status, falling back to `available` for anything unknown.
-    pub fn from_stored(s: &str) -> Self {
-        match s {
-            "busy" => Status::Busy,
-            "away" => Status::Away,
-            _ => Status::Available,
-        }
-    }
 }
 
 /// Set this agent's status.

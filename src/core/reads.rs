@@ -65,7 +65,7 @@ impl Router {
         };
         let (agent, origin, now) = (agent.to_owned(), self.node_id.clone(), now_ms());
         let job =
-            move |c: &rusqlite::Connection| queries::inbox(c, &agent, &query, now, Some(&origin));
+            move |c: &crate::store::Tx<'_>| queries::inbox(c, &agent, &query, now, Some(&origin));
         let (messages, unread_remaining) = if q.mark_read {
             self.store.write(job).await?
         } else {
@@ -109,7 +109,7 @@ impl Router {
         // First index (on the writer, after every write queued before this search, the
         // sender's own included) what the periodic run has not; then look on the reader
         // thread, so an expensive search never holds up deliveries.
-        self.store.write(queries::index_new_messages).await?;
+        self.store.write(|c| queries::index_new_messages(c)).await?;
         self.store
             .read_committed(move |c| queries::search(c, &agent, &fts, limit))
             .await
@@ -170,7 +170,7 @@ impl Router {
                 token: None,
                 names: self
                     .store
-                    .read(queries::tokens)
+                    .read(|c| queries::tokens(c))
                     .await?
                     .into_iter()
                     .map(|t| t.name)

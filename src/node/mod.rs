@@ -84,7 +84,7 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         for m in store
-            .write(crate::store::names::merge_case_duplicates)
+            .write(|c| crate::store::names::merge_case_duplicates(c))
             .await?
         {
             tracing::warn!(kept = ?m.into, merged = ?m.from, "agent names that differ only in case are one agent now: merged");

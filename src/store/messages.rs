@@ -1,0 +1,301 @@
+//! Messages: storing one (deduplicated by id, so a retried send is exactly-once), inboxes,
+//! read and delivered marks, threads and full-text search. Each function runs inside the
+//! caller's transaction; none of them commits.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::message::{Message, rfc3339};
+use crate::store::Tx;
+use crate::store::log::{EventBody, append_message, log_local};
+use crate::store::rows::{
+    InboxQuery, LogAs, MESSAGE_COLUMNS, NewMessage, Stored, client_message_row, message_row,
+};
+
+/// Whether `agent` may read message `id`: it sent it or has it in its inbox.
+const VISIBLE: &str =
+    "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox v WHERE v.agent = ?1 AND v.msg_id = m.id))";
+
+/// The read flag as `agent` (?1) sees it: own messages are read.
+const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
+
+/// Stores a message and its inbox rows, deduplicating by id.
+pub fn insert_message(conn: &Tx<'_>, m: NewMessage, log_as: LogAs<'_>) -> Result<Stored> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1"
+        ))?
+        .query_row([&m.id], message_row)
+        .optional()?;
+    if let Some(message) = existing {
+        if message.sender != m.sender {
+            // An id names one message mesh-wide; another sender's retry cannot claim it, and
+            // the answer is the one for any unusable id, so it does not tell the id exists.
+            return Err(Error::unusable_id(&m.id));
+        }
+        let recipients = conn
+            .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?
+            .query_map([&m.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        return Ok(Stored {
+            message: message.into_message(false),
+            recipients,
+            duplicate: true,
+            origin: m.origin,
+        });
+    }
+    let thread_id = match (&m.thread_id, &m.reply_to) {
+        (Some(t), _) => t.clone(),
+        (None, Some(parent)) => conn
+            .prepare_cached(&format!(
+                "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
+            ))?
+            .query_row(params![m.sender, parent], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| Error::UnknownMessage {
+                field: "reply_to",
+                id: parent.clone(),
+            })?,
+        (None, None) => m.id.clone(),
+    };
+    let data = m
+        .data
+        .as_ref()
+        .map(|d| serde_json::to_string(d).unwrap_or_default());
+    conn.prepare_cached(
+        "INSERT INTO messages (id, origin, sender, target, topic, type, priority, subject, body, \
+         data, reply_to, thread_id, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+    )?
+    .execute(params![
+        m.id,
+        m.origin,
+        m.sender,
+        m.target,
+        m.topic,
+        m.kind.as_str(),
+        m.priority.as_str(),
+        m.subject,
+        m.body,
+        data,
+        m.reply_to,
+        thread_id,
+        m.created_at
+    ])?;
+    {
+        let mut stmt =
+            conn.prepare_cached("INSERT OR IGNORE INTO inbox (agent, msg_id) VALUES (?1, ?2)")?;
+        for r in &m.recipients {
+            stmt.execute(params![r, m.id])?;
+        }
+    }
+    if let Some(origin) = log_as {
+        append_message(
+            conn,
+            origin,
+            || NewMessage {
+                thread_id: Some(thread_id.clone()),
+                ..m.clone()
+            },
+            &m.id,
+        )?;
+    }
+    Ok(Stored {
+        message: Message {
+            id: m.id,
+            from: m.sender,
+            to: m.target,
+            topic: m.topic,
+            kind: m.kind,
+            priority: m.priority,
+            subject: m.subject,
+            body: m.body,
+            data: m.data,
+            reply_to: m.reply_to,
+            thread_id,
+            created_at: rfc3339(m.created_at),
+            read: false,
+        },
+        recipients: m.recipients,
+        duplicate: false,
+        origin: m.origin,
+    })
+}
+
+/// The loop guard: a thread that got `per_minute` messages in the last minute takes no more
+/// replies for now. Agents that thank each other for thanking each other burn money; the
+/// thread id makes such a loop visible, and this stops it. 0 turns the guard off.
+pub fn check_thread_rate(conn: &Connection, parent: &str, per_minute: u32, now: i64) -> Result<()> {
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let recent: Option<u32> = conn
+        .prepare_cached(
+            "SELECT count(*) FROM messages WHERE created_at > ?2 AND thread_id = \
+             (SELECT thread_id FROM messages WHERE id = ?1)",
+        )?
+        .query_row(params![parent, now - 60_000], |r| r.get(0))
+        .optional()?;
+    match recent {
+        Some(count) if count >= per_minute => Err(Error::LoopGuard {
+            count,
+            limit: per_minute,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads an inbox, oldest first; returns the messages and the unread count left over.
+pub fn inbox(
+    conn: &Tx<'_>,
+    agent: &str,
+    q: &InboxQuery,
+    now: i64,
+    log_as: LogAs<'_>,
+) -> Result<(Vec<Message>, u32)> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, i.read_at IS NOT NULL FROM inbox i JOIN messages m ON m.id = i.msg_id \
+         WHERE i.agent = ?1 AND (?2 = 0 OR i.read_at IS NULL) AND (?3 IS NULL OR m.sender = ?3) \
+         AND (?4 IS NULL OR m.topic = ?4) ORDER BY i.msg_id LIMIT ?5"
+    ))?;
+    let messages = stmt
+        .query_map(
+            params![agent, q.unread_only, q.from, q.topic, q.limit],
+            client_message_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let returned_unread = messages.iter().filter(|m| !m.read).count() as u32;
+    if q.mark_read {
+        let ids: Vec<String> = messages
+            .iter()
+            .filter(|m| !m.read)
+            .map(|m| m.id.clone())
+            .collect();
+        mark_read(conn, agent, &ids, false, now, log_as)?;
+    }
+    let unread: u32 = conn
+        .prepare_cached("SELECT count(*) FROM inbox WHERE agent = ?1 AND read_at IS NULL")?
+        .query_row([agent], |r| r.get(0))?;
+    let remaining = if q.mark_read {
+        unread
+    } else {
+        unread.saturating_sub(returned_unread)
+    };
+    Ok((messages, remaining))
+}
+
+/// Marks messages read; `ids` empty and `all` set marks the whole inbox.
+pub fn mark_read(
+    conn: &Tx<'_>,
+    agent: &str,
+    ids: &[String],
+    all: bool,
+    now: i64,
+    log_as: LogAs<'_>,
+) -> Result<u32> {
+    let all_ids;
+    let ids = if all {
+        all_ids = conn
+            .prepare_cached("SELECT msg_id FROM inbox WHERE agent = ?1 AND read_at IS NULL")?
+            .query_map([agent], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        &all_ids[..]
+    } else {
+        ids
+    };
+    let mut stmt = conn.prepare_cached(
+        "UPDATE inbox SET read_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND read_at IS NULL",
+    )?;
+    let mut marked = Vec::new();
+    for id in ids {
+        if stmt.execute(params![agent, id, now])? > 0 {
+            marked.push(id.clone());
+        }
+    }
+    let n = marked.len() as u32;
+    if !marked.is_empty() {
+        log_local(conn, log_as, || EventBody::Read {
+            agent: agent.to_owned(),
+            ids: marked,
+            at: now,
+        })?;
+    }
+    Ok(n)
+}
+
+/// Records that a session of the agent held the message at the time: (agent, id, ms).
+pub fn mark_delivered(conn: &Connection, acks: &[(String, String, i64)]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE inbox SET delivered_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND delivered_at IS NULL",
+    )?;
+    for (agent, id, at) in acks {
+        stmt.execute(params![agent, id, at])?;
+    }
+    Ok(())
+}
+
+/// The whole thread of message `id`, as far as `agent` may read it.
+pub fn thread(conn: &Connection, agent: &str, id: &str) -> Result<Vec<Message>> {
+    let thread_id: String = conn
+        .prepare_cached(&format!(
+            "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
+        ))?
+        .query_row(params![agent, id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::UnknownMessage {
+            field: "id",
+            id: id.to_owned(),
+        })?;
+    // By the millisecond of the id, then by arrival: ids come from each sender's own ULID
+    // generator, so a reply sent within the millisecond of its question can carry a smaller
+    // id; the store received the question first.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE m.thread_id = ?2 AND {VISIBLE} \
+         ORDER BY substr(m.id, 1, 10), m.seq"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, thread_id], client_message_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Turns free text into an FTS5 query of quoted terms (all must match), so that punctuation in
+/// what an agent types is never an FTS syntax error. A trailing `*` keeps prefix search.
+pub fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split_whitespace()
+        .filter_map(|t| {
+            let (word, prefix) = match t.strip_suffix('*') {
+                Some(w) => (w, true),
+                None => (t, false),
+            };
+            let word = word.replace('"', "\"\"");
+            (!word.is_empty()).then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
+        })
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// Adds messages stored since the last periodic indexing run to the full-text index, so a
+/// search that follows sees them.
+pub fn index_new_messages(conn: &Connection) -> Result<()> {
+    conn.execute_batch(crate::store::schema::INDEX_NEW_MESSAGES)?;
+    Ok(())
+}
+
+/// Turns what an agent typed into the FTS query [`search`] takes, or says why it cannot.
+pub fn check_search(query: &str) -> Result<String> {
+    fts_query(query).ok_or_else(|| Error::Invalid("query: must contain at least one word".into()))
+}
+
+/// Full-text search (`fts` from [`check_search`]) over what `agent` may read, best match
+/// first, in what the index holds (run [`index_new_messages`] first for the newest messages).
+pub fn search(conn: &Connection, agent: &str, fts: &str, limit: u32) -> Result<Vec<Message>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages_fts f JOIN messages m ON m.seq = f.rowid \
+         WHERE messages_fts MATCH ?2 AND {VISIBLE} ORDER BY f.rank LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, fts, limit], client_message_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
