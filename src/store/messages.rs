@@ -268,8 +268,11 @@ pub fn fts_query(text: &str) -> Option<String> {
                 Some(w) => (w, true),
                 None => (t, false),
             };
+            // The index holds runs of letters and digits: a term with none (`.`, `???`, a
+            // lone `*`) can match nothing, so it is no word at all.
+            let searchable = word.chars().any(char::is_alphanumeric);
             let word = word.replace('"', "\"\"");
-            (!word.is_empty()).then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
+            searchable.then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
         })
         .collect();
     (!terms.is_empty()).then(|| terms.join(" "))
@@ -284,7 +287,15 @@ pub fn index_new_messages(conn: &Connection) -> Result<()> {
 
 /// Turns what an agent typed into the FTS query [`search`] takes, or says why it cannot.
 pub fn check_search(query: &str) -> Result<String> {
-    fts_query(query).ok_or_else(|| Error::Invalid("query: must contain at least one word".into()))
+    if let Some(c) = query.chars().find(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(Error::Invalid(format!(
+            "query: must not contain control characters (found U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    fts_query(query).ok_or_else(|| {
+        Error::Invalid("query: must contain at least one word (letters or digits)".into())
+    })
 }
 
 /// Full-text search (`fts` from [`check_search`]) over what `agent` may read, best match

@@ -193,3 +193,34 @@ async fn a_store_from_before_the_rule_merges_names_that_differ_only_in_case() {
     assert_eq!(mail.len(), 1, "{mail:?}");
     assert_eq!(mail[0].id, first.id);
 }
+
+#[tokio::test]
+async fn search_queries_that_cannot_match_are_invalid_arguments() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let mut ws = raw_hello(&node, "alice").await;
+    async fn answer(ws: &mut RawWs, query: &str, req: u64) -> serde_json::Value {
+        send_text(
+            ws,
+            json!({"op":"search","req":req,"query":query}).to_string(),
+        )
+        .await;
+        next_json(ws).await.unwrap()
+    }
+    let star = answer(&mut ws, "*", 1).await;
+    assert_eq!(star["code"], "invalid_argument", "{star}");
+    for (i, q) in [".", "???", "* ."].into_iter().enumerate() {
+        let e = answer(&mut ws, q, 2 + i as u64).await;
+        assert_eq!(e["code"], star["code"], "{q}: {e}");
+        assert_eq!(e["message"], star["message"], "{q}: {e}");
+    }
+    let nul = answer(&mut ws, "hello\u{0}world", 9).await;
+    assert_eq!(nul["code"], "invalid_argument", "{nul}");
+    assert_eq!(nul["req"], 9, "{nul}");
+    let text = nul["message"].as_str().unwrap();
+    assert!(text.contains("control characters"), "{text}");
+    assert!(!text.to_lowercase().contains("sql"), "{text}");
+    // A real word still searches.
+    let ok = answer(&mut ws, "hello", 10).await;
+    assert_eq!(ok["op"], "messages", "{ok}");
+}
