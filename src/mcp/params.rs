@@ -13,7 +13,7 @@ use crate::protocol::Status;
 pub struct SendArgs {
     /// Agent name, "#topic", or "*" (every known agent).
     pub to: String,
-    /// Message text.
+    /// Message text; the request must fit the node's frame limit (default 1 MiB).
     pub body: String,
     /// Short subject.
     pub subject: Option<String>,

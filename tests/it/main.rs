@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod durability;
 mod embedded;
+mod first_minutes;
 mod hardening;
 mod limits;
 mod mcp;
