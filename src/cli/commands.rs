@@ -126,6 +126,14 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Tail(a) => tail(&g, a).await,
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
+        Command::Status { json } => {
+            let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
+            if json {
+                out(&crate::cli::status::json(&r)?)
+            } else {
+                out(&crate::cli::status::text(&r))
+            }
+        }
         #[cfg(feature = "bench")]
         Command::Bench(a) => bench(&g, a).await,
     }

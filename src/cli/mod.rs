@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod status;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,12 @@ pub enum Command {
     /// Manage per-agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Which node the data dir belongs to (listen address, id) and whether it runs.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make agent names known, so mail to them is accepted before they first connect.
     #[command(subcommand)]
     Agent(AgentCommand),

@@ -3,6 +3,7 @@
 mod chaos;
 mod cli;
 mod common;
+mod data_dir_node;
 mod durability;
 mod embedded;
 mod first_minutes;
