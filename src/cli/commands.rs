@@ -222,11 +222,11 @@ async fn send(g: &crate::cli::Global, a: SendArgs) -> Step {
     let kind = a
         .kind
         .parse()
-        .map_err(|e| Error::Config(format!("--type: {e}")))?;
+        .map_err(|e| Error::Config(format!("--type: {e} [invalid_argument]")))?;
     let priority = a
         .priority
         .parse()
-        .map_err(|e| Error::Config(format!("--priority: {e}")))?;
+        .map_err(|e| Error::Config(format!("--priority: {e} [invalid_argument]")))?;
     let data = match &a.data {
         Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
             Ok(serde_json::Value::Object(m)) => Some(m),

@@ -163,15 +163,23 @@ impl ClientHandler for Quiet {
 }
 
 async fn call(c: &RunningService<RoleClient, Quiet>, args: serde_json::Value) -> CallToolResult {
+    call_tool(c, "send_message", args).await
+}
+
+async fn call_tool(
+    c: &RunningService<RoleClient, Quiet>,
+    tool: &str,
+    args: serde_json::Value,
+) -> CallToolResult {
     tokio::time::timeout(
         Duration::from_secs(30),
         c.call_tool(
-            CallToolRequestParams::new("send_message")
+            CallToolRequestParams::new(tool.to_owned())
                 .with_arguments(args.as_object().unwrap().clone()),
         ),
     )
     .await
-    .expect("send_message did not answer within 30 s")
+    .unwrap_or_else(|_| panic!("{tool} did not answer within 30 s"))
     .unwrap()
 }
 
@@ -234,4 +242,76 @@ async fn the_mcp_server_refuses_an_oversized_body_once_without_reconnecting() {
         .count();
     assert_eq!(reconnects, 0, "no reconnect storm:\n{}", log.join("\n"));
     assert_eq!(metric(node.port, "frames_rejected_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_enum_values_name_the_argument_the_choices_and_the_code() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    drop(node.client("bob").await);
+    let (d, url) = (node.dir.clone(), node.url());
+    let cmd = tokio::process::Command::new(BIN).configure(move |c| {
+        c.arg("--data-dir")
+            .arg(&d)
+            .args(["mcp", "--agent", "alice", "--node", &url])
+            .env("SWITCHBOARD_LOG", "warn");
+    });
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mcp = tokio::time::timeout(Duration::from_secs(20), Quiet.serve(transport))
+        .await
+        .expect("the MCP server did not initialize within 20 s")
+        .unwrap();
+    for (tool, args, want) in [
+        (
+            "send_message",
+            json!({"to": "bob", "body": "x", "priority": "asap"}),
+            "priority: \"asap\" is not one of low, normal, high, urgent [invalid_argument]",
+        ),
+        (
+            "send_message",
+            json!({"to": "bob", "body": "x", "type": "memo"}),
+            "type: \"memo\" is not one of message, task, result, question, answer, event [invalid_argument]",
+        ),
+        (
+            "set_status",
+            json!({"status": "asleep"}),
+            "status: \"asleep\" is not one of available, busy, away [invalid_argument]",
+        ),
+    ] {
+        let r = call_tool(&mcp, tool, args).await;
+        assert_eq!(r.is_error, Some(true), "{r:?}");
+        assert_eq!(text(&r), want);
+    }
+    let r = call_tool(&mcp, "set_status", json!({"status": "busy"})).await;
+    assert_ne!(r.is_error, Some(true), "{}", text(&r));
+    mcp.cancel().await.unwrap();
+}
+
+/// The Python example exits 1 after a refused `--send` instead of running on (it needs
+/// `websockets`; without it the test says so and checks nothing).
+#[tokio::test]
+async fn the_python_example_exits_non_zero_after_a_failed_send() {
+    let probe =
+        output(tokio::process::Command::new("python3").args(["-c", "import websockets"])).await;
+    if !probe.status.success() {
+        eprintln!("skipped: python3 with websockets is not installed");
+        return;
+    }
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
+    let o = output(
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .args(["--as", "alice", "--node", &node.url(), "--data-dir"])
+            .arg(&node.dir)
+            .args(["--send", "nobody", "hi"]),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown_agent"), "{err}");
 }
