@@ -132,6 +132,7 @@ class Agent:
         self.sent_id = None           # id of the --send message
         self.sent_req = None          # and its request number
         self.finished = asyncio.Event()  # --wait-reply: the reply came, or the send failed
+        self.failed = asyncio.Event()    # the --send message was refused: exit non-zero
         self.exit_code = 0
 
     # Frames out ---------------------------------------------------------------------------------
@@ -175,8 +176,15 @@ class Agent:
             # `code` is stable and machine-readable; `message` is for people.
             where = f" (request {req})" if req is not None else ""
             print(f"error{where}: {frame['code']}: {frame['message']}", file=sys.stderr, flush=True)
-            if req is not None and req == self.sent_req:
+            refused = {req} if req is not None else set()
+            if req is None and frame["code"] in ("frame_too_large", "bad_frame"):
+                # The node closes the connection over a frame we sent; it cannot say which.
+                # Re-sending would only be refused again, in a loop: drop them all.
+                refused = set(self.unanswered)
+                self.unanswered.clear()
+            if self.sent_req in refused:
                 self.exit_code = 1  # the --send message was refused: nothing will answer it
+                self.failed.set()
                 self.finished.set()
         elif op == "bye":
             print(f"node says bye: {frame['reason']}", file=sys.stderr, flush=True)
@@ -275,8 +283,15 @@ async def main(args):
     agent = Agent(args)
     try:
         if args.wait_reply is None:
-            await agent.run()  # until Ctrl-C
-            return 0
+            # Until Ctrl-C, or until the --send message is refused (then exit 1, not hang).
+            runner = asyncio.create_task(agent.run())
+            failed = asyncio.create_task(agent.failed.wait())
+            done, _ = await asyncio.wait({runner, failed}, return_when=asyncio.FIRST_COMPLETED)
+            runner.cancel()
+            failed.cancel()
+            if runner in done:
+                runner.result()  # raises Fatal
+            return agent.exit_code
         # --wait-reply: run until a reply to the --send message arrives, or give up.
         runner = asyncio.create_task(agent.run())
         finished = asyncio.create_task(agent.finished.wait())

@@ -3,7 +3,9 @@
 use std::io::{IsTerminal, Read, Write};
 
 use crate::cli::connect::{self, connect};
-use crate::cli::{Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand};
+use crate::cli::{
+    AgentCommand, Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand,
+};
 use crate::config::{NodeConfig, NodeOverrides};
 use crate::error::{Error, Result};
 use crate::message::{Message, validate_name};
@@ -84,9 +86,14 @@ async fn dispatch(cli: Cli) -> Step {
             let conn = connect(&g, CLI_AGENT, Role::Cli, false).await?;
             let r = conn.client.presence(None).await;
             conn.close().await;
-            let r = r?;
+            let mut r = r?;
+            if a.online {
+                r.agents.retain(|p| p.online);
+            }
             if a.json {
                 json(&r)?;
+            } else if r.agents.is_empty() && a.online {
+                out("No agent is online.")?;
             } else if r.agents.is_empty() {
                 out("No agents known yet.")?;
             } else {
@@ -118,6 +125,15 @@ async fn dispatch(cli: Cli) -> Step {
         }
         Command::Tail(a) => tail(&g, a).await,
         Command::Token(t) => token(&g, t).await,
+        Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
+        Command::Status { json } => {
+            let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
+            if json {
+                out(&crate::cli::status::json(&r)?)
+            } else {
+                out(&crate::cli::status::text(&r))
+            }
+        }
         #[cfg(feature = "bench")]
         Command::Bench(a) => bench(&g, a).await,
     }
@@ -206,11 +222,11 @@ async fn send(g: &crate::cli::Global, a: SendArgs) -> Step {
     let kind = a
         .kind
         .parse()
-        .map_err(|e| Error::Config(format!("--type: {e}")))?;
+        .map_err(|e| Error::Config(format!("--type: {e} [invalid_argument]")))?;
     let priority = a
         .priority
         .parse()
-        .map_err(|e| Error::Config(format!("--priority: {e}")))?;
+        .map_err(|e| Error::Config(format!("--priority: {e} [invalid_argument]")))?;
     let data = match &a.data {
         Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
             Ok(serde_json::Value::Object(m)) => Some(m),
@@ -405,6 +421,18 @@ async fn token(g: &crate::cli::Global, t: TokenCommand) -> Step {
         TokenAction::List => out(&r.names.join("\n"))?,
     }
     Ok(())
+}
+
+/// Connecting as a watcher registers and stores the name (as `tail --as` does) without going
+/// online, so no new wire op is needed; the connection ends right after the welcome.
+async fn agent_add(g: &crate::cli::Global, name: &str) -> Step {
+    validate_name(name).map_err(|e| Error::Config(format!("NAME: agent name {e}")))?;
+    let conn = connect(g, name, Role::Watch, false).await?;
+    let known = conn.client.welcomed_as().to_owned();
+    conn.close().await;
+    out(&format!(
+        "{known} is known: mail to {known} is stored until it connects"
+    ))
 }
 
 #[cfg(feature = "bench")]

@@ -58,8 +58,45 @@ fn token(g: &Global, dir: &std::path::Path, may_create: bool) -> Result<String> 
     })
 }
 
+/// The `host:port` a client dials for a node listening on `listen`: a wildcard address
+/// (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn dial_addr(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_owned(),
+    }
+}
+
+/// `host:port` of a `ws://` URL whose host is this machine, or None.
+fn loopback_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("ws://")?;
+    let addr = rest.split('/').next()?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]").then(|| addr.to_owned())
+}
+
+/// For a loopback `--node`: a refused TCP connection means no node runs there, which is what
+/// to say (not that a token is missing, which is the next thing that would fail).
+async fn check_running(url: &str) -> Result<()> {
+    let Some(addr) = loopback_addr(url) else {
+        return Ok(());
+    };
+    let dial = tokio::net::TcpStream::connect(addr.as_str());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), dial).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(Error::Connection(format!(
+                "no node is running at {url}: cannot reach the switchboard node there (connection \
+                 refused). Start one (`switchboard node --listen {addr}`), or leave out --node to \
+                 use the data dir's node (hosted here if none runs)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Connects as `agent`: to `--node` if given (or `node` in config.toml), else to the data
-/// dir's local node, hosting it here if none answers.
+/// dir's node (its config.toml `listen`), hosting it here if none answers.
 pub async fn connect(g: &Global, agent: &str, role: Role, reconnect: bool) -> Result<Connection> {
     let dir = data_dir(g)?;
     let file = read_file_config(&dir)?;
@@ -67,11 +104,14 @@ pub async fn connect(g: &Global, agent: &str, role: Role, reconnect: bool) -> Re
     let (url, host) = match explicit {
         Some(url) => {
             validate_ws_url(&url).map_err(|e| Error::Config(format!("--node: {e}")))?;
+            check_running(&url).await?;
             (url, None)
         }
         None => {
             let host = Host::new(dir.clone())?;
-            (host.url(), Some(host))
+            let listen = host.url();
+            let listen = listen.trim_start_matches("ws://");
+            (format!("ws://{}", dial_addr(listen)), Some(host))
         }
     };
     let token = token(g, &dir, host.is_some())?;

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod status;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,15 @@ pub enum Command {
     /// Manage per-agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Which node the data dir belongs to (listen address, id) and whether it runs.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make agent names known, so mail to them is accepted before they first connect.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Load generator: latency percentiles and throughput of a node.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -170,6 +180,9 @@ pub struct WhoArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only agents online now.
+    #[arg(long)]
+    pub online: bool,
 }
 
 /// `switchboard tail`.
@@ -201,6 +214,16 @@ pub enum TokenCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `switchboard agent ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Make NAME known: mail to it is stored until it connects.
+    Add {
+        /// The agent.
+        name: String,
     },
 }
 

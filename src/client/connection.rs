@@ -4,9 +4,13 @@
 //! When the connection drops, the task reconnects by [`crate::backoff`] and re-sends every
 //! unanswered request in its original order: all requests are safe to repeat (a send carries
 //! its message id, so the node stores it once however often it arrives). A refusal that
-//! retrying cannot fix (a bad token, say) fails the waiting requests at once.
+//! retrying cannot fix (a bad token, say) fails the waiting requests at once, and so does a
+//! connection the node closed because of a request (a frame over its limit, an unreadable
+//! frame): re-sending that request would only be refused again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -116,20 +120,71 @@ enum Ended {
     Lost(String),
 }
 
+/// An error frame answering no request, with a code the node closes the connection after
+/// because of something this client sent.
+fn refusal_of_a_request(e: &ErrorFrame) -> bool {
+    e.req.is_none() && matches!(e.code, ErrorCode::FrameTooLarge | ErrorCode::BadFrame)
+}
+
+/// Fails the requests the node refused instead of re-sending them: those over the limit for
+/// `frame_too_large`, or every one in flight when it cannot tell which (they are failed, never
+/// sent again, so nothing loops).
+fn fail_refused(inflight: &mut Inflight, refusal: ErrorFrame, max: usize) {
+    let over: Vec<u64> = inflight
+        .iter()
+        .filter(|(_, (frame, _))| frame.len() > max)
+        .map(|(req, _)| *req)
+        .collect();
+    let culprits = if refusal.code == ErrorCode::FrameTooLarge && !over.is_empty() {
+        over
+    } else {
+        inflight.keys().copied().collect()
+    };
+    for req in culprits {
+        if let Some((frame, reply)) = inflight.remove(&req) {
+            let error = if refusal.code == ErrorCode::FrameTooLarge && frame.len() > max {
+                super::too_large(frame.len(), max)
+            } else {
+                Error::Remote {
+                    code: refusal.code,
+                    message: format!(
+                        "{}; the node closed the connection and the request was not retried",
+                        refusal.message
+                    ),
+                }
+            };
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
 pub(super) async fn run(
     opts: ClientOptions,
     mut ws: Ws,
     mut cmds: mpsc::Receiver<Cmd>,
     pushes: broadcast::Sender<Message>,
     state: watch::Sender<ConnState>,
+    max_frame: Arc<AtomicUsize>,
 ) {
     let mut inflight: Inflight = BTreeMap::new();
     loop {
-        let ended = connection(&opts, &mut ws, &mut cmds, &pushes, &mut inflight).await;
+        let mut refused = None;
+        let ended = connection(
+            &opts,
+            &mut ws,
+            &mut cmds,
+            &pushes,
+            &mut inflight,
+            &mut refused,
+        )
+        .await;
         let why = match ended {
             Ended::Closed => return,
             Ended::Lost(why) => why,
         };
+        if let Some(refusal) = refused {
+            fail_refused(&mut inflight, refusal, max_frame.load(Ordering::Relaxed));
+        }
         tracing::info!(node = %opts.url, reason = %why, "lost the connection to the node");
         state.send_replace(ConnState::Disconnected(why.clone()));
         if !opts.reconnect {
@@ -148,6 +203,7 @@ pub(super) async fn run(
             match open(&opts).await {
                 Ok((ws, welcome)) => {
                     tracing::info!(node = %welcome.node, "reconnected");
+                    max_frame.store(welcome.max_frame_bytes, Ordering::Relaxed);
                     state.send_replace(ConnState::Connected(welcome.node));
                     break ws;
                 }
@@ -178,6 +234,18 @@ pub(super) async fn run(
         };
         // Re-send what was never answered, in the original order; drop what nobody awaits.
         inflight.retain(|_, (_, reply)| !reply.is_closed());
+        let max = max_frame.load(Ordering::Relaxed);
+        let over: Vec<u64> = inflight
+            .iter()
+            .filter(|(_, (frame, _))| frame.len() > max)
+            .map(|(req, _)| *req)
+            .collect();
+        for req in over {
+            // The node came back with a smaller limit: this one would be refused.
+            if let Some((frame, reply)) = inflight.remove(&req) {
+                let _ = reply.send(Err(super::too_large(frame.len(), max)));
+            }
+        }
         let mut failed = false;
         for (frame, _) in inflight.values() {
             if ws
@@ -201,6 +269,7 @@ async fn connection(
     cmds: &mut mpsc::Receiver<Cmd>,
     pushes: &broadcast::Sender<Message>,
     inflight: &mut Inflight,
+    refused: &mut Option<ErrorFrame>,
 ) -> Ended {
     let mut silence = Box::pin(tokio::time::sleep(SILENCE_LIMIT));
     loop {
@@ -235,7 +304,7 @@ async fn connection(
                 let mut acks = Vec::new();
                 let mut next = Some(frame);
                 while let Some(frame) = next.take() {
-                    if let Err(ended) = on_frame(opts, frame, pushes, inflight, &mut acks) {
+                    if let Err(ended) = on_frame(opts, frame, pushes, inflight, &mut acks, refused) {
                         return ended;
                     }
                     if acks.len() < 256 {
@@ -263,6 +332,7 @@ fn on_frame(
     pushes: &broadcast::Sender<Message>,
     inflight: &mut Inflight,
     acks: &mut Vec<String>,
+    refused: &mut Option<ErrorFrame>,
 ) -> std::result::Result<(), Ended> {
     let text = match frame {
         None => return Err(Ended::Lost("closed by the node".into())),
@@ -294,7 +364,10 @@ fn on_frame(
                 }));
             }
             None => {
-                tracing::warn!(code = e.code.as_str(), message = %e.message, "error from the node")
+                tracing::warn!(code = e.code.as_str(), message = %e.message, "error from the node");
+                if refusal_of_a_request(&e) {
+                    *refused = Some(e);
+                }
             }
         },
         ServerFrame::Welcome(_) => {}

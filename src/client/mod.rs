@@ -5,13 +5,18 @@
 //! at once; when the connection drops the task reconnects (first retry well under 250 ms) and
 //! re-sends what was never answered. A caller waits at most `request_timeout` (including any
 //! reconnecting) and then gets a clear error.
+//!
+//! A request over the node's frame limit (`welcome.max_frame_bytes`) is refused here, before it
+//! is sent: the node would close the connection on it, and re-sending it after the reconnect
+//! would only repeat that, as fast as the node accepts connections.
 
 mod connection;
 mod options;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -30,6 +35,10 @@ pub struct Client {
     pushes: broadcast::Sender<Message>,
     state: watch::Receiver<ConnState>,
     opts: ClientOptions,
+    /// The node's frame limit, from the latest welcome (a restarted node may change it).
+    max_frame: Arc<AtomicUsize>,
+    /// The name as the node's directory spells it, from the first welcome.
+    welcomed_as: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -100,7 +109,15 @@ impl Client {
         let (cmds, rx) = mpsc::channel(1024);
         let (pushes, _) = broadcast::channel(1024);
         let (state_tx, state) = watch::channel(ConnState::Connected(welcome.node.clone()));
-        let task = tokio::spawn(run(opts.clone(), ws, rx, pushes.clone(), state_tx));
+        let max_frame = Arc::new(AtomicUsize::new(welcome.max_frame_bytes));
+        let task = tokio::spawn(run(
+            opts.clone(),
+            ws,
+            rx,
+            pushes.clone(),
+            state_tx,
+            max_frame.clone(),
+        ));
         Ok(Client {
             cmds,
             ids: std::sync::Mutex::new(ulid::Generator::new()),
@@ -108,6 +125,8 @@ impl Client {
             pushes,
             state,
             opts,
+            max_frame,
+            welcomed_as: welcome.agent,
             task,
         })
     }
@@ -115,6 +134,16 @@ impl Client {
     /// The agent this client acts as.
     pub fn agent(&self) -> &str {
         &self.opts.agent
+    }
+
+    /// The agent as the node spells it (`BOB` connecting acts as an existing `bob`).
+    pub fn welcomed_as(&self) -> &str {
+        &self.welcomed_as
+    }
+
+    /// The largest frame the node accepts, in bytes (from its latest welcome).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame.load(Ordering::Relaxed)
     }
 
     /// Messages pushed by the node as they arrive (already acknowledged to the node).
@@ -132,6 +161,10 @@ impl Client {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let frame =
             serde_json::to_string(&build(req)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let max = self.max_frame_bytes();
+        if frame.len() > max {
+            return Err(too_large(frame.len(), max));
+        }
         let (reply, rx) = oneshot::channel();
         let wait = async {
             self.cmds
@@ -231,5 +264,16 @@ impl Client {
     pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
         self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
             .await
+    }
+}
+
+/// The refusal of a request over the node's frame limit; nothing of it was sent.
+pub(crate) fn too_large(len: usize, max: usize) -> Error {
+    Error::Remote {
+        code: ErrorCode::FrameTooLarge,
+        message: format!(
+            "the request is {len} bytes, over the node's limit of {max} bytes (max_frame_bytes); \
+             shorten the body or split it. Nothing was sent."
+        ),
     }
 }

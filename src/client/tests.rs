@@ -27,6 +27,9 @@ enum Turn {
     Answer,
     /// Refuse the hello as unauthorized.
     Refuse,
+    /// Welcome, then refuse the first request as too large (no `req`) and close, as a node
+    /// whose limit is below what its welcome said would.
+    TooLarge,
 }
 
 /// What the fake node saw: each connection's request frames, as parsed JSON.
@@ -87,6 +90,16 @@ async fn fake_node(turns: Vec<Turn>) -> (String, mpsc::UnboundedReceiver<Seen>) 
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let _ = seen.send(Seen::Request(v.clone()));
                 if let Turn::DropAfterRequest = turn {
+                    break;
+                }
+                if let Turn::TooLarge = turn {
+                    let refusal = ErrorFrame {
+                        req: None,
+                        code: ErrorCode::FrameTooLarge,
+                        message: "frame too large".into(),
+                    };
+                    say(&mut ws, &ServerFrame::Error(refusal)).await;
+                    let _ = ws.close(None).await;
                     break;
                 }
                 let answer = ServerFrame::Sent {
@@ -200,4 +213,61 @@ async fn a_refused_hello_is_not_retried() {
     }
     assert!(matches!(next(&mut seen).await, Seen::Hello));
     assert!(seen.try_recv().is_err(), "one hello only");
+}
+
+#[tokio::test]
+async fn a_request_the_node_closed_the_connection_over_is_not_sent_again() {
+    let (url, mut seen) = fake_node(vec![Turn::TooLarge, Turn::Answer]).await;
+    let client = timeout(DEADLINE, Client::connect(options(&url)))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    assert!(matches!(next(&mut seen).await, Seen::Hello));
+    let result = timeout(DEADLINE, client.send(a_send()))
+        .await
+        .expect("failed in time");
+    match result {
+        Err(Error::Remote {
+            code: ErrorCode::FrameTooLarge,
+            message,
+        }) => assert!(message.contains("not retried"), "{message}"),
+        other => panic!("expected frame_too_large, got {other:?}"),
+    }
+    request(next(&mut seen).await);
+    assert!(matches!(next(&mut seen).await, Seen::Hello), "reconnected");
+    // The next request goes through, and is the only one the new connection sees.
+    let ok = timeout(DEADLINE, client.send(a_send()))
+        .await
+        .expect("answered in time")
+        .expect("the second send succeeded");
+    let v = request(next(&mut seen).await);
+    assert_eq!(v["id"].as_str(), Some(ok.id.as_str()));
+    assert!(
+        seen.try_recv().is_err(),
+        "the refused frame was never re-sent"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_welcomed_limit_is_refused_before_it_is_sent() {
+    let (url, mut seen) = fake_node(vec![Turn::Answer]).await;
+    let client = timeout(DEADLINE, Client::connect(options(&url)))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    assert!(matches!(next(&mut seen).await, Seen::Hello));
+    let big = SendRequest {
+        body: "x".repeat(2 << 20),
+        ..a_send()
+    };
+    match client.send(big).await {
+        Err(
+            e @ Error::Remote {
+                code: ErrorCode::FrameTooLarge,
+                ..
+            },
+        ) => assert!(e.to_string().contains("limit of 1048576 bytes"), "{e}"),
+        other => panic!("expected frame_too_large, got {other:?}"),
+    }
+    assert!(seen.try_recv().is_err(), "nothing was sent");
 }

@@ -29,11 +29,16 @@ pub fn unknown<'a>(what: Unknown, name: &str, known: impl Iterator<Item = &'a St
         .into_iter()
         .map(|k| format!("'{prefix}{k}'"))
         .collect();
-    let hint = match names.len() {
-        0 => " Nothing was sent.".to_owned(),
+    let shown: String = name.chars().take(MAX_NAME_LEN).collect();
+    let hint = match (names.len(), what) {
+        // Nothing close: say how a name becomes known, since a new user's first send is here.
+        (0, Unknown::Agent) => format!(
+            ": no agent of that name has connected yet — start `switchboard mcp --agent {shown}`, \
+             or `switchboard agent add {shown}`. Nothing was sent."
+        ),
+        (0, Unknown::Topic) => ". Nothing was sent.".to_owned(),
         _ => format!(" — did you mean {}? Nothing was sent.", names.join(" or ")),
     };
-    let shown: String = name.chars().take(MAX_NAME_LEN).collect();
     Error::refused(code, format!("unknown {noun} '{prefix}{shown}'{why}{hint}"))
 }
 
@@ -66,7 +71,16 @@ mod tests {
         );
         let e = unknown(Unknown::Agent, "zzzzzz", known.iter());
         assert!(!e.to_string().contains("did you mean"), "{e}");
-        assert_eq!(e.to_string(), "unknown agent 'zzzzzz' Nothing was sent.");
+        assert_eq!(
+            e.to_string(),
+            "unknown agent 'zzzzzz': no agent of that name has connected yet — start \
+             `switchboard mcp --agent zzzzzz`, or `switchboard agent add zzzzzz`. Nothing was sent."
+        );
+        let e = unknown(Unknown::Topic, "zzzzzz", known.iter());
+        assert_eq!(
+            e.to_string(),
+            "unknown topic '#zzzzzz': nobody subscribes to it. Nothing was sent."
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the whole tools/list must stay small (it is paid for in every agent's context window).
 
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, MessageType, Priority};
@@ -13,7 +14,7 @@ use crate::protocol::Status;
 pub struct SendArgs {
     /// Agent name, "#topic", or "*" (every known agent).
     pub to: String,
-    /// Message text.
+    /// Message text; the request must fit the node's frame limit (default 1 MiB).
     pub body: String,
     /// Short subject.
     pub subject: Option<String>,
@@ -117,4 +118,67 @@ pub struct SearchArgs {
     pub query: String,
     /// 1-200, default 20.
     pub limit: Option<i64>,
+}
+
+/// The enum-valued arguments and their values. Checked before the arguments are read, so a bad
+/// value gets an answer naming the argument and the choices, not serde's "unknown variant".
+pub const MESSAGE_TYPES: (&str, &[&str]) = (
+    "type",
+    &["message", "task", "result", "question", "answer", "event"],
+);
+/// See [`MESSAGE_TYPES`].
+pub const PRIORITIES: (&str, &[&str]) = ("priority", &["low", "normal", "high", "urgent"]);
+/// See [`MESSAGE_TYPES`].
+pub const STATUSES: (&str, &[&str]) = ("status", &["available", "busy", "away"]);
+
+/// Reads tool arguments; errors name the argument and end with the wire code, as the node's do.
+pub fn parse<T: DeserializeOwned>(
+    args: serde_json::Map<String, serde_json::Value>,
+    enums: &[(&str, &[&str])],
+) -> Result<T, String> {
+    for (field, allowed) in enums {
+        match args.get(*field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(v)) if allowed.contains(&v.as_str()) => {}
+            Some(v) => {
+                return Err(format!(
+                    "{field}: {v} is not one of {} [invalid_argument]",
+                    allowed.join(", ")
+                ));
+            }
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(args))
+        .map_err(|e| format!("arguments: {e} [invalid_argument]"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_lists_match_the_types() {
+        for t in MESSAGE_TYPES.1 {
+            assert!(t.parse::<MessageType>().is_ok(), "{t}");
+        }
+        for p in PRIORITIES.1 {
+            assert!(p.parse::<Priority>().is_ok(), "{p}");
+        }
+        for s in STATUSES.1 {
+            assert_eq!(Status::from_stored(s).as_str(), *s);
+        }
+        let e = parse::<SendArgs>(
+            serde_json::json!({"to": "bob", "body": "x", "priority": "asap"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            &[MESSAGE_TYPES, PRIORITIES],
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            e,
+            "priority: \"asap\" is not one of low, normal, high, urgent [invalid_argument]"
+        );
+    }
 }

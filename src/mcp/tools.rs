@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::JsonObject;
 use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
@@ -58,8 +59,9 @@ impl McpServer {
     )]
     async fn send_message(
         &self,
-        Parameters(a): Parameters<SendArgs>,
+        Parameters(a): Parameters<JsonObject>,
     ) -> Result<CallToolResult, String> {
+        let a: SendArgs = parse(a, &[MESSAGE_TYPES, PRIORITIES])?;
         let to = a.to.clone();
         let send = self.inner.client.send(SendRequest {
             req: 0,
@@ -224,8 +226,9 @@ impl McpServer {
     )]
     async fn set_status(
         &self,
-        Parameters(a): Parameters<StatusArgs>,
+        Parameters(a): Parameters<JsonObject>,
     ) -> Result<CallToolResult, String> {
+        let a: StatusArgs = parse(a, &[STATUSES])?;
         reply(
             self.inner.client.set_status(a.status, a.text),
             render::presence,

@@ -3,8 +3,10 @@
 mod chaos;
 mod cli;
 mod common;
+mod data_dir_node;
 mod durability;
 mod embedded;
+mod first_minutes;
 mod hardening;
 mod limits;
 mod mcp;
