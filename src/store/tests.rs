@@ -224,7 +224,7 @@ async fn only_committed_log_entries_reach_the_tail_and_rollbacks_leave_no_gap() 
     store.write(|c| subscribe(c, "d")).await.unwrap();
     assert_eq!(tail_seqs(&store), vec![1, 2]);
     let on_disk = store
-        .read(|c| replication::events_after(c, "n1", 0, 100))
+        .read(|c| replication::events_after(c, 0, 100))
         .await
         .unwrap();
     let topics: Vec<String> = on_disk

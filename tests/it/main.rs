@@ -6,6 +6,7 @@ mod common;
 mod durability;
 mod embedded;
 mod hardening;
+mod identity;
 mod limits;
 mod mcp;
 mod mesh;
