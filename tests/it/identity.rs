@@ -62,8 +62,16 @@ async fn a_second_data_dir_with_the_same_node_id_is_refused_and_loses_nothing() 
         .unwrap()
         .to_owned();
     assert_ne!(claimant, real);
-    drop(impostor.client("bob").await);
+    let imp_bob = impostor.client("bob").await;
     let carol = impostor.client("carol").await;
+    eventually(10, "bob known at the impostor", || async {
+        carol
+            .presence(Some("bob".into()))
+            .await
+            .is_ok_and(|p| !p.agents.is_empty())
+    })
+    .await;
+    drop(imp_bob);
     sent.insert("carol", send_numbered(&carol, "carol", 0, 100).await);
 
     // n2 refuses it by name and says so; n1's link stays up.
