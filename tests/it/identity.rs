@@ -64,15 +64,15 @@ async fn a_second_data_dir_with_the_same_node_id_is_refused_and_loses_nothing() 
     assert_ne!(claimant, real);
     let imp_bob = impostor.client("bob").await;
     let carol = impostor.client("carol").await;
-    eventually(10, "bob known at the impostor", || async {
-        carol
-            .presence(Some("bob".into()))
-            .await
-            .is_ok_and(|p| !p.agents.is_empty())
+    // Until bob's directory row commits there, a send is refused with nothing sent.
+    let first = poll(10, "bob known at the impostor", || async {
+        carol.send(msg("bob", "carol 0")).await.ok().map(|r| r.id)
     })
     .await;
     drop(imp_bob);
-    sent.insert("carol", send_numbered(&carol, "carol", 0, 100).await);
+    let mut ids = vec![first];
+    ids.extend(send_numbered(&carol, "carol", 1, 99).await);
+    sent.insert("carol", ids);
 
     // n2 refuses it by name and says so; n1's link stays up.
     let h = poll(20, "n2 degraded by the conflict", || async {
