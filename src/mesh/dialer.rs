@@ -204,11 +204,23 @@ impl Mesh {
             secret: &self.secret,
             node: &me,
             incarnation: self.router.incarnation,
+            instance: self.router.store.instance(),
         };
         let seq = self.next_dial.fetch_add(1, Ordering::Relaxed);
-        let (peer, theirs) = match handshake::dial(&mut sink, &mut stream, &us, expect, seq).await?
+        let (peer, theirs, instance) = match handshake::dial(
+            &mut sink,
+            &mut stream,
+            &us,
+            expect,
+            seq,
+        )
+        .await?
         {
-            Dialed::Welcome { node, incarnation } => (node, incarnation),
+            Dialed::Welcome {
+                node,
+                incarnation,
+                instance,
+            } => (node, incarnation, instance),
             Dialed::Unauthenticated => {
                 tracing::warn!(peer = ?url, "peer failed mesh authentication (wrong mesh secret?)");
                 return Err(Error::Connection(
@@ -249,6 +261,7 @@ impl Mesh {
             origin,
             via: Via::Dialed(url.to_owned()),
             order,
+            instance,
         };
         let ended = self.clone().link(opened, sink, stream).await;
         self.statuses.set(key, origin, |s| {

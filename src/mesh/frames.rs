@@ -40,6 +40,10 @@ pub enum PeerFrame {
         /// both ends keep the later one, whatever order they saw them in.
         #[serde(default)]
         seq: u64,
+        /// Dialer's instance id: its data dir, which its log and every cursor of it belong to
+        /// (empty from a node that predates instance ids).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        instance: String,
     },
     /// Acceptor proves it knows the secret.
     PeerWelcome {
@@ -50,6 +54,9 @@ pub enum PeerFrame {
         /// Acceptor's incarnation.
         #[serde(default)]
         incarnation: u64,
+        /// Acceptor's instance id (see `PeerAuth::instance`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        instance: String,
     },
     /// "I have applied your log up to `cursor`": send me what follows.
     Sync {
@@ -132,6 +139,8 @@ pub enum PeerError {
     Unauthorized,
     /// The dialer expected another node: the URL it was told now leads elsewhere.
     WrongNode,
+    /// Another instance (data dir) holds the node id the dialer claims.
+    NodeIdConflict,
 }
 
 impl PeerError {
@@ -140,14 +149,19 @@ impl PeerError {
         match self {
             PeerError::Unauthorized => "unauthorized",
             PeerError::WrongNode => "wrong_node",
+            PeerError::NodeIdConflict => "node_id_conflict",
         }
     }
 
     /// A wire code, if it is one this node knows.
     pub fn parse(code: &str) -> Option<PeerError> {
-        [PeerError::Unauthorized, PeerError::WrongNode]
-            .into_iter()
-            .find(|c| c.as_str() == code)
+        [
+            PeerError::Unauthorized,
+            PeerError::WrongNode,
+            PeerError::NodeIdConflict,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
     }
 }
 
@@ -170,7 +184,11 @@ mod tests {
 
     #[test]
     fn error_codes_round_trip_and_unknown_ones_are_none() {
-        for c in [PeerError::Unauthorized, PeerError::WrongNode] {
+        for c in [
+            PeerError::Unauthorized,
+            PeerError::WrongNode,
+            PeerError::NodeIdConflict,
+        ] {
             assert_eq!(PeerError::parse(c.as_str()), Some(c));
         }
         assert_eq!(PeerError::parse("something_new"), None);

@@ -4,9 +4,12 @@
 //! ```text
 //! dialer   → peer_hello     { nonce_d }
 //! acceptor → peer_challenge { nonce_a }                       (nothing else: an intruder learns nothing)
-//! dialer   → peer_auth      { node, proof = HMAC(s, "dial|nonce_d|nonce_a|node"), incarnation, expect, seq }
-//! acceptor → peer_welcome   { node, proof = HMAC(s, "accept|nonce_d|nonce_a|node"), incarnation }
+//! dialer   → peer_auth      { node, proof = HMAC(s, "dial|nonce_d|nonce_a|node|instance"), incarnation, expect, seq, instance }
+//! acceptor → peer_welcome   { node, proof = HMAC(s, "accept|nonce_d|nonce_a|node|instance"), incarnation, instance }
 //! ```
+//! The instance id is in the proof so that nobody without the secret can pass one data dir's
+//! link off as another's (a node that predates instance ids sends none, and its proof has no
+//! `|instance` part).
 //! Fresh nonces on both sides make every proof single-use; the labels stop a proof from being
 //! reflected back in the other role. The acceptor reveals who it is (and refuses with
 //! `wrong_node` a dialer that expected another node) only once the dialer has proven the
@@ -32,10 +35,16 @@ fn mac(
     dial_nonce: &str,
     accept_nonce: &str,
     node: &str,
+    instance: &str,
 ) -> Option<Hmac<Sha256>> {
     // HMAC takes keys of any length; should that ever change, nothing verifies.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
-    mac.update(format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}").as_bytes());
+    let mut input = format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}");
+    if !instance.is_empty() {
+        input.push('|');
+        input.push_str(instance);
+    }
+    mac.update(input.as_bytes());
     Some(mac)
 }
 
@@ -46,8 +55,9 @@ pub fn proof(
     dial_nonce: &str,
     accept_nonce: &str,
     node: &str,
+    instance: &str,
 ) -> String {
-    mac(secret, role, dial_nonce, accept_nonce, node)
+    mac(secret, role, dial_nonce, accept_nonce, node, instance)
         .map(|m| hex::encode(m.finalize().into_bytes()))
         .unwrap_or_default()
 }
@@ -59,12 +69,13 @@ pub fn verify(
     dial_nonce: &str,
     accept_nonce: &str,
     node: &str,
+    instance: &str,
     given: &str,
 ) -> bool {
     let Ok(given) = hex::decode(given) else {
         return false;
     };
-    mac(secret, role, dial_nonce, accept_nonce, node)
+    mac(secret, role, dial_nonce, accept_nonce, node, instance)
         .is_some_and(|m| m.verify_slice(&given).is_ok())
 }
 
@@ -76,6 +87,8 @@ pub struct Us<'a> {
     pub node: &'a str,
     /// This node's incarnation.
     pub incarnation: u64,
+    /// This data dir's instance id.
+    pub instance: &'a str,
 }
 
 /// How a dial's handshake ended, short of a broken connection.
@@ -87,6 +100,8 @@ pub enum Dialed {
         node: String,
         /// Its incarnation.
         incarnation: u64,
+        /// Its instance id (empty from an older node).
+        instance: String,
     },
     /// The acceptor is not the node the dialer expected (its message).
     WrongNode(String),
@@ -124,10 +139,11 @@ where
         };
         let auth = PeerFrame::PeerAuth {
             node: us.node.to_owned(),
-            proof: proof(us.secret, "dial", &nonce, &theirs, us.node),
+            proof: proof(us.secret, "dial", &nonce, &theirs, us.node, us.instance),
             incarnation: us.incarnation,
             expect: expect.map(str::to_owned),
             seq,
+            instance: us.instance.to_owned(),
         };
         send(sink, auth).await?;
         match recv(stream).await? {
@@ -135,9 +151,16 @@ where
                 node,
                 proof,
                 incarnation,
+                instance,
             } => {
-                if verify(us.secret, "accept", &nonce, &theirs, &node, &proof) {
-                    Ok(Dialed::Welcome { node, incarnation })
+                if verify(
+                    us.secret, "accept", &nonce, &theirs, &node, &instance, &proof,
+                ) {
+                    Ok(Dialed::Welcome {
+                        node,
+                        incarnation,
+                        instance,
+                    })
                 } else {
                     Ok(Dialed::Unauthenticated)
                 }
@@ -163,6 +186,8 @@ pub enum Accepted {
         node: String,
         /// What ranks the link (its incarnation and dial number).
         order: Order,
+        /// Its instance id (empty from an older node).
+        instance: String,
     },
     /// The dialer expected another node and was told so.
     WrongNode,
@@ -198,7 +223,17 @@ where
                 incarnation,
                 expect,
                 seq,
-            } if verify(us.secret, "dial", hello_nonce, &nonce, &node, &given) => {
+                instance,
+            } if verify(
+                us.secret,
+                "dial",
+                hello_nonce,
+                &nonce,
+                &node,
+                &instance,
+                &given,
+            ) =>
+            {
                 // The dialer has proven the secret, so it may learn who we are.
                 if let Some(want) = expect
                     && want != us.node
@@ -209,13 +244,22 @@ where
                 }
                 let welcome = PeerFrame::PeerWelcome {
                     node: us.node.to_owned(),
-                    proof: proof(us.secret, "accept", hello_nonce, &nonce, us.node),
+                    proof: proof(
+                        us.secret,
+                        "accept",
+                        hello_nonce,
+                        &nonce,
+                        us.node,
+                        us.instance,
+                    ),
                     incarnation: us.incarnation,
+                    instance: us.instance.to_owned(),
                 };
                 send(sink, welcome).await?;
                 Ok(Accepted::Peer {
                     node,
                     order: Order { incarnation, seq },
+                    instance,
                 })
             }
             _ => Err(Error::Connection("mesh authentication failed".into())),

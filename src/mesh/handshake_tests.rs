@@ -48,19 +48,26 @@ fn us<'a>(secret: &'a [u8], node: &'a str, incarnation: u64) -> Us<'a> {
         secret,
         node,
         incarnation,
+        instance: node,
     }
 }
 
 #[test]
 fn proofs_bind_secret_role_nonces_and_node() {
-    let p = proof(b"s3cret", "dial", "n1", "n2", "a");
-    assert!(verify(b"s3cret", "dial", "n1", "n2", "a", &p));
-    assert!(!verify(b"other", "dial", "n1", "n2", "a", &p));
-    assert!(!verify(b"s3cret", "accept", "n1", "n2", "a", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n3", "a", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "b", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "not hex"));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", &p[..10]));
+    let p = proof(b"s3cret", "dial", "n1", "n2", "a", "i");
+    assert!(verify(b"s3cret", "dial", "n1", "n2", "a", "i", &p));
+    assert!(!verify(b"other", "dial", "n1", "n2", "a", "i", &p));
+    assert!(!verify(b"s3cret", "accept", "n1", "n2", "a", "i", &p));
+    assert!(!verify(b"s3cret", "dial", "n1", "n3", "a", "i", &p));
+    assert!(!verify(b"s3cret", "dial", "n1", "n2", "b", "i", &p));
+    // A man in the middle cannot swap the instance id, nor strip it.
+    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "j", &p));
+    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "", &p));
+    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "i", "not hex"));
+    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "i", &p[..10]));
+    // A node without an instance id proves as before.
+    let old = proof(b"s3cret", "dial", "n1", "n2", "a", "");
+    assert!(verify(b"s3cret", "dial", "n1", "n2", "a", "", &old));
 }
 
 #[tokio::test]
@@ -75,7 +82,8 @@ async fn nodes_with_one_secret_learn_each_other() {
         d.unwrap(),
         Dialed::Welcome {
             node: "b".into(),
-            incarnation: 9
+            incarnation: 9,
+            instance: "b".into(),
         }
     );
     let order = Order {
@@ -86,7 +94,8 @@ async fn nodes_with_one_secret_learn_each_other() {
         a.unwrap(),
         Accepted::Peer {
             node: "a".into(),
-            order
+            order,
+            instance: "a".into(),
         }
     );
 }

@@ -14,14 +14,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::frames::{PeerAddr, PeerFrame, events_frame};
+use super::frames::{PeerAddr, PeerError, PeerFrame, events_frame};
 use super::status::{LinkOrigin, LinkState};
 use super::topology::{Order, Refused};
 use super::{LinkHandle, Mesh};
 use crate::core::Router;
 use crate::error::Result;
-use crate::store::Stored;
 use crate::store::replication::{self, Applied};
+use crate::store::{Bound, Stored};
 use crate::transport::{TextSink, TextStream};
 
 /// Events per `events` frame.
@@ -37,6 +37,9 @@ const SILENCE: Duration = Duration::from_secs(10);
 /// a completer takes the results in order. Waiting for each commit before reading the next
 /// frame made one slow disk write delay every frame queued behind it by a commit each.
 const APPLYING: usize = 64;
+
+/// How long a refused peer has to read the refusal and close.
+const REFUSAL_READ: Duration = Duration::from_secs(2);
 
 /// How a link came to be.
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub(super) struct Opened {
     pub via: Via,
     /// What ranks it against another link to the same peer.
     pub order: Order,
+    /// The peer's instance id (empty from a node that predates them).
+    pub instance: String,
 }
 
 /// Why a link ended; shown in `/health` as the dialer's last error.
@@ -109,6 +114,9 @@ pub enum LinkEnd {
     /// The peer refused the link (its message).
     #[error("{0}")]
     Refused(String),
+    /// Refused here: another instance holds the peer's node id (the message names both).
+    #[error("{0}")]
+    NodeIdConflict(String),
 }
 
 impl Mesh {
@@ -126,10 +134,16 @@ impl Mesh {
             origin,
             via,
             order,
+            instance,
         } = opened;
         let router = self.router.clone();
         let store = router.store.clone();
-        let me = router.node_id.clone();
+        // Cursors follow the peer's data dir, so two data dirs under one node id never share
+        // one; a peer too old to send an instance id is keyed by its node id, as before.
+        let log_key = match self.bind(&peer, &instance, &mut sink, &mut stream).await {
+            Ok(key) => key,
+            Err(end) => return end,
+        };
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
         let (link_id, replaced) = match self.join(&peer, &via, order, out_tx) {
             Ok(joined) => joined,
@@ -172,7 +186,7 @@ impl Mesh {
             mut applied_upto,
             mut failed,
         } = self.completer(&peer);
-        let p = peer.clone();
+        let p = log_key.clone();
         let cursor = store
             .read(move |c| replication::cursor(c, &p))
             .await
@@ -211,9 +225,8 @@ impl Mesh {
                             (events_frame(&entries), entries.len(), last)
                         }
                         None => {
-                            let me2 = me.clone();
                             let events = match store
-                                .read(move |c| replication::events_after(c, &me2, after, BATCH))
+                                .read(move |c| replication::events_after(c, after, BATCH))
                                 .await
                             {
                                 Ok(e) => e,
@@ -298,7 +311,7 @@ impl Mesh {
                                 pump = true;
                             }
                             PeerFrame::Events { events } => {
-                                let (pushed, answer) = match submit_apply(&router, &peer, events).await {
+                                let (pushed, answer) = match submit_apply(&router, &log_key, events).await {
                                     Ok(a) => a,
                                     Err(e) => break 'link LinkEnd::Store(e.to_string()),
                                 };
@@ -328,6 +341,53 @@ impl Mesh {
         self.leave(&peer, link_id);
         tracing::info!(?peer, reason = ?ended.to_string(), "mesh link down");
         ended
+    }
+
+    /// Checks the peer's claim to its node id against the instance recorded for it, before the
+    /// link can touch the topology (so a claimant never replaces the holder's link). Returns
+    /// the key of the peer's log; on a conflict, tells the peer and records it for `/health`.
+    async fn bind(
+        &self,
+        peer: &str,
+        instance: &str,
+        sink: &mut TextSink,
+        stream: &mut TextStream,
+    ) -> std::result::Result<String, LinkEnd> {
+        if instance.is_empty() {
+            return Ok(peer.to_owned());
+        }
+        let (n, i, now) = (
+            peer.to_owned(),
+            instance.to_owned(),
+            crate::message::now_ms(),
+        );
+        let bound = self
+            .router
+            .store
+            .write(move |tx| crate::store::bind_peer(tx, &n, &i, now))
+            .await
+            .map_err(|e| LinkEnd::Store(e.to_string()))?;
+        let Bound::Conflict { holder } = bound else {
+            return Ok(instance.to_owned());
+        };
+        self.conflicts.record(peer, &holder, instance);
+        tracing::warn!(
+            node = ?peer,
+            holder = ?holder,
+            claimant = ?instance,
+            "refused a link: another instance holds this node id (restart one with another --node-id)"
+        );
+        let message = format!(
+            "node id {peer} is held by instance {holder}; instance {instance} claims it too: \
+             restart one of them with another --node-id"
+        );
+        let refusal = PeerFrame::refusal(PeerError::NodeIdConflict, message.clone());
+        let _ = sink.send(refusal.text()).await;
+        // Closing at once could break the peer's first writes before it reads the refusal, and
+        // it would show a broken pipe instead: let it read the refusal and close first.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(REFUSAL_READ, drain).await;
+        Err(LinkEnd::NodeIdConflict(message))
     }
 
     /// Makes the link the live one to `peer` (see [`super::topology::Topology::join`]), and

@@ -19,7 +19,13 @@
 //!
 //! The parts: [`frames`] (the wire), [`handshake`] (authentication, both ends), [`topology`]
 //! (who is linked, which link stays; plain data), [`dialer`], [`link`] (one link's loop and
-//! the tasks finishing its applies), [`status`] (`/health`). This file holds the handle the
+//! the tasks finishing its applies), [`status`] and [`conflicts`] (`/health`).
+//!
+//! Identity: a node id is chosen by the operator (by default the host name, so a cloned VM
+//! repeats it); a data dir's instance id never repeats. The handshake carries both, a node
+//! keys its cursor of each peer's log by the peer's instance, and a link claiming a node id
+//! that another instance holds (`store::bind_peer`) is refused with `node_id_conflict` before
+//! it can replace the holder's link. This file holds the handle the
 //! node keeps, the accepting end, and the routing of delivery notices to live links.
 //!
 //! Locking: the topology lock is never held while calling the router. What the old design got
@@ -28,6 +34,7 @@
 //! link higher than the last, every presence report reaches the router with its link's id,
 //! and `peer_gone(node, id)` makes the router ignore reports from that link and older ones.
 
+mod conflicts;
 mod dialer;
 pub mod frames;
 pub mod handshake;
@@ -43,6 +50,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conflicts::Conflict;
 pub use frames::{PeerAddr, PeerError, PeerFrame};
 pub use link::LinkEnd;
 pub use status::{LinkOrigin, LinkState, LinkStatus};
@@ -51,6 +59,7 @@ use crate::auth;
 use crate::core::{DeliveryNotice, Metrics, Router};
 use crate::error::{Error, Result};
 use crate::transport::{TextSink, TextStream};
+use conflicts::Conflicts;
 use handshake::{Accepted, Us};
 use link::{Opened, Via};
 use status::Statuses;
@@ -80,6 +89,8 @@ pub struct Mesh {
     /// Presence snapshot versions, shared by all links so that a link replacing another
     /// continues the sequence the peer has seen.
     presence_version: AtomicU64,
+    /// Claims of a node id held by another instance, refused here.
+    conflicts: Conflicts,
 }
 
 /// Reads the mesh secret file.
@@ -118,6 +129,7 @@ impl Mesh {
             changed: tokio::sync::watch::channel(0).0,
             next_dial: AtomicU64::new(1),
             presence_version: AtomicU64::new(0),
+            conflicts: Conflicts::default(),
         });
         let (notices, notice_rx) = mpsc::channel::<DeliveryNotice>(1024);
         mesh.router.set_delivery_notices(notices);
@@ -149,6 +161,11 @@ impl Mesh {
         self.statuses.all()
     }
 
+    /// Node-id conflicts refused recently, for `/health` (a node with any is degraded).
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.conflicts.recent()
+    }
+
     /// (peers linked now, peer nodes known): fewer linked than known means this node is cut off
     /// from part of the mesh — what `/metrics` exposes for alerting.
     pub fn counts(&self) -> (usize, usize) {
@@ -172,22 +189,27 @@ impl Mesh {
             secret: &self.secret,
             node: &me,
             incarnation: self.router.incarnation,
+            instance: self.router.store.instance(),
         };
-        let (peer, order) = match handshake::accept(&mut sink, &mut stream, &us, &hello_nonce).await
-        {
-            Ok(Accepted::Peer { node, order }) if node != me => (node, order),
-            Ok(_) => return,
-            Err(_) => {
-                Metrics::inc(&self.router.metrics.auth_failures_total);
-                tracing::warn!(%remote, "refused a peer link: mesh authentication failed");
-                let refusal = PeerFrame::refusal(
-                    PeerError::Unauthorized,
-                    "mesh authentication failed".into(),
-                );
-                let _ = handshake::send(&mut sink, refusal).await;
-                return;
-            }
-        };
+        let (peer, order, instance) =
+            match handshake::accept(&mut sink, &mut stream, &us, &hello_nonce).await {
+                Ok(Accepted::Peer {
+                    node,
+                    order,
+                    instance,
+                }) if node != me => (node, order, instance),
+                Ok(_) => return,
+                Err(_) => {
+                    Metrics::inc(&self.router.metrics.auth_failures_total);
+                    tracing::warn!(%remote, "refused a peer link: mesh authentication failed");
+                    let refusal = PeerFrame::refusal(
+                        PeerError::Unauthorized,
+                        "mesh authentication failed".into(),
+                    );
+                    let _ = handshake::send(&mut sink, refusal).await;
+                    return;
+                }
+            };
         // One entry per accepted link: a restarted peer's new link must not share the old one's.
         let key = format!(
             "accepted {peer} {}",
@@ -201,6 +223,7 @@ impl Mesh {
             origin: LinkOrigin::Accepted,
             via: Via::Accepted(ip),
             order,
+            instance,
         };
         self.clone().link(opened, sink, stream).await;
         // An accepted link that ends is gone for good (the peer dials again): forget it.

@@ -106,8 +106,18 @@ pub fn rss_bytes() -> Option<u64> {
 
 async fn health(State(s): State<AppState>) -> Response {
     let (online, sessions) = s.router.counts();
+    let conflicts = s.mesh.as_ref().map(|m| m.conflicts()).unwrap_or_default();
+    let status = if s.shutdown.is_cancelled() {
+        "stopping"
+    } else if !conflicts.is_empty() {
+        // Another data dir claims a peer's node id: its mail is held back until one is renamed.
+        "degraded"
+    } else {
+        "ok"
+    };
     let body = serde_json::json!({
         "node_id": s.router.node_id,
+        "instance": s.router.store.instance(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.router.uptime().as_secs(),
         "agents_online": online,
@@ -115,7 +125,8 @@ async fn health(State(s): State<AppState>) -> Response {
         "connections": s.router.metrics.connections_active.load(Ordering::Relaxed),
         "rss_bytes": rss_bytes(),
         "peers": s.mesh.as_ref().map(|m| m.status()).unwrap_or_default(),
-        "status": if s.shutdown.is_cancelled() { "stopping" } else { "ok" },
+        "conflicts": conflicts,
+        "status": status,
     });
     axum::Json(body).into_response()
 }

@@ -283,13 +283,14 @@ struct StoredRef {
     id: String,
 }
 
-/// Events of `origin` after `after`, oldest first.
-pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, payload FROM events WHERE seq > ?2 AND origin = ?1 ORDER BY seq LIMIT ?3",
-    )?;
+/// This data dir's log after `after`, oldest first. The log is only ever this data dir's own,
+/// whatever node ids it ran under: a node renamed (say, to end a node-id conflict) still ships
+/// everything it logged before, since peers follow its instance, not its node id.
+pub fn events_after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Event>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
     let rows = stmt
-        .query_map(params![origin, after as i64, limit], |r| {
+        .query_map(params![after as i64, limit], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -304,7 +305,7 @@ pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> 
                     body: EventBody::Message(m),
                 }),
                 None => {
-                    tracing::error!(origin, seq, id = %r.id, "a logged message is missing");
+                    tracing::error!(seq, id = %r.id, "a logged message is missing");
                     break;
                 }
             }
@@ -317,7 +318,7 @@ pub fn events_after(conn: &Connection, origin: &str, after: u64, limit: u32) -> 
             }),
             Err(e) => {
                 // Shipping past it would leave a gap peers never fill; stop here loudly.
-                tracing::error!(origin, seq, error = %e, "unreadable replication log entry");
+                tracing::error!(seq, error = %e, "unreadable replication log entry");
                 break;
             }
         }

@@ -12,6 +12,7 @@
 mod apply;
 mod checkpoint;
 mod directory;
+mod instances;
 mod log;
 mod messages;
 pub mod names;
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
+pub use instances::{Bound, bind_peer};
 pub use rows::{AgentRow, InboxQuery, NewMessage, Stored, TokenRow};
 
 /// The SQL behind every store job, by the name the node has always used for it.
@@ -123,6 +125,8 @@ pub struct Store {
     commits: tokio::sync::watch::Receiver<u64>,
     /// Jobs for the reader thread (full-text searches).
     reads: mpsc::Sender<checkpoint::ReadJob>,
+    /// This data dir's permanent instance id (see [`instances`]).
+    instance: Arc<str>,
 }
 
 impl Store {
@@ -144,6 +148,7 @@ impl Store {
         conn.busy_handler(Some(writer::retry_soon))?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        let instance: Arc<str> = Arc::from(instances::own(&conn)?);
         // Checkpoints copy the WAL into the database and fsync: done on the writer they would
         // stall every commit behind them (the p99 latency). A separate thread with its own
         // connection runs them instead; PASSIVE checkpoints never block the writer.
@@ -191,7 +196,13 @@ impl Store {
             stats,
             commits,
             reads,
+            instance,
         })
+    }
+
+    /// This data dir's permanent instance id: what peers key their cursors of its log by.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Committed log entries after `after`, oldest first, if the in-memory tail still holds the

@@ -118,6 +118,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, a, b)
     ) WITHOUT ROWID;
     "#,
+    // 7: which data dir (instance) holds each peer node id, so that a second data dir claiming
+    // the same node id is refused instead of being applied against the first one's cursor.
+    r#"
+    CREATE TABLE peer_instances (
+        node     TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        seen_at  INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.

@@ -224,7 +224,7 @@ async fn only_committed_log_entries_reach_the_tail_and_rollbacks_leave_no_gap() 
     store.write(|c| subscribe(c, "d")).await.unwrap();
     assert_eq!(tail_seqs(&store), vec![1, 2]);
     let on_disk = store
-        .read(|c| replication::events_after(c, "n1", 0, 100))
+        .read(|c| replication::events_after(c, 0, 100))
         .await
         .unwrap();
     let topics: Vec<String> = on_disk
@@ -235,4 +235,34 @@ async fn only_committed_log_entries_reach_the_tail_and_rollbacks_leave_no_gap() 
         })
         .collect();
     assert_eq!(topics, ["a", "d"]);
+}
+
+#[test]
+fn node_ids_bind_to_one_instance_and_old_cursors_are_adopted() {
+    use crate::store::{Bound, bind_peer};
+    let db = Db::in_memory();
+    let tx = db.tx();
+    // A cursor from before instance ids, keyed by the node id: the first instance adopts it.
+    tx.execute(
+        "INSERT INTO peer_cursors (origin, seq) VALUES ('m1', 7)",
+        [],
+    )
+    .unwrap();
+    assert_eq!(bind_peer(&tx, "m1", "aaa", 1).unwrap(), Bound::Holder);
+    assert_eq!(replication::cursor(&tx, "aaa").unwrap(), 7);
+    assert_eq!(replication::cursor(&tx, "m1").unwrap(), 0);
+    // A second instance under that node id is refused, whatever it claims.
+    assert_eq!(
+        bind_peer(&tx, "m1", "bbb", 2).unwrap(),
+        Bound::Conflict {
+            holder: "aaa".into()
+        }
+    );
+    assert_eq!(replication::cursor(&tx, "bbb").unwrap(), 0);
+    // Renamed, the claimant holds its new id, from cursor 0.
+    assert_eq!(bind_peer(&tx, "m3", "bbb", 3).unwrap(), Bound::Holder);
+    // The holder renamed: its old node id is free again, its cursor stays its own.
+    assert_eq!(bind_peer(&tx, "m9", "aaa", 4).unwrap(), Bound::Holder);
+    assert_eq!(replication::cursor(&tx, "aaa").unwrap(), 7);
+    assert_eq!(bind_peer(&tx, "m1", "ccc", 5).unwrap(), Bound::Holder);
 }

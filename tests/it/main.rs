@@ -8,6 +8,7 @@ mod durability;
 mod embedded;
 mod first_minutes;
 mod hardening;
+mod identity;
 mod limits;
 mod mcp;
 mod mesh;
