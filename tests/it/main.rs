@@ -6,5 +6,6 @@ mod durability;
 mod embedded;
 mod mcp;
 mod mesh;
+mod props;
 mod schemas;
 mod wire;
