@@ -13,5 +13,6 @@ mod limits;
 mod mcp;
 mod mesh;
 mod mesh_links;
+mod props;
 mod schemas;
 mod wire;
