@@ -171,8 +171,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC with millisecond precision.
+/// Times past 9999-12-31T23:59:59.999Z (which RFC 3339 cannot write, and a peer may send)
+/// show as that instant instead of panicking.
 pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    const LAST: i64 = 253_402_300_799_999;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, LAST) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
