@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::store::SyncMode;
 
 /// Where a node listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
@@ -18,6 +17,18 @@ pub const DEFAULT_NODE_URL: &str = "ws://127.0.0.1:8765";
 pub const CONFIG_FILE: &str = "config.toml";
 /// The SQLite file's name inside the data dir.
 pub const DB_FILE: &str = "switchboard.db";
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// WAL with `synchronous=NORMAL`: a commit survives a crash of the process (kill -9);
+    /// a power loss or OS crash may lose the last commits, never the file.
+    #[default]
+    Normal,
+    /// WAL with `synchronous=FULL`: every group commit is fsynced, so it also survives power loss.
+    Full,
+}
 
 /// `DATA_DIR/config.toml`. Unknown keys are an error: a typo must not silently do nothing.
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -54,17 +54,7 @@ pub mod replication {
     pub use super::stamps::{Stamp, Stamped, stamp_local, stamp_of, stamp_wins};
 }
 
-/// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// WAL with `synchronous=NORMAL`: a commit survives a crash of the process (kill -9);
-    /// a power loss or OS crash may lose the last commits, never the file.
-    #[default]
-    Normal,
-    /// WAL with `synchronous=FULL`: every group commit is fsynced, so it also survives power loss.
-    Full,
-}
+pub use crate::config::SyncMode;
 
 /// The newest committed entries of this node's log: (seq, JSON payload).
 type Tail = std::sync::Mutex<std::collections::VecDeque<(u64, log::TailBody)>>;
