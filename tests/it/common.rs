@@ -231,6 +231,18 @@ pub async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
         .unwrap()
 }
 
+/// A fresh data dir whose node listens on a free port (so tests never meet on 8765).
+pub fn data_dir_on_free_port() -> (tempfile::TempDir, u16) {
+    let dir = tempdir();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    (dir, port)
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }

@@ -10,13 +10,7 @@ use crate::mcp::{ok, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
-    let dir = tempdir();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let (dir, port) = data_dir_on_free_port();
 
     // alice's MCP finds no node and hosts it; bob's connects to it.
     let (alice, _) = spawn(dir.path(), "alice", None).await;
@@ -94,13 +88,7 @@ async fn first_mcp_hosts_the_node_and_another_takes_over_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_host_is_replaced_and_acknowledged_mail_survives() {
-    let dir = tempdir();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let (dir, _) = data_dir_on_free_port();
     // The host: a raw `switchboard mcp` process we can kill -9.
     let mut host = tokio::process::Command::new(BIN)
         .arg("--data-dir")

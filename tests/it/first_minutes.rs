@@ -16,18 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::*;
-
-/// A fresh data dir whose node listens on a free port (so tests never meet on 8765).
-fn fresh_dir() -> (tempfile::TempDir, u16) {
-    let dir = tempdir();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    (dir, port)
-}
+use crate::mcp::text;
 
 /// The README's first `sh` block that uses the CLI: the one a new user runs first.
 fn readme_first_cli_example() -> String {
@@ -61,7 +50,7 @@ fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
 
 #[tokio::test]
 async fn the_readmes_first_example_works_as_written_on_a_fresh_data_dir() {
-    let (dir, _) = fresh_dir();
+    let (dir, _) = data_dir_on_free_port();
     let script = readme_first_cli_example();
     assert!(script.contains("switchboard agent add bob"), "{script}");
     let o = output(&mut shell(dir.path(), &script)).await;
@@ -77,7 +66,7 @@ async fn the_readmes_first_example_works_as_written_on_a_fresh_data_dir() {
 
 #[tokio::test]
 async fn an_unknown_agent_nothing_is_close_to_says_how_it_becomes_known() {
-    let (dir, _) = fresh_dir();
+    let (dir, _) = data_dir_on_free_port();
     let o = output(&mut shell(
         dir.path(),
         "switchboard send --as alice --to zed hi",
@@ -181,13 +170,6 @@ async fn call_tool(
     .await
     .unwrap_or_else(|_| panic!("{tool} did not answer within 30 s"))
     .unwrap()
-}
-
-fn text(r: &CallToolResult) -> String {
-    r.content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

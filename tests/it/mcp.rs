@@ -104,12 +104,17 @@ pub async fn ok(c: &Mcp, tool: &str, args: Value) -> Value {
     s
 }
 
-fn error_text(r: &CallToolResult) -> String {
-    assert_eq!(r.is_error, Some(true), "expected an error: {r:?}");
+/// The text content of a tool result.
+pub fn text(r: &CallToolResult) -> String {
     r.content
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
         .collect()
+}
+
+fn error_text(r: &CallToolResult) -> String {
+    assert_eq!(r.is_error, Some(true), "expected an error: {r:?}");
+    text(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
