@@ -6,6 +6,11 @@
 //! (see `apply`). The entries a transaction appends are held by the writer's [`LogState`],
 //! reached through the job's [`Tx`], and reach the in-memory tail only once it commits: a peer
 //! is never shipped an entry that a rollback took back.
+//!
+//! [`EventBody`] is the log's own record format: it is what the `events` table stores, so the
+//! store owns it. The mesh ships these records verbatim inside its `events` frames (the frame
+//! envelope lives in `mesh::frames`), which is why a log payload never has to be parsed again on
+//! its way to a peer.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
