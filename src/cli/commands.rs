@@ -66,20 +66,7 @@ async fn dispatch(cli: Cli) -> Step {
     let g = cli.global;
     match cli.command {
         Command::Node(a) => node(&g, a).await,
-        Command::Mcp(a) => {
-            let agent = match a.agent {
-                Some(a) => a,
-                None => default_agent()?,
-            };
-            validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
-            let conn = connect(&g, &agent, Role::Agent, true).await?;
-            let host = conn.host.clone();
-            let served = crate::mcp::serve_stdio(conn.client).await;
-            if let Some(h) = host {
-                h.stop().await;
-            }
-            Ok(served?)
-        }
+        Command::Mcp(a) => mcp(&g, a).await,
         Command::Send(a) => send(&g, a).await,
         Command::Inbox(a) => inbox(&g, a).await,
         Command::Who(a) => {
@@ -137,6 +124,34 @@ async fn dispatch(cli: Cli) -> Step {
         #[cfg(feature = "bench")]
         Command::Bench(a) => bench(&g, a).await,
     }
+}
+
+/// `switchboard mcp`. SIGTERM or SIGINT stop it as closing stdin does: pending tool calls are
+/// answered at once, and a node hosted here stops in order (sessions told, store flushed, the
+/// data dir's lock released) so that another process can take over or a node restart at once.
+async fn mcp(g: &crate::cli::Global, a: crate::cli::McpArgs) -> Step {
+    let agent = match a.agent {
+        Some(a) => a,
+        None => default_agent()?,
+    };
+    validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    let conn = tokio::select! {
+        c = connect(g, &agent, Role::Agent, true) => c?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    let host = conn.host.clone();
+    let served = crate::mcp::serve_stdio(conn.client, stop).await;
+    if let Some(h) = host {
+        h.stop().await;
+    }
+    Ok(served?)
 }
 
 /// The current directory's name, made into a valid agent name.

@@ -198,8 +198,10 @@ impl Router {
         (online, sessions)
     }
 
-    /// Cuts every session off; each says goodbye (`bye`) as it closes.
+    /// Cuts every session off; each says goodbye (`bye`) as it closes. Sends waiting for an
+    /// ack answer at once (`queued`: stored, and the recipients' sessions are closing).
     pub fn close_all(&self) {
+        self.acks.close();
         let d = self.directory.lock();
         for s in d.all().flat_map(|a| &a.sessions) {
             s.kill.cancel();
