@@ -113,6 +113,7 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Tail(a) => tail(&g, a).await,
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
+        Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
             if json {
@@ -447,6 +448,23 @@ async fn agent_add(g: &crate::cli::Global, name: &str) -> Step {
     conn.close().await;
     out(&format!(
         "{known} is known: mail to {known} is stored until it connects"
+    ))
+}
+
+async fn agent_forget(g: &crate::cli::Global, name: &str) -> Step {
+    validate_name(name).map_err(|e| Error::Config(format!("NAME: agent name {e}")))?;
+    let conn = connect(g, CLI_AGENT, Role::Cli, false).await?;
+    let r = conn.client.forget(name.to_owned()).await;
+    conn.close().await;
+    let r = r?;
+    let mail = match r.unread_dropped {
+        0 => String::new(),
+        1 => "; its 1 unread message is gone".to_owned(),
+        n => format!("; its {n} unread messages are gone"),
+    };
+    out(&format!(
+        "forgot {}: no longer known, on any node{mail}",
+        r.name
     ))
 }
 

@@ -10,10 +10,12 @@
 //! - [`send`]: a send from validation to its `sent` answer, and pushes of peers' messages;
 //! - [`acks`]: waiting for the first ack, which makes a send `delivered`;
 //! - [`reads`]: inbox, read marks, threads, search and tokens;
+//! - [`forget`]: forgetting an agent that is gone for good;
 //! - [`rate`], [`suggest`], [`metrics`]: the rate limit, "did you mean", counters.
 
 pub mod acks;
 pub mod directory;
+pub mod forget;
 pub mod metrics;
 pub mod presence;
 pub mod rate;

@@ -7,6 +7,7 @@ mod data_dir_node;
 mod durability;
 mod embedded;
 mod first_minutes;
+mod forget;
 mod hardening;
 mod identity;
 mod limits;
