@@ -272,8 +272,9 @@ async fn bad_enum_values_name_the_argument_the_choices_and_the_code() {
     mcp.cancel().await.unwrap();
 }
 
-/// The Python example exits 1 after a refused `--send` instead of running on (it needs
-/// `websockets`: CI installs it; elsewhere without it the test says so and checks nothing).
+/// The Python example exits 1 after a failed `--send` — refused by the node, or not answered
+/// because no node is there — instead of running on (it needs `websockets`: CI installs it;
+/// elsewhere without it the test says so and checks nothing).
 #[tokio::test]
 async fn the_python_example_exits_non_zero_after_a_failed_send() {
     let probe =
@@ -290,15 +291,27 @@ async fn the_python_example_exits_non_zero_after_a_failed_send() {
     let dir = tempdir();
     let node = NodeProc::start(dir.path(), &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
-    let o = output(
-        tokio::process::Command::new("python3")
-            .arg(script)
-            .args(["--as", "alice", "--node", &node.url(), "--data-dir"])
-            .arg(&node.dir)
-            .args(["--send", "nobody", "hi"]),
-    )
-    .await;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unknown_agent"), "{err}");
+    let nowhere = format!("ws://127.0.0.1:{}", free_port());
+    for (url, extra, says) in [
+        (node.url(), vec![], "unknown_agent"),
+        (nowhere, vec!["--send-timeout", "1"], "no answer to the send within 1"),
+    ] {
+        let started = Instant::now();
+        let o = output(
+            tokio::process::Command::new("python3")
+                .arg(script)
+                .args(["--as", "alice", "--node", &url, "--data-dir"])
+                .arg(&node.dir)
+                .args(["--send", "nobody", "hi"])
+                .args(extra),
+        )
+        .await;
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr);
+        eprintln!("the Python example exited {took:?} after it started ({says})");
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+        // Python's start and one connection; far below the 30 s `output` allows.
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+    }
 }
