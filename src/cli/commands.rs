@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Read, Write};
 
 use crate::cli::connect::{self, connect};
+use crate::cli::signals::Signals;
 use crate::cli::{
     AgentCommand, Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand,
 };
@@ -138,8 +139,9 @@ async fn mcp(g: &crate::cli::Global, a: crate::cli::McpArgs) -> Step {
     validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();
+    let mut signals = Signals::new();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down");
         on_signal.cancel();
     });
@@ -185,6 +187,7 @@ fn default_agent() -> Result<String> {
 }
 
 async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
+    let mut signals = Signals::new();
     let dir = connect::data_dir(g)?;
     let config = NodeConfig::resolve(
         dir,
@@ -204,34 +207,12 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
     let node = Node::start(config).await?;
     let stop = node.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
     node.run_until_stopped().await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut i), Ok(mut t)) => {
-                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn send(g: &crate::cli::Global, a: SendArgs) -> Step {
@@ -363,14 +344,19 @@ async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Step {
 
 async fn tail(g: &crate::cli::Global, a: TailArgs) -> Step {
     validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
-    let conn = connect(g, &a.agent, Role::Watch, true).await?;
-    let followed = follow(&conn, &a).await;
+    // Caught from here on: Ctrl-C while connecting, or before the first push, stops cleanly too.
+    let mut signals = Signals::new();
+    let conn = tokio::select! {
+        c = connect(g, &a.agent, Role::Watch, true) => c?,
+        _ = signals.recv() => return Ok(()),
+    };
+    let followed = follow(&conn, &a, &mut signals).await;
     conn.close().await;
     followed
 }
 
 /// Prints the agent's unread mail, then every push until Ctrl-C.
-async fn follow(conn: &connect::Connection, a: &TailArgs) -> Step {
+async fn follow(conn: &connect::Connection, a: &TailArgs, signals: &mut Signals) -> Step {
     let mut pushes = conn.client.pushes();
     if std::io::stderr().is_terminal() {
         eprintln!("following {}'s messages; Ctrl-C to stop", a.agent);
@@ -398,7 +384,7 @@ async fn follow(conn: &connect::Connection, a: &TailArgs) -> Step {
     }
     loop {
         tokio::select! {
-            _ = wait_for_signal() => break,
+            _ = signals.recv() => break,
             p = pushes.recv() => match p {
                 Ok(m) => {
                     // Reconnects replay unread mail; show each message once.

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod signals;
 mod status;
 
 use std::path::PathBuf;
