@@ -22,7 +22,8 @@ Run it:
 
 Options: --node URL (or SWITCHBOARD_NODE, default ws://127.0.0.1:8765); --token TOKEN (or
 SWITCHBOARD_TOKEN) to use an agent token from `switchboard token issue NAME` instead of the
-local secret; --json to print raw frames. Stop with Ctrl-C.
+local secret; --json to print raw frames. Stop with Ctrl-C. With --send it exits 1 if the node
+refuses the message, or does not answer within --send-timeout seconds (default 10).
 """
 
 import argparse
@@ -133,6 +134,7 @@ class Agent:
         self.sent_req = None          # and its request number
         self.finished = asyncio.Event()  # --wait-reply: the reply came, or the send failed
         self.failed = asyncio.Event()    # the --send message was refused: exit non-zero
+        self.answered = asyncio.Event()  # the node answered the --send message (sent or error)
         self.exit_code = 0
 
     # Frames out ---------------------------------------------------------------------------------
@@ -169,6 +171,8 @@ class Agent:
         if op == "msg":
             await self.on_message(frame["message"])
         elif op == "sent":
+            if req is not None and req == self.sent_req:
+                self.answered.set()
             if not self.args.json:
                 print(f"sent {frame['id']}: {frame['status']} to {frame['recipients']} "
                       f"recipient(s), thread {frame['thread_id']}", flush=True)
@@ -184,6 +188,7 @@ class Agent:
                 self.unanswered.clear()
             if self.sent_req in refused:
                 self.exit_code = 1  # the --send message was refused: nothing will answer it
+                self.answered.set()
                 self.failed.set()
                 self.finished.set()
         elif op == "bye":
@@ -279,26 +284,42 @@ class Agent:
             await asyncio.sleep(pause)
 
 
+async def until(tasks, timeout=None):
+    """Waits for the first of `tasks` to finish (or the timeout); returns the finished ones."""
+    done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    return done
+
+
 async def main(args):
     agent = Agent(args)
+    runner = asyncio.create_task(agent.run())
+    failed = asyncio.create_task(agent.failed.wait())
+    waits = [failed]
     try:
+        if args.send:
+            # A send nobody answers (no node there, or none that takes it) fails too, rather
+            # than retrying forever.
+            answered = asyncio.create_task(agent.answered.wait())
+            waits.append(answered)
+            done = await until({runner, answered}, args.send_timeout)
+            if runner in done:
+                runner.result()  # raises Fatal
+            if not done:
+                print(f"no answer to the send within {args.send_timeout} s from {agent.url}",
+                      file=sys.stderr)
+                return 1
+            if agent.failed.is_set():
+                return agent.exit_code
         if args.wait_reply is None:
             # Until Ctrl-C, or until the --send message is refused (then exit 1, not hang).
-            runner = asyncio.create_task(agent.run())
-            failed = asyncio.create_task(agent.failed.wait())
-            done, _ = await asyncio.wait({runner, failed}, return_when=asyncio.FIRST_COMPLETED)
-            runner.cancel()
-            failed.cancel()
+            done = await until({runner, failed})
             if runner in done:
                 runner.result()  # raises Fatal
             return agent.exit_code
         # --wait-reply: run until a reply to the --send message arrives, or give up.
-        runner = asyncio.create_task(agent.run())
         finished = asyncio.create_task(agent.finished.wait())
-        done, _ = await asyncio.wait({runner, finished}, timeout=args.wait_reply,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        runner.cancel()
-        finished.cancel()
+        waits.append(finished)
+        done = await until({runner, finished}, args.wait_reply)
         if runner in done:
             runner.result()  # raises Fatal
         if finished in done:
@@ -308,6 +329,9 @@ async def main(args):
     except Fatal as e:
         print(f"refused: {e}", file=sys.stderr)
         return 2
+    finally:
+        for t in [runner, *waits]:
+            t.cancel()
 
 
 def parse_args():
@@ -321,6 +345,9 @@ def parse_args():
                    "(or SWITCHBOARD_DATA_DIR; default ~/.local/share/switchboard)")
     p.add_argument("--send", nargs=2, metavar=("TO", "BODY"),
                    help="send one message (TO: agent, #topic or *) and print the answer")
+    p.add_argument("--send-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="with --send: exit 1 if the node has not answered it within SECONDS "
+                   "(default 10)")
     p.add_argument("--wait-reply", type=float, metavar="SECONDS",
                    help="with --send: exit 0 once a reply arrives, 1 if none within SECONDS")
     p.add_argument("--echo", action="store_true",

@@ -23,7 +23,17 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct Host {
     config: NodeConfig,
-    node: Arc<Mutex<Option<Node>>>,
+    node: Arc<Mutex<Slot>>,
+}
+
+/// What the process hosts.
+enum Slot {
+    /// Nothing yet: the next unreachable node may be hosted here.
+    Free,
+    Hosting(Node),
+    /// The process is exiting: a reconnect after the hosted node stopped must not start it
+    /// again (that would hold the data dir's lock that another process is about to take).
+    Stopped,
 }
 
 impl Host {
@@ -32,7 +42,7 @@ impl Host {
         let config = NodeConfig::resolve(data_dir, NodeOverrides::default())?;
         Ok(Host {
             config,
-            node: Arc::new(Mutex::new(None)),
+            node: Arc::new(Mutex::new(Slot::Free)),
         })
     }
 
@@ -45,13 +55,13 @@ impl Host {
     /// dir or the port (then that process is the host).
     pub async fn try_host(&self) {
         let mut slot = self.node.lock().await;
-        if slot.is_some() {
+        if !matches!(*slot, Slot::Free) {
             return;
         }
         match Node::start(self.config.clone()).await {
             Ok(node) => {
                 tracing::info!(addr = %node.addr(), "no node was running: hosting it in this process");
-                *slot = Some(node);
+                *slot = Slot::Hosting(node);
             }
             Err(Error::Locked(_)) => tracing::debug!("another process hosts the node"),
             Err(e) => tracing::debug!(error = %e, "could not host the node"),
@@ -67,9 +77,11 @@ impl Host {
         })
     }
 
-    /// Stops the hosted node, if any, so another process can take over.
+    /// Stops the hosted node, if any, so another process can take over; this process hosts
+    /// nothing after it.
     pub async fn stop(&self) {
-        if let Some(node) = self.node.lock().await.take()
+        let mut slot = self.node.lock().await;
+        if let Slot::Hosting(node) = std::mem::replace(&mut *slot, Slot::Stopped)
             && let Err(e) = node.stop().await
         {
             tracing::warn!(error = %e, "stopping the hosted node");

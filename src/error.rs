@@ -59,8 +59,8 @@ pub enum Error {
     },
     /// The thread loop guard stopped a reply.
     #[error(
-        "loop guard: this thread had {count} messages in the last minute (limit {limit}); \
-         nothing was sent. Do not answer acknowledgements with acknowledgements."
+        "loop guard: this thread had {count} messages in the last minute (limit {limit}). \
+         Nothing was sent. Do not answer acknowledgements with acknowledgements."
     )]
     LoopGuard {
         /// Messages the thread had in the last minute.

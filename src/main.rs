@@ -37,7 +37,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(switchboard::cli::run(cli)) {
+    let result = runtime.block_on(switchboard::cli::run(cli));
+    // Dropping the runtime would wait for its blocking threads, and one of them may sit in a
+    // read of stdin that never returns (`switchboard mcp` stopped by a signal while its client
+    // keeps stdin open). Everything that matters was awaited above; give the rest a moment.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(Outcome::Done | Outcome::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");

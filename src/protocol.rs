@@ -42,6 +42,8 @@ pub enum ClientFrame {
     Ack(AckFrame),
     /// Token management (local-secret connections only); answered by `tokens`.
     Token(TokenRequest),
+    /// Forget an offline agent (local-secret connections only); answered by `forgotten`.
+    Forget(ForgetRequest),
     /// Application-level liveness check; answered by `pong`.
     Ping(Ping),
 }
@@ -257,6 +259,16 @@ pub enum TokenAction {
     List,
 }
 
+/// Forgetting an agent: its directory entry, token, subscriptions and inbox.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest {
+    /// Correlates the answer with this request.
+    pub req: u64,
+    /// The agent to forget (it must have no session open anywhere).
+    pub name: String,
+}
+
 /// A liveness probe.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +353,14 @@ pub enum ServerFrame {
         #[serde(flatten)]
         result: TokenResult,
     },
+    /// Answer to `forget`.
+    Forgotten {
+        /// The request this answers.
+        req: u64,
+        /// The result.
+        #[serde(flatten)]
+        result: ForgetResult,
+    },
     /// Answer to `ping`.
     Pong {
         /// The request this answers.
@@ -408,6 +428,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The operation needs the local secret.
     Forbidden,
+    /// The agent has a session open (here or at a peer), so it cannot be forgotten now.
+    AgentOnline,
     /// The node is shutting down.
     ShuttingDown,
     /// The node's store is out of disk space: nothing was stored (try again later).
@@ -434,6 +456,7 @@ impl ErrorCode {
             ErrorCode::UnknownMessage => "unknown_message",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AgentOnline => "agent_online",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StorageError => "storage_error",
@@ -536,6 +559,15 @@ pub struct TokenResult {
     pub names: Vec<String>,
 }
 
+/// Result of forgetting an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ForgetResult {
+    /// The agent forgotten, as the directory spelled it.
+    pub name: String,
+    /// Unread messages its inbox held, now gone (their senders' threads keep them).
+    pub unread_dropped: u64,
+}
+
 impl ServerFrame {
     /// An error frame answering `req`.
     pub fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -561,6 +593,7 @@ impl ClientFrame {
             ClientFrame::Thread(r) => Some(r.req),
             ClientFrame::Search(r) => Some(r.req),
             ClientFrame::Token(r) => Some(r.req),
+            ClientFrame::Forget(r) => Some(r.req),
             ClientFrame::Ping(r) => Some(r.req),
         }
     }

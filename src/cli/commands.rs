@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Read, Write};
 
 use crate::cli::connect::{self, connect};
+use crate::cli::signals::Signals;
 use crate::cli::{
     AgentCommand, Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand,
 };
@@ -66,20 +67,7 @@ async fn dispatch(cli: Cli) -> Step {
     let g = cli.global;
     match cli.command {
         Command::Node(a) => node(&g, a).await,
-        Command::Mcp(a) => {
-            let agent = match a.agent {
-                Some(a) => a,
-                None => default_agent()?,
-            };
-            validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
-            let conn = connect(&g, &agent, Role::Agent, true).await?;
-            let host = conn.host.clone();
-            let served = crate::mcp::serve_stdio(conn.client).await;
-            if let Some(h) = host {
-                h.stop().await;
-            }
-            Ok(served?)
-        }
+        Command::Mcp(a) => mcp(&g, a).await,
         Command::Send(a) => send(&g, a).await,
         Command::Inbox(a) => inbox(&g, a).await,
         Command::Who(a) => {
@@ -126,6 +114,7 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Tail(a) => tail(&g, a).await,
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
+        Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
             if json {
@@ -137,6 +126,35 @@ async fn dispatch(cli: Cli) -> Step {
         #[cfg(feature = "bench")]
         Command::Bench(a) => bench(&g, a).await,
     }
+}
+
+/// `switchboard mcp`. SIGTERM or SIGINT stop it as closing stdin does: pending tool calls are
+/// answered at once, and a node hosted here stops in order (sessions told, store flushed, the
+/// data dir's lock released) so that another process can take over or a node restart at once.
+async fn mcp(g: &crate::cli::Global, a: crate::cli::McpArgs) -> Step {
+    let agent = match a.agent {
+        Some(a) => a,
+        None => default_agent()?,
+    };
+    validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    let mut signals = Signals::new();
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    let conn = tokio::select! {
+        c = connect(g, &agent, Role::Agent, true) => c?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    let host = conn.host.clone();
+    let served = crate::mcp::serve_stdio(conn.client, stop).await;
+    if let Some(h) = host {
+        h.stop().await;
+    }
+    Ok(served?)
 }
 
 /// The current directory's name, made into a valid agent name.
@@ -169,6 +187,7 @@ fn default_agent() -> Result<String> {
 }
 
 async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
+    let mut signals = Signals::new();
     let dir = connect::data_dir(g)?;
     let config = NodeConfig::resolve(
         dir,
@@ -188,34 +207,12 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
     let node = Node::start(config).await?;
     let stop = node.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
     node.run_until_stopped().await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut i), Ok(mut t)) => {
-                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn send(g: &crate::cli::Global, a: SendArgs) -> Step {
@@ -347,14 +344,19 @@ async fn inbox(g: &crate::cli::Global, a: InboxArgs) -> Step {
 
 async fn tail(g: &crate::cli::Global, a: TailArgs) -> Step {
     validate_name(&a.agent).map_err(|e| Error::Config(format!("--as: agent name {e}")))?;
-    let conn = connect(g, &a.agent, Role::Watch, true).await?;
-    let followed = follow(&conn, &a).await;
+    // Caught from here on: Ctrl-C while connecting, or before the first push, stops cleanly too.
+    let mut signals = Signals::new();
+    let conn = tokio::select! {
+        c = connect(g, &a.agent, Role::Watch, true) => c?,
+        _ = signals.recv() => return Ok(()),
+    };
+    let followed = follow(&conn, &a, &mut signals).await;
     conn.close().await;
     followed
 }
 
 /// Prints the agent's unread mail, then every push until Ctrl-C.
-async fn follow(conn: &connect::Connection, a: &TailArgs) -> Step {
+async fn follow(conn: &connect::Connection, a: &TailArgs, signals: &mut Signals) -> Step {
     let mut pushes = conn.client.pushes();
     if std::io::stderr().is_terminal() {
         eprintln!("following {}'s messages; Ctrl-C to stop", a.agent);
@@ -382,7 +384,7 @@ async fn follow(conn: &connect::Connection, a: &TailArgs) -> Step {
     }
     loop {
         tokio::select! {
-            _ = wait_for_signal() => break,
+            _ = signals.recv() => break,
             p = pushes.recv() => match p {
                 Ok(m) => {
                     // Reconnects replay unread mail; show each message once.
@@ -432,6 +434,23 @@ async fn agent_add(g: &crate::cli::Global, name: &str) -> Step {
     conn.close().await;
     out(&format!(
         "{known} is known: mail to {known} is stored until it connects"
+    ))
+}
+
+async fn agent_forget(g: &crate::cli::Global, name: &str) -> Step {
+    validate_name(name).map_err(|e| Error::Config(format!("NAME: agent name {e}")))?;
+    let conn = connect(g, CLI_AGENT, Role::Cli, false).await?;
+    let r = conn.client.forget(name.to_owned()).await;
+    conn.close().await;
+    let r = r?;
+    let mail = match r.unread_dropped {
+        0 => String::new(),
+        1 => "; its 1 unread message is gone".to_owned(),
+        n => format!("; its {n} unread messages are gone"),
+    };
+    out(&format!(
+        "forgot {}: no longer known, on any node{mail}",
+        r.name
     ))
 }
 

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod signals;
 mod status;
 
 use std::path::PathBuf;
@@ -66,7 +67,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make agent names known, so mail to them is accepted before they first connect.
+    /// Make agent names known before they first connect, or forget them.
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Load generator: latency percentiles and throughput of a node.
@@ -222,6 +223,12 @@ pub enum TokenCommand {
 pub enum AgentCommand {
     /// Make NAME known: mail to it is stored until it connects.
     Add {
+        /// The agent.
+        name: String,
+    },
+    /// Forget NAME (no session may be open): its entry, token, subscriptions and unread mail
+    /// go, on every node; messages it sent or got stay in the other agents' threads.
+    Forget {
         /// The agent.
         name: String,
     },

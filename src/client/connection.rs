@@ -392,7 +392,12 @@ fn answer_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Topics { req, .. }
         | ServerFrame::Messages { req, .. }
         | ServerFrame::Tokens { req, .. }
+        | ServerFrame::Forgotten { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
-        _ => None,
+        // Named one by one, so that a new answer cannot be left out unnoticed.
+        ServerFrame::Welcome(_)
+        | ServerFrame::Msg { .. }
+        | ServerFrame::Error(_)
+        | ServerFrame::Bye { .. } => None,
     }
 }

@@ -76,6 +76,7 @@ answers!(
     TopicsResult => Topics,
     MessagesResult => Messages,
     TokenResult => Tokens,
+    ForgetResult => Forgotten,
 );
 
 impl Client {
@@ -263,6 +264,12 @@ impl Client {
     /// Token management (needs the local secret).
     pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
         self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
+            .await
+    }
+
+    /// Forgets an agent that has no session open (local secret only).
+    pub async fn forget(&self, name: String) -> Result<ForgetResult> {
+        self.ask(|req| ClientFrame::Forget(ForgetRequest { req, name }))
             .await
     }
 }

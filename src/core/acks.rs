@@ -3,12 +3,14 @@
 //! A send that reached a recipient's session waits (up to [`ACK_WAIT`]) for that session's
 //! ack, or for a peer's notice that a session there holds it. Acks can beat the wait's
 //! registration — a peer pushes before it even commits — so early ones are kept for a moment.
+//! When the node stops, every wait ends at once: the sessions that could ack are closing.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// How long a send waits for a recipient's session to ack before it answers `queued`.
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
@@ -29,6 +31,8 @@ pub enum AckedBy<'a> {
 #[derive(Default)]
 pub struct Acks {
     inner: Mutex<Inner>,
+    /// Cancelled when the node stops: no ack can come any more, so nobody waits for one.
+    closed: CancellationToken,
 }
 
 #[derive(Default)]
@@ -99,6 +103,11 @@ impl Acks {
         rx
     }
 
+    /// Ends every wait, now and later, as if its time were up (the node is stopping).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
     /// Stops waiting for `id` (its wait timed out).
     pub fn give_up(&self, id: &str) {
         self.inner.lock().waiting.remove(id);
@@ -133,11 +142,13 @@ impl Acks {
     }
 }
 
-/// Waits for a registered ack, at most [`ACK_WAIT`]; true if it came.
+/// Waits for a registered ack, at most [`ACK_WAIT`] and not past [`Acks::close`]; true if it
+/// came.
 pub async fn arrived(acks: &Acks, id: &str, rx: oneshot::Receiver<()>) -> bool {
-    let got = tokio::time::timeout(ACK_WAIT, rx)
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let got = tokio::select! {
+        r = tokio::time::timeout(ACK_WAIT, rx) => r.is_ok_and(|r| r.is_ok()),
+        _ = acks.closed.cancelled() => false,
+    };
     if !got {
         acks.give_up(id);
     }
@@ -174,5 +185,18 @@ mod tests {
         assert!(rx.try_recv().is_err(), "carol's ack must not count for bob");
         acks.acked(AckedBy::Agent("bob"), &names(&["m3"]));
         assert!(arrived(&acks, "m3", rx).await);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_waits_at_once() {
+        let acks = Acks::default();
+        let rx = acks.wait_for("m1", names(&["bob"]));
+        acks.close();
+        let started = Instant::now();
+        assert!(!arrived(&acks, "m1", rx).await);
+        assert!(started.elapsed() < ACK_WAIT / 2, "{:?}", started.elapsed());
+        // A wait registered after the close does not wait either.
+        let rx = acks.wait_for("m2", names(&["bob"]));
+        assert!(!arrived(&acks, "m2", rx).await);
     }
 }

@@ -163,6 +163,19 @@ impl Directory {
         self.agents.insert(fold(&agent.row.name), agent);
     }
 
+    /// Takes the agent called `name` (in any case) out of the directory and out of every
+    /// topic; returns it with the topics it subscribed to.
+    pub(super) fn remove(&mut self, name: &str) -> Option<(Agent, Vec<String>)> {
+        let agent = self.agents.remove(&fold(name))?;
+        let mut topics = Vec::new();
+        for (topic, subs) in &mut self.topics {
+            if subs.remove(&agent.row.name) {
+                topics.push(topic.clone());
+            }
+        }
+        Some((agent, topics))
+    }
+
     /// Every agent.
     pub(super) fn all(&self) -> impl Iterator<Item = &Agent> {
         self.agents.values()

@@ -10,10 +10,12 @@
 //! - [`send`]: a send from validation to its `sent` answer, and pushes of peers' messages;
 //! - [`acks`]: waiting for the first ack, which makes a send `delivered`;
 //! - [`reads`]: inbox, read marks, threads, search and tokens;
+//! - [`forget`]: forgetting an agent that is gone for good;
 //! - [`rate`], [`suggest`], [`metrics`]: the rate limit, "did you mean", counters.
 
 pub mod acks;
 pub mod directory;
+pub mod forget;
 pub mod metrics;
 pub mod presence;
 pub mod rate;
@@ -198,8 +200,10 @@ impl Router {
         (online, sessions)
     }
 
-    /// Cuts every session off; each says goodbye (`bye`) as it closes.
+    /// Cuts every session off; each says goodbye (`bye`) as it closes. Sends waiting for an
+    /// ack answer at once (`queued`: stored, and the recipients' sessions are closing).
     pub fn close_all(&self) {
+        self.acks.close();
         let d = self.directory.lock();
         for s in d.all().flat_map(|a| &a.sessions) {
             s.kill.cancel();

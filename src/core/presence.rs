@@ -276,7 +276,7 @@ impl Router {
 
     /// Takes in what a peer's committed events changed in the directory and subscriptions.
     /// (Their messages were pushed already, by [`Router::push_remote`].)
-    pub fn apply_remote(&self, applied: Applied) {
+    pub fn apply_remote(self: &Arc<Self>, applied: Applied) {
         let mut d = self.directory.lock();
         for row in applied.agents {
             match d.get_mut(&row.name) {
@@ -297,6 +297,23 @@ impl Router {
         }
         for (topic, agent, on) in applied.subscriptions {
             d.set_subscription(&topic, &agent, on);
+        }
+        for name in applied.forgotten {
+            match d.get(&name) {
+                // A partition hid that the agent is here: it stays, and its row comes back
+                // everywhere (stamped after the forget).
+                Some(a) if !a.sessions.is_empty() => {
+                    let router = self.clone();
+                    self.tracker.spawn(async move {
+                        if let Err(e) = router.keep_if_back(&name).await {
+                            tracing::warn!(error = %e, "could not keep a forgotten agent that is connected");
+                        }
+                    });
+                }
+                _ => {
+                    d.remove(&name);
+                }
+            }
         }
     }
 }

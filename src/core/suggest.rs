@@ -42,6 +42,24 @@ pub fn unknown<'a>(what: Unknown, name: &str, known: impl Iterator<Item = &'a St
     Error::refused(code, format!("unknown {noun} '{prefix}{shown}'{why}{hint}"))
 }
 
+/// "unknown agent 'bbo' — did you mean 'bob'?" for an operation on an existing agent (such as
+/// forgetting it), which changed nothing.
+pub fn unknown_agent<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Error {
+    let names: Vec<String> = closest(name, known)
+        .into_iter()
+        .map(|k| format!("'{k}'"))
+        .collect();
+    let shown: String = name.chars().take(MAX_NAME_LEN).collect();
+    let hint = match names.len() {
+        0 => ".".to_owned(),
+        _ => format!(" — did you mean {}?", names.join(" or ")),
+    };
+    Error::refused(
+        ErrorCode::UnknownAgent,
+        format!("unknown agent '{shown}'{hint} Nothing was changed."),
+    )
+}
+
 /// Up to three known names close to `name`, closest first.
 fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
     let mut close: Vec<(f64, &String)> = known

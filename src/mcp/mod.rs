@@ -32,7 +32,8 @@ struct Inner {
     client: Client,
     agent: String,
     uri: String,
-    /// Cancelled when stdin closes, so long-polls end at once instead of holding the exit.
+    /// Cancelled when stdin closes or a signal stops the server: every tool call ends at once
+    /// instead of holding the exit.
     shutdown: CancellationToken,
     /// 2025-11-25 sessions subscribed to their inbox resource.
     legacy_subscribed: Mutex<HashSet<String>>,
@@ -47,7 +48,7 @@ pub struct McpServer {
 }
 
 impl McpServer {
-    /// Wraps a connected client. `shutdown` should be cancelled when stdin closes.
+    /// Wraps a connected client. `shutdown` should be cancelled when the server is to stop.
     pub fn new(client: Client, shutdown: CancellationToken) -> McpServer {
         let agent = client.agent().to_owned();
         McpServer {

@@ -1,9 +1,11 @@
 //! The MCP handler (capabilities, instructions, resource requests) and serving it on stdio.
 
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    Implementation, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
@@ -14,6 +16,25 @@ use crate::client::Client;
 
 #[tool_handler]
 impl ServerHandler for McpServer {
+    /// Every tool call ends when the server shuts down (stdin closed, SIGTERM): a call waiting
+    /// on the node — a long-poll, or any request while the node is unreachable — would
+    /// otherwise hold the exit for rmcp's drain of in-flight handlers (5 s).
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let router = Self::tool_router();
+        let call = router.call(ToolCallContext::new(self, request, context));
+        tokio::select! {
+            r = call => r,
+            _ = self.inner.shutdown.cancelled() => Ok(CallToolResult::error(vec![
+                ContentBlock::text("the switchboard MCP server is shutting down; nothing more was done"),
+            ])
+            .into()),
+        }
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -122,23 +143,35 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<R> {
     }
 }
 
-/// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve_stdio(client: Client) -> crate::Result<()> {
+/// Serves MCP on stdin/stdout until the client goes away (stdin closes) or `stop` is
+/// cancelled (a signal). Either way pending tool calls are answered at once and the service
+/// ends without waiting for them.
+pub async fn serve_stdio(client: Client, stop: CancellationToken) -> crate::Result<()> {
     use rmcp::ServiceExt;
-    let shutdown = CancellationToken::new();
+    let shutdown = stop;
     let server = McpServer::new(client, shutdown.clone());
     let (stdin, stdout) = rmcp::transport::stdio();
     let stdin = EofSignal {
         inner: stdin,
         eof: shutdown.clone(),
     };
-    let running = server
-        .clone()
-        .serve((stdin, stdout))
-        .await
-        .map_err(|e| crate::Error::Connection(format!("MCP handshake failed: {e}")))?;
+    let running = tokio::select! {
+        r = server.clone().serve((stdin, stdout)) => r
+            .map_err(|e| crate::Error::Connection(format!("MCP handshake failed: {e}")))?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     server.start_notifier(running.peer().clone());
-    let result = running.waiting().await;
+    let cancel = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let result = tokio::select! {
+        r = &mut waiting => r,
+        _ = shutdown.cancelled() => {
+            // The tool calls have their answers (see `call_tool`); rmcp writes them and ends.
+            cancel.cancel();
+            waiting.await
+        }
+    };
     shutdown.cancel();
     if let Err(e) = result {
         tracing::debug!(error = %e, "MCP service ended with an error");

@@ -113,6 +113,10 @@ impl Conn {
                 req: t.req,
                 result: r.token(self.admin, t.action, t.name).await?,
             },
+            ClientFrame::Forget(f) => ServerFrame::Forgotten {
+                req: f.req,
+                result: r.forget(self.admin, &f.name).await?,
+            },
             ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
         }))
     }

@@ -25,8 +25,11 @@ use crate::error::{Error, Result};
 use crate::mesh::Mesh;
 use crate::store::Store;
 
-/// How long shutdown waits for sessions to finish before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for its tasks (sessions saying goodbye, links, the accept loop)
+/// before it flushes the store and releases the lock anyway. They end in milliseconds: every
+/// wait ends when the node stops, and a goodbye to a client that does not read is given up after
+/// 250 ms; this is the backstop that keeps a stop (and a restart after it) within about a second.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pending connections the kernel may queue. A restarted node is hit by all its agents at
 /// once; with tokio's default of 1024 the overflow waits for a SYN retransmit (1 s).
@@ -171,13 +174,14 @@ impl Node {
         self.shutdown.cancel();
         self.router.close_all();
         self.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("some sessions did not close in time");
         }
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await;
+        let _ = tokio::time::timeout_at(deadline, &mut self.server).await;
         // Everything queued before this point is committed when it returns.
         let flushed = self.router.flush().await;
         drop(self.lock.take());

@@ -6,9 +6,11 @@
 //! the session's bounded queue, in order.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Conn;
 use super::http::AppState;
@@ -16,6 +18,22 @@ use super::upgrade::Socket;
 use crate::core::{Frame, Metrics};
 use crate::protocol::{ErrorCode, Hello, PROTOCOL_VERSION, Role, ServerFrame, Welcome};
 use crate::transport::{Incoming, Reader, Writer};
+
+/// How long a session that is cut off may take for its goodbye (frames already queued, `bye`,
+/// the close), and a write under way when it is cut off may still take, before the socket is
+/// simply dropped: a client that does not read would otherwise hold the node's shutdown for
+/// the 10 s write timeout.
+pub(super) const GOODBYE: Duration = Duration::from_millis(250);
+
+/// `write`, unless the session is cut off while it waits and it does not end within
+/// [`GOODBYE`] after that; false, as for a failed write, then.
+async fn unless_cut_off(kill: &CancellationToken, write: impl Future<Output = bool>) -> bool {
+    tokio::pin!(write);
+    tokio::select! {
+        ok = &mut write => ok,
+        _ = kill.cancelled() => tokio::time::timeout(GOODBYE, write).await.unwrap_or(false),
+    }
+}
 
 /// Why a session ended on the node's side, as told in its `bye`.
 #[derive(Debug, Clone, Copy)]
@@ -53,9 +71,9 @@ pub async fn run(
         }
     };
     if s.shutdown.is_cancelled() {
-        return writer
-            .refuse(ErrorCode::ShuttingDown, "the node is shutting down".into())
-            .await;
+        let refuse = writer.refuse(ErrorCode::ShuttingDown, "the node is shutting down".into());
+        let _ = tokio::time::timeout(GOODBYE, refuse).await;
+        return;
     }
     let (tx, mut rx) = mpsc::channel(router.limits.outbound_queue);
     let kill = s.shutdown.child_token();
@@ -72,15 +90,19 @@ pub async fn run(
         v: PROTOCOL_VERSION,
         max_frame_bytes: router.limits.max_frame_bytes,
     });
-    let mut ok = writer.send_frame(&welcome).await;
+    let kill = &session.kill;
+    let mut ok = unless_cut_off(kill, writer.send_frame(&welcome)).await;
     // Mail committed while the replay is read is both replayed and queued as a push: the
     // queued copy of what was replayed is dropped (see `serve`).
     let mut replayed = HashSet::new();
     if ok && hello.role != Role::Cli {
         // A replay that fails to load leaves the mail unread; the session goes on.
         for message in router.replay(&agent).await.unwrap_or_default() {
+            if kill.is_cancelled() {
+                break;
+            }
             replayed.insert(message.id.clone());
-            if !writer.send_frame(&ServerFrame::Msg { message }).await {
+            if !unless_cut_off(kill, writer.send_frame(&ServerFrame::Msg { message })).await {
                 ok = false;
                 break;
             }
@@ -95,16 +117,7 @@ pub async fn run(
             admin,
         };
         let shutdown = s.shutdown.clone();
-        serve(
-            &conn,
-            writer,
-            reader,
-            &mut rx,
-            replayed,
-            &session.kill,
-            &shutdown,
-        )
-        .await;
+        serve(&conn, writer, reader, &mut rx, replayed, kill, &shutdown).await;
         // Sends already queued are still answered (into the queue) before the agent leaves.
         conn.sends.close().await;
     }
@@ -118,8 +131,8 @@ async fn serve(
     mut reader: Reader<Socket>,
     rx: &mut mpsc::Receiver<Frame>,
     mut replayed: HashSet<String>,
-    kill: &tokio_util::sync::CancellationToken,
-    shutdown: &tokio_util::sync::CancellationToken,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
 ) {
     let metrics = &conn.router.metrics;
     let interval = conn.router.limits.ping_interval;
@@ -129,13 +142,16 @@ async fn serve(
         tokio::select! {
             _ = kill.cancelled() => {
                 let bye = if shutdown.is_cancelled() { Bye::ShuttingDown } else { Bye::TooSlow };
-                // Frames already queued (answers, pushes) go out before the goodbye.
-                while let Ok(f) = rx.try_recv() {
-                    if f.message_id().is_some_and(|id| replayed.remove(id)) { continue; }
-                    if !writer.send_queued(f).await { break; }
-                }
-                let _ = writer.send_frame(&ServerFrame::Bye { reason: bye.reason().into() }).await;
-                writer.close().await;
+                let goodbye = async {
+                    // Frames already queued (answers, pushes) go out before the goodbye.
+                    while let Ok(f) = rx.try_recv() {
+                        if f.message_id().is_some_and(|id| replayed.remove(id)) { continue; }
+                        if !writer.send_queued(f).await { return; }
+                    }
+                    let _ = writer.send_frame(&ServerFrame::Bye { reason: bye.reason().into() }).await;
+                    writer.close().await;
+                };
+                let _ = tokio::time::timeout(GOODBYE, goodbye).await;
                 return;
             }
             out = rx.recv() => match out {
@@ -143,7 +159,7 @@ async fn serve(
                     // True for a push of mail already replayed (each is dropped once).
                     let skip = |f: &Frame| !replayed.is_empty()
                         && f.message_id().is_some_and(|id| replayed.remove(id));
-                    if !writer.send_batch(frame, rx, skip).await { return }
+                    if !unless_cut_off(kill, writer.send_batch(frame, rx, skip)).await { return }
                 }
                 None => return,
             },
@@ -153,14 +169,14 @@ async fn serve(
                     tracing::info!(agent = %conn.agent, "no pong in time; closing");
                     return;
                 }
-                if !writer.ping().await { return; }
+                if !unless_cut_off(kill, writer.ping()).await { return; }
             }
             incoming = reader.next() => {
                 last_heard = Instant::now();
                 match incoming {
                     Incoming::Text(text) => {
                         if let Some(reply) = conn.handle(&text).await
-                            && !writer.send_frame(&reply).await
+                            && !unless_cut_off(kill, writer.send_frame(&reply)).await
                         {
                             return;
                         }
@@ -168,7 +184,8 @@ async fn serve(
                     Incoming::Binary => {
                         Metrics::inc(&metrics.frames_rejected_total);
                         let (code, message) = incoming.refusal();
-                        if !writer.send_frame(&ServerFrame::error(None, code, message)).await { return; }
+                        let refusal = ServerFrame::error(None, code, message);
+                        if !unless_cut_off(kill, writer.send_frame(&refusal)).await { return; }
                     }
                     Incoming::TooLarge(_) => {
                         Metrics::inc(&metrics.frames_rejected_total);

@@ -106,7 +106,8 @@ async fn run(
         .connections_active
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut writer, mut reader) = transport::split(ws);
-    match first_frame(&mut reader, s.router.limits.handshake_timeout).await {
+    let first = first_frame(&mut reader, s.router.limits.handshake_timeout, &s.shutdown).await;
+    match first {
         Ok(First::Client(hello)) => session::run(writer, reader, hello, token, &s).await,
         Ok(First::Peer(nonce)) => match s.mesh.clone() {
             Some(mesh) => {
@@ -129,6 +130,10 @@ async fn run(
             }
         },
         Err(None) => {}
+        Err(Some((ErrorCode::ShuttingDown, message))) => {
+            let refuse = writer.refuse(ErrorCode::ShuttingDown, message);
+            let _ = tokio::time::timeout(session::GOODBYE, refuse).await;
+        }
         Err(Some((code, message))) => {
             Metrics::inc(&metrics.frames_rejected_total);
             writer.refuse(code, message).await;
@@ -139,15 +144,23 @@ async fn run(
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Reads the first frame within the handshake timeout. `Err(None)`: the socket closed
-/// before saying anything (nothing to answer).
+/// Reads the first frame within the handshake timeout, or until the node stops (a socket that
+/// says nothing must not hold the shutdown). `Err(None)`: the socket closed before saying
+/// anything (nothing to answer).
 async fn first_frame(
     reader: &mut Reader<Socket>,
     timeout: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<First, Option<(ErrorCode, String)>> {
     let deadline = tokio::time::Instant::now() + timeout;
     let text = loop {
-        match tokio::time::timeout_at(deadline, reader.next()).await {
+        let next = tokio::select! {
+            n = tokio::time::timeout_at(deadline, reader.next()) => n,
+            _ = shutdown.cancelled() => {
+                return Err(Some((ErrorCode::ShuttingDown, "the node is shutting down".into())));
+            }
+        };
+        match next {
             Err(_) => {
                 return Err(Some((
                     ErrorCode::HandshakeTimeout,

@@ -10,6 +10,7 @@ use rusqlite::params;
 use crate::error::Result;
 use crate::store::Tx;
 use crate::store::directory::{agents, delete_token, put_token, set_subscription, upsert_agent};
+use crate::store::forget::{apply_forget, forgotten_at, tombstones};
 use crate::store::log::{Event, EventBody, append, append_message, cursor, load_message};
 use crate::store::messages::insert_message;
 use crate::store::rows::{AgentRow, Stored};
@@ -24,6 +25,8 @@ pub struct Applied {
     pub agents: Vec<AgentRow>,
     /// (topic, agent, on).
     pub subscriptions: Vec<(String, String, bool)>,
+    /// Agents forgotten (their directory rows are gone).
+    pub forgotten: Vec<String>,
     /// Events skipped because they were already applied.
     pub duplicates: u64,
     /// The cursor after applying.
@@ -42,7 +45,16 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
         // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
         // the same data dir); the origin always ships everything after our cursor, in order.
         match e.body {
-            EventBody::Message(m) => {
+            EventBody::Message(mut m) => {
+                // Mail for a name forgotten after it was sent stays out of its inbox here, as
+                // the forget took it out of the inbox where the mail came first.
+                let mut kept = Vec::with_capacity(m.recipients.len());
+                for r in std::mem::take(&mut m.recipients) {
+                    if !forgotten_at(conn, &r, m.created_at)? {
+                        kept.push(r);
+                    }
+                }
+                m.recipients = kept;
                 let stored = insert_message(conn, m, None);
                 match stored {
                     Ok(s) if s.duplicate => out.duplicates += 1,
@@ -53,6 +65,8 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
                     Err(e) => tracing::warn!(error = %e, "skipping a replicated message"),
                 }
             }
+            // Marks of an agent forgotten since: its inbox is gone.
+            EventBody::Read { agent, at, .. } if forgotten_at(conn, &agent, at)? => {}
             EventBody::Read { agent, ids, at } => {
                 // The message may not be here yet (it comes from its own origin, maybe later):
                 // record the mark anyway, so it is read when it arrives.
@@ -90,9 +104,19 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
                 on,
                 stamp,
             } => {
-                if stamp_wins(conn, Stamped::Subscription(&topic, &agent), &stamp)? {
+                // An add made before its agent was forgotten does not bring the agent back.
+                let stale = on && !stamp.is_unset() && forgotten_at(conn, &agent, stamp.at)?;
+                if !stale && stamp_wins(conn, Stamped::Subscription(&topic, &agent), &stamp)? {
                     set_subscription(conn, &topic, &agent, on, crate::message::now_ms(), None)?;
                     out.subscriptions.push((topic, agent, on));
+                }
+            }
+            EventBody::Forget { name, stamp } => {
+                let (row_gone, topics) = apply_forget(conn, &name, &stamp)?;
+                out.subscriptions
+                    .extend(topics.into_iter().map(|t| (t, name.clone(), false)));
+                if row_gone {
+                    out.forgotten.push(name);
                 }
             }
             EventBody::Token { name, hash, stamp } => {
@@ -175,6 +199,9 @@ pub(crate) fn backfill(conn: &Tx<'_>, origin: &str) -> Result<()> {
     for (name, hash) in tokens {
         let stamp = stamp_of(conn, Stamped::Token(&name))?.unwrap_or_default();
         append(conn, origin, &EventBody::Token { name, hash, stamp })?;
+    }
+    for (name, stamp) in tombstones(conn)? {
+        append(conn, origin, &EventBody::Forget { name, stamp })?;
     }
     let reads: Vec<(String, String, i64)> = conn
         .prepare("SELECT agent, msg_id, read_at FROM inbox WHERE read_at IS NOT NULL")?

@@ -7,9 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 use crate::message::Status;
 use crate::store::Tx;
+use crate::store::forget::tombstone;
 use crate::store::log::{EventBody, append, log_stamped};
 use crate::store::rows::{AgentRow, LogAs, TokenRow};
-use crate::store::stamps::{Stamp, Stamped, put_stamp};
+use crate::store::stamps::{Stamp, Stamped, put_stamp, stamp_local};
 
 /// Every known agent.
 pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
@@ -56,13 +57,20 @@ pub fn introduce_agent(conn: &Tx<'_>, a: &AgentRow, now: i64, log_as: LogAs<'_>)
     if exists {
         return Ok(());
     }
-    // No row means no stamp either: stamps are written with their rows, which stay.
+    // No row means no stamp either (stamps are written with their rows), unless the name was
+    // forgotten: then this brings it back, so it must come after the forget everywhere.
     if let Some(origin) = log_as {
-        let stamp = Stamp {
-            at: 1,
-            by: origin.to_owned(),
+        let stamp = match tombstone(conn, &a.name)? {
+            Some(_) => stamp_local(conn, Stamped::Agent(&a.name), origin, now)?,
+            None => {
+                let stamp = Stamp {
+                    at: 1,
+                    by: origin.to_owned(),
+                };
+                put_stamp(conn, Stamped::Agent(&a.name), &stamp)?;
+                stamp
+            }
         };
-        put_stamp(conn, Stamped::Agent(&a.name), &stamp)?;
         append(conn, origin, &agent_event(a, stamp))?;
     }
     write_agent(conn, a, now, "DO NOTHING")

@@ -1,7 +1,7 @@
 //! The replication log: what this node accepted, in order, for its peers.
 //!
 //! Every change a node makes on behalf of its own clients — a message, read marks, a directory
-//! row, a subscription, a token — is appended to `events` in the same transaction as the change,
+//! row, a subscription, a token, a forgotten agent — is appended to `events` in the same transaction as the change,
 //! numbered per origin node. Peers ask for "your events after N" and apply them idempotently
 //! (see `apply`). The entries a transaction appends are held by the writer's [`LogState`],
 //! reached through the job's [`Tx`], and reach the in-memory tail only once it commits: a peer
@@ -65,6 +65,14 @@ pub enum EventBody {
         on: bool,
         /// Orders this change against concurrent ones.
         #[serde(default, skip_serializing_if = "Stamp::is_unset")]
+        stamp: Stamp,
+    },
+    /// The operator forgot an agent: its directory row, token, subscriptions and inbox go
+    /// (see `store::forget`); changes to them stamped before this one lose to it.
+    Forget {
+        /// The agent.
+        name: String,
+        /// Orders the forget against other changes to the agent's rows.
         stamp: Stamp,
     },
     /// A token was issued (hash) or revoked (no hash).

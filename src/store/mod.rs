@@ -12,6 +12,7 @@
 mod apply;
 mod checkpoint;
 mod directory;
+mod forget;
 mod instances;
 mod log;
 mod messages;
@@ -39,6 +40,7 @@ pub use rows::{AgentRow, InboxQuery, NewMessage, Stored, TokenRow};
 /// The SQL behind every store job, by the name the node has always used for it.
 pub mod queries {
     pub use super::directory::*;
+    pub use super::forget::{forget_agent, forgotten_name};
     pub use super::messages::*;
     pub use super::rows::{AgentRow, InboxQuery, LogAs, NewMessage, Stored, TokenRow};
 }

@@ -4,7 +4,7 @@ use std::process::Output;
 
 use crate::common::*;
 
-async fn sb(node: &NodeProc, args: &[&str]) -> Output {
+pub async fn sb(node: &NodeProc, args: &[&str]) -> Output {
     output(
         tokio::process::Command::new(BIN)
             .arg("--data-dir")
@@ -15,11 +15,11 @@ async fn sb(node: &NodeProc, args: &[&str]) -> Output {
     .await
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

@@ -141,16 +141,21 @@ impl NodeProc {
 
     /// SIGTERM and wait for a clean exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
+        sigterm(self.child.id().unwrap());
         tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .expect("the node did not exit within 15 s of SIGTERM")
             .unwrap()
     }
+}
+
+/// Sends SIGTERM to a process.
+pub fn sigterm(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {pid}: {sent:?}");
 }
 
 pub type RawWs =
@@ -261,6 +266,23 @@ pub async fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
         .parse()
         .unwrap()
+}
+
+/// Whether a node answers `GET /health` on this port now.
+pub async fn node_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        std::io::Result::Ok(buf.starts_with("HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), get).await,
+        Ok(Ok(true))
+    )
 }
 
 /// The body of `GET path` on the node.

@@ -18,50 +18,140 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::common::*;
 use crate::mcp::text;
 
-/// The README's first `sh` block that uses the CLI: the one a new user runs first.
-fn readme_first_cli_example() -> String {
+/// Every `sh` block of the README made only of `switchboard` commands — the first example and
+/// "From a shell" — in order, each a list of lines as written. (The other blocks need what a
+/// test cannot have: cargo, npx, other machines, port 8765.)
+fn readme_cli_blocks() -> Vec<Vec<String>> {
     let readme = include_str!("../../README.md");
-    let mut blocks = readme.split("```sh\n").skip(1);
-    blocks
-        .find_map(|b| {
-            let block = b.split("```").next().unwrap_or_default();
-            block.contains("switchboard send").then(|| block.to_owned())
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| {
+            b.split("```")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
         })
-        .expect("a README sh block with `switchboard send`")
+        .filter(|lines| lines.iter().all(|l| l.starts_with("switchboard ")))
+        .collect()
 }
 
 /// A shell with the built binary first on PATH and the data dir in the environment.
 fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("sh");
+    c.args(["-e", "-c", script]);
+    readme_env(&mut c, dir);
+    c
+}
+
+/// What a README command may be given: the binary on PATH and the data dir, nothing else.
+fn readme_env(c: &mut tokio::process::Command, dir: &std::path::Path) {
     let bin_dir = std::path::Path::new(BIN).parent().unwrap().to_owned();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut c = tokio::process::Command::new("sh");
-    c.args(["-e", "-c", script])
-        .env("PATH", path)
+    c.env("PATH", path)
         .env("SWITCHBOARD_DATA_DIR", dir)
         .env("SWITCHBOARD_LOG", "warn")
         .env_remove("SWITCHBOARD_NODE")
         .env_remove("SWITCHBOARD_TOKEN");
-    c
 }
 
-#[tokio::test]
-async fn the_readmes_first_example_works_as_written_on_a_fresh_data_dir() {
-    let (dir, _) = data_dir_on_free_port();
-    let script = readme_first_cli_example();
-    assert!(script.contains("switchboard agent add bob"), "{script}");
-    let o = output(&mut shell(dir.path(), &script)).await;
-    let out = String::from_utf8_lossy(&o.stdout);
-    let err = String::from_utf8_lossy(&o.stderr);
+/// `switchboard tail …` as written, which follows until Ctrl-C: once a message sent meanwhile
+/// shows, the test presses Ctrl-C (SIGINT), and tail must end cleanly.
+async fn follow_until_ctrl_c(dir: &std::path::Path, line: &str) {
+    let command = line.split(" #").next().unwrap_or_default();
+    assert!(!command.contains(['"', '\'']), "a plain command: {command}");
+    let mut words = command.split_whitespace().skip(1);
+    let mut c = tokio::process::Command::new(BIN);
+    c.args(words.by_ref())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    readme_env(&mut c, dir);
+    let mut tail = c.spawn().unwrap();
+    let mut out = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let probe = "are you following?";
+    // tail hosts the node (nothing else runs now); a send lands once its session is open.
+    let sent = poll(20, "a send while tail runs", || async {
+        let o = output(&mut shell(
+            dir,
+            &format!("switchboard send --as alice --to bob '{probe}'"),
+        ))
+        .await;
+        o.status.success().then_some(())
+    });
+    sent.await;
+    while let Some(l) = next_line(&mut out).await {
+        if l.contains(probe) {
+            break;
+        }
+    }
+    sigint(tail.id().unwrap());
+    let o = finish(tail).await;
     assert!(
         o.status.success(),
-        "the example failed:\n{script}\n{out}\n{err}"
+        "{line}: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains("queued to bob"), "{out}");
-    assert!(out.contains("can you review?"), "{out}");
+}
+
+fn sigint(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_cli_examples_run_in_order_as_written_on_a_fresh_data_dir() {
+    let (dir, _) = data_dir_on_free_port();
+    let blocks = readme_cli_blocks();
+    assert!(blocks.len() >= 2, "{blocks:?}");
+    let mut said: Vec<(String, String)> = Vec::new();
+    for line in blocks.iter().flatten() {
+        if line.starts_with("switchboard tail ") {
+            follow_until_ctrl_c(dir.path(), line).await;
+            continue;
+        }
+        let o = output(&mut shell(dir.path(), line)).await;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{line}\n{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        said.push((line.clone(), out));
+    }
+    // What the commands said, by the command (a line without its comment) that ran first.
+    let of = |command: &str| -> &str {
+        said.iter()
+            .find(|(l, _)| l.split(" #").next().unwrap_or_default().trim() == command)
+            .map(|(_, o)| o.as_str())
+            .unwrap_or_else(|| panic!("the README runs no `{command}`"))
+    };
+    assert!(of("switchboard agent add bob").contains("bob is known"));
+    let send = r#"switchboard send --as alice --to bob --subject "PR 7" "can you review?""#;
+    assert!(of(send).contains("queued to bob"));
+    assert!(of("switchboard inbox --as bob").contains("can you review?"));
+    assert!(of("switchboard inbox --as bob --peek").contains("can you review?"));
+    let who = of("switchboard who");
+    assert!(who.contains("alice") && who.contains("bob"), "{who}");
+    assert_eq!(of("switchboard who --online").trim(), "No agent is online.");
+    assert!(of("switchboard status").contains("not running"));
+    assert!(of("switchboard token issue carol").starts_with("sbt_"));
+    assert_eq!(of("switchboard token list").trim(), "carol");
+    assert!(of("switchboard token revoke carol").contains("revoked the token of carol"));
+    assert!(of("switchboard agent forget carol").contains("forgot carol"));
+    let o = output(&mut shell(dir.path(), "switchboard who")).await;
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("carol"));
 }
 
 #[tokio::test]
@@ -272,8 +362,9 @@ async fn bad_enum_values_name_the_argument_the_choices_and_the_code() {
     mcp.cancel().await.unwrap();
 }
 
-/// The Python example exits 1 after a refused `--send` instead of running on (it needs
-/// `websockets`: CI installs it; elsewhere without it the test says so and checks nothing).
+/// The Python example exits 1 after a failed `--send` — refused by the node, or not answered
+/// because no node is there — instead of running on (it needs `websockets`: CI installs it;
+/// elsewhere without it the test says so and checks nothing).
 #[tokio::test]
 async fn the_python_example_exits_non_zero_after_a_failed_send() {
     let probe =
@@ -290,15 +381,31 @@ async fn the_python_example_exits_non_zero_after_a_failed_send() {
     let dir = tempdir();
     let node = NodeProc::start(dir.path(), &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_agent.py");
-    let o = output(
-        tokio::process::Command::new("python3")
-            .arg(script)
-            .args(["--as", "alice", "--node", &node.url(), "--data-dir"])
-            .arg(&node.dir)
-            .args(["--send", "nobody", "hi"]),
-    )
-    .await;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unknown_agent"), "{err}");
+    let nowhere = format!("ws://127.0.0.1:{}", free_port());
+    for (url, extra, says) in [
+        (node.url(), vec![], "unknown_agent"),
+        (
+            nowhere,
+            vec!["--send-timeout", "1"],
+            "no answer to the send within 1",
+        ),
+    ] {
+        let started = Instant::now();
+        let o = output(
+            tokio::process::Command::new("python3")
+                .arg(script)
+                .args(["--as", "alice", "--node", &url, "--data-dir"])
+                .arg(&node.dir)
+                .args(["--send", "nobody", "hi"])
+                .args(extra),
+        )
+        .await;
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr);
+        eprintln!("the Python example exited {took:?} after it started ({says})");
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+        // Python's start and one connection; far below the 30 s `output` allows.
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+    }
 }

@@ -42,6 +42,11 @@ async fn a_second_data_dir_with_the_same_node_id_is_refused_and_loses_nothing() 
         .to_owned();
     assert_eq!(real.len(), 32, "128 random bits, hex");
 
+    // bob's directory row reaches n1 through n2's log; until then a send to him is refused.
+    eventually(10, "bob known at n1", || async {
+        alice.presence(Some("bob".into())).await.is_ok()
+    })
+    .await;
     let mut sent: HashMap<&str, Vec<String>> = HashMap::new();
     sent.insert("alice", send_numbered(&alice, "alice", 0, 50).await);
     eventually(20, "alice's first 50 at bob", || async {

@@ -84,7 +84,11 @@ async fn the_loop_guard_stops_a_reply_storm_in_one_thread() {
             Ok(r) => last = r.id,
             Err(Error::Remote { code, message }) => {
                 assert_eq!(code, ErrorCode::RateLimited);
-                assert!(message.contains("loop guard"), "{message}");
+                assert!(
+                    message.contains("loop guard")
+                        && message.contains("(limit 5). Nothing was sent."),
+                    "{message}"
+                );
                 stopped = Some(i);
                 break;
             }
