@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(switchboard::cli::run(cli)) {
         Ok(Outcome::Done | Outcome::StdoutClosed) => ExitCode::SUCCESS,
+        Ok(Outcome::TimedOut) => ExitCode::from(3),
         Err(e) => {
             eprintln!("switchboard: {e}");
             match e {

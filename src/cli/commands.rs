@@ -23,12 +23,15 @@ pub enum Outcome {
     Done,
     /// Whoever read stdout closed it (`| head`): the rest was not wanted, which is no failure.
     StdoutClosed,
+    /// `wait` saw no mail before its timeout (exit code 3).
+    TimedOut,
 }
 
 /// Why a command stopped before its end.
-enum Stop {
+pub(super) enum Stop {
     Failed(Error),
     StdoutClosed,
+    TimedOut,
 }
 
 impl From<Error> for Stop {
@@ -37,10 +40,10 @@ impl From<Error> for Stop {
     }
 }
 
-type Step<T = ()> = std::result::Result<T, Stop>;
+pub(super) type Step<T = ()> = std::result::Result<T, Stop>;
 
 /// Writes a line to stdout; a closed pipe stops the command quietly, as it should.
-fn out(text: &str) -> Step {
+pub(super) fn out(text: &str) -> Step {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
@@ -49,7 +52,7 @@ fn out(text: &str) -> Step {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Step {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> Step {
     out(&serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?)
 }
 
@@ -58,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match dispatch(cli).await {
         Ok(()) => Ok(Outcome::Done),
         Err(Stop::StdoutClosed) => Ok(Outcome::StdoutClosed),
+        Err(Stop::TimedOut) => Ok(Outcome::TimedOut),
         Err(Stop::Failed(e)) => Err(e),
     }
 }
@@ -72,9 +76,10 @@ async fn dispatch(cli: Cli) -> Step {
                 None => default_agent()?,
             };
             validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
+            let push = push_mode(&g, a.push)?;
             let conn = connect(&g, &agent, Role::Agent, true).await?;
             let host = conn.host.clone();
-            let served = crate::mcp::serve_stdio(conn.client).await;
+            let served = crate::mcp::serve_stdio(conn.client, push).await;
             if let Some(h) = host {
                 h.stop().await;
             }
@@ -124,6 +129,7 @@ async fn dispatch(cli: Cli) -> Step {
             Ok(())
         }
         Command::Tail(a) => tail(&g, a).await,
+        Command::Wait(a) => crate::cli::wait::wait(&g, a).await,
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Status { json } => {
@@ -137,6 +143,26 @@ async fn dispatch(cli: Cli) -> Step {
         #[cfg(feature = "bench")]
         Command::Bench(a) => bench(&g, a).await,
     }
+}
+
+/// `--push` / `SWITCHBOARD_PUSH`, else config.toml's `push`, else auto.
+fn push_mode(g: &crate::cli::Global, flag: Option<String>) -> Result<crate::mcp::PushMode> {
+    let (value, from) = match flag {
+        Some(v) => (v, "--push".to_owned()),
+        None => {
+            let dir = connect::data_dir(g)?;
+            match crate::config::read_file_config(&dir)?.push {
+                Some(v) => (
+                    v,
+                    format!("{}: push", dir.join(crate::config::CONFIG_FILE).display()),
+                ),
+                None => return Ok(crate::mcp::PushMode::Auto),
+            }
+        }
+    };
+    value
+        .parse()
+        .map_err(|e| Error::Config(format!("{from}: {e}")))
 }
 
 /// The current directory's name, made into a valid agent name.

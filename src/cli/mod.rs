@@ -5,6 +5,7 @@
 mod commands;
 mod connect;
 mod status;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,9 @@ pub enum Command {
     Who(WhoArgs),
     /// Follow an agent's incoming messages live until Ctrl-C.
     Tail(TailArgs),
+    /// Block until the agent has unread mail (exit 0) or the timeout passes (exit 3); marks
+    /// nothing read (for hooks).
+    Wait(WaitArgs),
     /// Manage per-agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -115,6 +119,10 @@ pub struct McpArgs {
     /// Agent name [default: the name of the current directory]
     #[arg(long, env = "SWITCHBOARD_AGENT", value_name = "NAME")]
     pub agent: Option<String>,
+    /// Push arriving mail into the session as Claude Code channel events: auto (when the
+    /// client is Claude Code), channel (always) or off [default: config `push`, else auto]
+    #[arg(long, env = "SWITCHBOARD_PUSH", value_name = "MODE")]
+    pub push: Option<String>,
 }
 
 /// `switchboard send`.
@@ -194,6 +202,24 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `switchboard wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Whose inbox.
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: String,
+    /// Give up after this long (30s, 5m, or seconds; 0 only looks) [default: wait forever]
+    #[arg(long, value_name = "DURATION", value_parser = wait::parse_timeout)]
+    pub timeout: Option<std::time::Duration>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print what a Stop hook answers: {"decision":"block","reason":SUMMARY} on mail, {} on
+    /// timeout.
+    #[arg(long, conflicts_with = "json")]
+    pub stop_hook: bool,
 }
 
 /// `switchboard token ...`.

@@ -1,32 +1,64 @@
 //! The MCP handler (capabilities, instructions, resource requests) and serving it on stdio.
 
 use rmcp::model::{
-    Implementation, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    CustomRequest, CustomResult, DiscoverResult, Implementation, InitializeRequestParams,
+    InitializeResult, JsonObject, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig, SubscriptionFilter,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
 use tokio_util::sync::CancellationToken;
 
-use super::{McpServer, instructions};
+use super::compat::Served;
+use super::{McpServer, PushMode, channel, instructions};
 use crate::client::Client;
 
 #[tool_handler]
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_resources_subscribe()
-                .build(),
-        )
-        .with_server_info(Implementation::new(
-            "switchboard",
-            env!("CARGO_PKG_VERSION"),
+        let push = self.inner.push.is_on();
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .build();
+        if push {
+            capabilities.experimental = Some(
+                [(channel::CAPABILITY.to_owned(), JsonObject::new())]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new(
+                "switchboard",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(instructions(&self.inner.agent, push))
+    }
+
+    /// `--push auto` decides here, from `clientInfo`, before the capabilities are answered.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        self.inner.push.decide(Some(&request.client_info));
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    /// A 2026-07-28 client has no `initialize`: its `clientInfo` rides in the `_meta`.
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, McpError> {
+        self.inner.push.decide(context.meta.client_info().as_ref());
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
         ))
-        .with_instructions(instructions(&self.inner.agent))
     }
 
     async fn list_resources(
@@ -53,31 +85,14 @@ impl ServerHandler for McpServer {
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri.clone())]).into())
     }
 
-    async fn subscribe(
+    /// `resources/subscribe` and `resources/unsubscribe`, on every protocol version (see
+    /// `compat`).
+    async fn on_custom_request(
         &self,
-        request: SubscribeRequestParams,
+        request: CustomRequest,
         _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
-        self.known(&request.uri)?;
-        self.inner
-            .legacy_subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request.uri);
-        Ok(())
-    }
-
-    async fn unsubscribe(
-        &self,
-        request: UnsubscribeRequestParams,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
-        self.inner
-            .legacy_subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request.uri);
-        Ok(())
+    ) -> Result<CustomResult, McpError> {
+        self.custom_request(request)
     }
 
     fn accepted_subscription_filter(
@@ -123,21 +138,21 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<R> {
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve_stdio(client: Client) -> crate::Result<()> {
+pub async fn serve_stdio(client: Client, push: PushMode) -> crate::Result<()> {
     use rmcp::ServiceExt;
     let shutdown = CancellationToken::new();
-    let server = McpServer::new(client, shutdown.clone());
+    let server = McpServer::new(client, shutdown.clone(), push);
     let (stdin, stdout) = rmcp::transport::stdio();
     let stdin = EofSignal {
         inner: stdin,
         eof: shutdown.clone(),
     };
-    let running = server
-        .clone()
+    let running = Served(server.clone())
         .serve((stdin, stdout))
         .await
         .map_err(|e| crate::Error::Connection(format!("MCP handshake failed: {e}")))?;
     server.start_notifier(running.peer().clone());
+    server.start_push(running.peer().clone());
     let result = running.waiting().await;
     shutdown.cancel();
     if let Err(e) = result {

@@ -14,5 +14,6 @@ mod mcp;
 mod mesh;
 mod mesh_links;
 mod props;
+mod push;
 mod schemas;
 mod wire;
