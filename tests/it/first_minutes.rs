@@ -31,7 +31,7 @@ fn readme_first_cli_example() -> String {
 }
 
 /// A shell with the built binary first on PATH and the data dir in the environment.
-fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
+pub fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
     let bin_dir = std::path::Path::new(BIN).parent().unwrap().to_owned();
     let path = format!(
         "{}:{}",

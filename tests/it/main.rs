@@ -16,4 +16,5 @@ mod mesh_links;
 mod props;
 mod push;
 mod schemas;
+mod wake;
 mod wire;
