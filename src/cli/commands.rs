@@ -76,7 +76,10 @@ async fn dispatch(cli: Cli) -> Step {
                 None => default_agent()?,
             };
             validate_name(&agent).map_err(|e| Error::Config(format!("--agent: agent name {e}")))?;
-            let push = push_mode(&g, a.push)?;
+            let push = crate::mcp::PushSettings {
+                mode: push_mode(&g, a.push)?,
+                one_by_one: a.push_burst,
+            };
             let conn = connect(&g, &agent, Role::Agent, true).await?;
             let host = conn.host.clone();
             let served = crate::mcp::serve_stdio(conn.client, push).await;

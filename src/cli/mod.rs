@@ -123,6 +123,10 @@ pub struct McpArgs {
     /// client is Claude Code), channel (always) or off [default: config `push`, else auto]
     #[arg(long, env = "SWITCHBOARD_PUSH", value_name = "MODE")]
     pub push: Option<String>,
+    /// With push on: messages of a burst pushed one by one per 2 s window before the rest
+    /// is summarised.
+    #[arg(long, value_name = "N", default_value_t = crate::mcp::push::ONE_BY_ONE)]
+    pub push_burst: usize,
 }
 
 /// `switchboard send`.
@@ -275,6 +279,9 @@ pub struct BenchArgs {
     /// Round trips through two `switchboard mcp` processes (0 skips).
     #[arg(long, default_value_t = 500)]
     pub mcp_rounds: usize,
+    /// Sends timed to their channel event at a `switchboard mcp --push channel` (0 skips).
+    #[arg(long, default_value_t = 500)]
+    pub channel_rounds: usize,
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
@@ -295,6 +302,7 @@ impl BenchArgs {
             window: self.window,
             idle: self.idle,
             mcp_rounds: self.mcp_rounds,
+            channel_rounds: self.channel_rounds,
             json: self.json,
             mesh: self.mesh,
             node,

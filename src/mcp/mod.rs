@@ -30,7 +30,7 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-pub use push::PushMode;
+pub use push::{PushMode, PushSettings};
 pub use server::serve_stdio;
 
 /// Longest `wait_for_messages` timeout, seconds.
@@ -58,7 +58,7 @@ pub struct McpServer {
 
 impl McpServer {
     /// Wraps a connected client. `shutdown` should be cancelled when stdin closes.
-    pub fn new(client: Client, shutdown: CancellationToken, push: PushMode) -> McpServer {
+    pub fn new(client: Client, shutdown: CancellationToken, push: PushSettings) -> McpServer {
         let agent = client.agent().to_owned();
         McpServer {
             inner: Arc::new(Inner {

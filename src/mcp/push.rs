@@ -13,7 +13,7 @@
 //! until a tool reads or marks it.
 //!
 //! **Bursts** ([`Coalescer`]): in a window of [`WINDOW`] from the first message, up to
-//! [`ONE_BY_ONE`] messages go out one by one, at once; the rest of the window's messages are
+//! [`ONE_BY_ONE`] (`--push-burst`) messages go out one by one, at once; the rest of the window's messages are
 //! counted and announced in one summary when it ends. While the flood goes on, every following
 //! window sends only its summary, and each window is twice as long as the one before (up to
 //! [`MAX_WINDOW`]); the first window that ends empty resets the rule. So 200 messages in a second
@@ -69,6 +69,25 @@ impl FromStr for PushMode {
     }
 }
 
+/// `--push` and `--push-burst`: when to push, and how many messages of a burst window go out
+/// one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushSettings {
+    /// When to push.
+    pub mode: PushMode,
+    /// Messages pushed one by one per window before the rest is summarised.
+    pub one_by_one: usize,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            mode: PushMode::Auto,
+            one_by_one: ONE_BY_ONE,
+        }
+    }
+}
+
 /// Whether a client's `clientInfo` is Claude Code's (it sends `claude-code`).
 pub fn is_claude_code(client: &Implementation) -> bool {
     let name: String = client
@@ -84,14 +103,16 @@ pub fn is_claude_code(client: &Implementation) -> bool {
 /// The push setting and, for `auto`, the decision the client's handshake made.
 pub(super) struct Push {
     mode: PushMode,
+    one_by_one: usize,
     on: tokio::sync::watch::Sender<bool>,
 }
 
 impl Push {
-    pub(super) fn new(mode: PushMode) -> Push {
+    pub(super) fn new(s: PushSettings) -> Push {
         Push {
-            mode,
-            on: tokio::sync::watch::Sender::new(mode == PushMode::Channel),
+            mode: s.mode,
+            one_by_one: s.one_by_one,
+            on: tokio::sync::watch::Sender::new(s.mode == PushMode::Channel),
         }
     }
 
@@ -121,6 +142,8 @@ pub enum Offer {
 /// The burst rule (see the module docs), as a pure state machine over the clock it is given.
 #[derive(Debug)]
 pub struct Coalescer {
+    /// Messages a fresh window pushes one by one.
+    one_by_one: usize,
     /// End of the open window, if one is open.
     ends: Option<Instant>,
     /// Length of the next window.
@@ -130,18 +153,18 @@ pub struct Coalescer {
     held: Tally,
 }
 
-impl Default for Coalescer {
-    fn default() -> Self {
+impl Coalescer {
+    /// A rule that pushes `one_by_one` messages of a fresh window on their own.
+    pub fn new(one_by_one: usize) -> Coalescer {
         Coalescer {
+            one_by_one,
             ends: None,
             next: WINDOW,
-            budget: ONE_BY_ONE,
+            budget: one_by_one,
             held: Tally::default(),
         }
     }
-}
 
-impl Coalescer {
     /// A message from `from` arrived at `now`.
     pub fn offer(&mut self, now: Instant, from: &str) -> Offer {
         self.open(now);
@@ -171,7 +194,7 @@ impl Coalescer {
         let secs = self.next.as_secs();
         self.ends = None;
         if self.held.total() == 0 {
-            *self = Coalescer::default();
+            *self = Coalescer::new(self.one_by_one);
             return None;
         }
         // Still flooding: the next window opens now, summary only, twice as long.
@@ -266,7 +289,7 @@ impl Pusher<'_> {
             }
             Err(e) => tracing::warn!(error = %e, "could not read the inbox for the start summary"),
         }
-        let mut rule = Coalescer::default();
+        let mut rule = Coalescer::new(self.inner.push.one_by_one);
         loop {
             let deadline = rule.deadline();
             tokio::select! {
@@ -361,15 +384,21 @@ mod tests {
 
     #[test]
     fn auto_turns_on_for_claude_code_only_and_off_stays_off() {
-        let auto = Push::new(PushMode::Auto);
+        let with = |mode| {
+            Push::new(PushSettings {
+                mode,
+                ..Default::default()
+            })
+        };
+        let auto = with(PushMode::Auto);
         auto.decide(Some(&named("codex-mcp-client")));
         assert!(!auto.is_on());
         auto.decide(Some(&named("claude-code")));
         assert!(auto.is_on());
-        let off = Push::new(PushMode::Off);
+        let off = with(PushMode::Off);
         off.decide(Some(&named("claude-code")));
         assert!(!off.is_on());
-        assert!(Push::new(PushMode::Channel).is_on());
+        assert!(with(PushMode::Channel).is_on());
         assert_eq!("channel".parse(), Ok(PushMode::Channel));
         assert!(
             "on".parse::<PushMode>()
@@ -381,7 +410,7 @@ mod tests {
     #[test]
     fn a_burst_pushes_five_then_one_summary_per_doubling_window() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = Coalescer::new(ONE_BY_ONE);
         let now: Vec<Offer> = (0..200).map(|_| c.offer(t0, "alice")).collect();
         assert_eq!(now.iter().filter(|o| **o == Offer::Now).count(), ONE_BY_ONE);
         assert_eq!(c.deadline(), Some(t0 + WINDOW));
@@ -402,7 +431,7 @@ mod tests {
     #[test]
     fn windows_stop_growing_at_the_cap() {
         let mut t = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = Coalescer::new(ONE_BY_ONE);
         for _ in 0..=ONE_BY_ONE {
             c.offer(t, "alice");
         }

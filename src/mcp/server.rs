@@ -11,7 +11,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
 use tokio_util::sync::CancellationToken;
 
 use super::compat::Served;
-use super::{McpServer, PushMode, channel, instructions};
+use super::{McpServer, PushSettings, channel, instructions};
 use crate::client::Client;
 
 #[tool_handler]
@@ -138,7 +138,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<R> {
 }
 
 /// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve_stdio(client: Client, push: PushMode) -> crate::Result<()> {
+pub async fn serve_stdio(client: Client, push: PushSettings) -> crate::Result<()> {
     use rmcp::ServiceExt;
     let shutdown = CancellationToken::new();
     let server = McpServer::new(client, shutdown.clone(), push);
