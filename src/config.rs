@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub node: Option<String>,
     /// Durability of commits.
     pub sync: Option<SyncMode>,
+    /// `switchboard mcp --push` (auto, channel or off), checked where it is used.
+    pub push: Option<String>,
     /// Resource limits.
     #[serde(default)]
     pub limits: FileLimits,

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(Outcome::Done | Outcome::StdoutClosed) => ExitCode::SUCCESS,
+        Ok(Outcome::TimedOut) => ExitCode::from(3),
         Err(e) => {
             eprintln!("switchboard: {e}");
             match e {

@@ -3,7 +3,8 @@
 //! Phases, each printed as it runs: connect N agents (connect time), one-way delivery latency
 //! at a paced rate, maximum sustained throughput (every message durable and received), idle
 //! connections and the node's memory per connection, and the agent-perceived latency through
-//! two real `switchboard mcp` processes (`send_message` → the recipient's `wait_for_messages`).
+//! two real `switchboard mcp` processes (`send_message` → the recipient's `wait_for_messages`),
+//! and a send to its `notifications/claude/channel` line on a recipient's `switchboard mcp`.
 //! Without `--node` it starts its own node process on a temporary data dir, so the node's
 //! memory is measured alone.
 
@@ -19,6 +20,7 @@ use load::{mcp_rounds, open_idle, saturate};
 use procs::{opts, rss, start_node};
 use stats::{Stats, WakeupProbe, progress};
 
+mod channel;
 mod load;
 mod mesh;
 mod ports;
@@ -42,6 +44,8 @@ pub struct Options {
     pub idle: usize,
     /// Round trips through two `switchboard mcp` processes (0 skips).
     pub mcp_rounds: usize,
+    /// Sends timed to their channel event at a `switchboard mcp --push channel` (0 skips).
+    pub channel_rounds: usize,
     /// Print the results as JSON too.
     pub json: bool,
     /// Mesh mode with this many nodes (0: one node).
@@ -268,6 +272,30 @@ pub async fn run(a: Options) -> Result<()> {
             "mcp_ms".into(),
             serde_json::json!({"p50": m.pct(50.0), "p99": m.pct(99.0), "rounds": m.0.len()}),
         );
+    }
+    // 6. Channel push.
+    if a.channel_rounds > 0 {
+        progress(&format!(
+            "channel: {} send → notifications/claude/channel round trips",
+            a.channel_rounds
+        ));
+        let probe = WakeupProbe::start();
+        let m = channel::channel_rounds(&url, &token, a.channel_rounds).await?;
+        table.push(format!(
+            "send→channel event          p50 {:>7.3} ms  p99 {:>7.3} ms  ({} round trips)",
+            m.pct(50.0),
+            m.pct(99.0),
+            m.0.len()
+        ));
+        report.insert(
+            "channel_ms".into(),
+            serde_json::json!({"p50": m.pct(50.0), "p99": m.pct(99.0), "rounds": m.0.len()}),
+        );
+        let mut noise = serde_json::Map::new();
+        probe.finish(&mut table, &mut noise).await;
+        if let Some(late) = noise.remove("wakeup_late_ms") {
+            report.insert("channel_wakeup_late_ms".into(), late);
+        }
     }
     if let Some(r) = rss(&url).await {
         table.push(format!("node RSS                    {} MiB", r >> 20));

@@ -24,12 +24,15 @@ pub enum Outcome {
     Done,
     /// Whoever read stdout closed it (`| head`): the rest was not wanted, which is no failure.
     StdoutClosed,
+    /// `wait` saw no mail before its timeout (exit code 3).
+    TimedOut,
 }
 
 /// Why a command stopped before its end.
-enum Stop {
+pub(super) enum Stop {
     Failed(Error),
     StdoutClosed,
+    TimedOut,
 }
 
 impl From<Error> for Stop {
@@ -38,10 +41,10 @@ impl From<Error> for Stop {
     }
 }
 
-type Step<T = ()> = std::result::Result<T, Stop>;
+pub(super) type Step<T = ()> = std::result::Result<T, Stop>;
 
 /// Writes a line to stdout; a closed pipe stops the command quietly, as it should.
-fn out(text: &str) -> Step {
+pub(super) fn out(text: &str) -> Step {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
@@ -50,7 +53,7 @@ fn out(text: &str) -> Step {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Step {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> Step {
     out(&serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?)
 }
 
@@ -59,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match dispatch(cli).await {
         Ok(()) => Ok(Outcome::Done),
         Err(Stop::StdoutClosed) => Ok(Outcome::StdoutClosed),
+        Err(Stop::TimedOut) => Ok(Outcome::TimedOut),
         Err(Stop::Failed(e)) => Err(e),
     }
 }
@@ -112,6 +116,7 @@ async fn dispatch(cli: Cli) -> Step {
             Ok(())
         }
         Command::Tail(a) => tail(&g, a).await,
+        Command::Wait(a) => crate::cli::wait::wait(&g, a).await,
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
@@ -145,16 +150,40 @@ async fn mcp(g: &crate::cli::Global, a: crate::cli::McpArgs) -> Step {
         tracing::info!("shutting down");
         on_signal.cancel();
     });
+    let push = crate::mcp::PushSettings {
+        mode: push_mode(g, a.push)?,
+        one_by_one: a.push_burst,
+    };
     let conn = tokio::select! {
         c = connect(g, &agent, Role::Agent, true) => c?,
         _ = stop.cancelled() => return Ok(()),
     };
     let host = conn.host.clone();
-    let served = crate::mcp::serve_stdio(conn.client, stop).await;
+    let served = crate::mcp::serve_stdio(conn.client, stop, push).await;
     if let Some(h) = host {
         h.stop().await;
     }
     Ok(served?)
+}
+
+/// `--push` / `SWITCHBOARD_PUSH`, else config.toml's `push`, else auto.
+fn push_mode(g: &crate::cli::Global, flag: Option<String>) -> Result<crate::mcp::PushMode> {
+    let (value, from) = match flag {
+        Some(v) => (v, "--push".to_owned()),
+        None => {
+            let dir = connect::data_dir(g)?;
+            match crate::config::read_file_config(&dir)?.push {
+                Some(v) => (
+                    v,
+                    format!("{}: push", dir.join(crate::config::CONFIG_FILE).display()),
+                ),
+                None => return Ok(crate::mcp::PushMode::Auto),
+            }
+        }
+    };
+    value
+        .parse()
+        .map_err(|e| Error::Config(format!("{from}: {e}")))
 }
 
 /// The current directory's name, made into a valid agent name.

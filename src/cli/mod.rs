@@ -6,6 +6,7 @@ mod commands;
 mod connect;
 mod signals;
 mod status;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,9 @@ pub enum Command {
     Who(WhoArgs),
     /// Follow an agent's incoming messages live until Ctrl-C.
     Tail(TailArgs),
+    /// Block until the agent has unread mail (exit 0) or the timeout passes (exit 3); marks
+    /// nothing read (for hooks).
+    Wait(WaitArgs),
     /// Manage per-agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -116,6 +120,14 @@ pub struct McpArgs {
     /// Agent name [default: the name of the current directory]
     #[arg(long, env = "SWITCHBOARD_AGENT", value_name = "NAME")]
     pub agent: Option<String>,
+    /// Push arriving mail into the session as Claude Code channel events: auto (when the
+    /// client is Claude Code), channel (always) or off [default: config `push`, else auto]
+    #[arg(long, env = "SWITCHBOARD_PUSH", value_name = "MODE")]
+    pub push: Option<String>,
+    /// With push on: messages of a burst pushed one by one per 2 s window before the rest
+    /// is summarised.
+    #[arg(long, value_name = "N", default_value_t = crate::mcp::push::ONE_BY_ONE)]
+    pub push_burst: usize,
 }
 
 /// `switchboard send`.
@@ -197,6 +209,24 @@ pub struct TailArgs {
     pub json: bool,
 }
 
+/// `switchboard wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Whose inbox.
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: String,
+    /// Give up after this long (30s, 5m, or seconds; 0 only looks) [default: wait forever]
+    #[arg(long, value_name = "DURATION", value_parser = wait::parse_timeout)]
+    pub timeout: Option<std::time::Duration>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print what a Stop hook answers: {"decision":"block","reason":SUMMARY} on mail, {} on
+    /// timeout.
+    #[arg(long, conflicts_with = "json")]
+    pub stop_hook: bool,
+}
+
 /// `switchboard token ...`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -256,6 +286,9 @@ pub struct BenchArgs {
     /// Round trips through two `switchboard mcp` processes (0 skips).
     #[arg(long, default_value_t = 500)]
     pub mcp_rounds: usize,
+    /// Sends timed to their channel event at a `switchboard mcp --push channel` (0 skips).
+    #[arg(long, default_value_t = 500)]
+    pub channel_rounds: usize,
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
@@ -276,6 +309,7 @@ impl BenchArgs {
             window: self.window,
             idle: self.idle,
             mcp_rounds: self.mcp_rounds,
+            channel_rounds: self.channel_rounds,
             json: self.json,
             mesh: self.mesh,
             node,

@@ -1,5 +1,5 @@
 //! The `inbox://NAME` resource: its summary text, and the updates a push triggers — through
-//! `resources/subscribe` for 2025-11-25 clients, through `subscriptions/listen` for 2026-07-28.
+//! `resources/subscribe` (any protocol version), through `subscriptions/listen` for 2026-07-28.
 
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::service::SubscriptionContext;
@@ -10,8 +10,8 @@ use super::McpServer;
 use crate::protocol::InboxRequest;
 
 impl McpServer {
-    /// Starts forwarding pushed messages as `notifications/resources/updated` to a 2025-11-25
-    /// client that subscribed to its inbox.
+    /// Starts forwarding pushed messages as `notifications/resources/updated` to a client that
+    /// subscribed to its inbox with `resources/subscribe`.
     pub fn start_notifier(&self, peer: Peer<RoleServer>) {
         *self.inner.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
         let inner = self.inner.clone();
@@ -67,6 +67,26 @@ impl McpServer {
             text.push_str(&format!("\n- [{}] from {}: {}", m.id, m.from, subject));
         }
         Ok(text)
+    }
+
+    /// Subscribes the session to `uri` (`resources/subscribe`).
+    pub(super) fn subscribe_to(&self, uri: String) -> Result<(), McpError> {
+        self.known(&uri)?;
+        self.inner
+            .legacy_subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uri);
+        Ok(())
+    }
+
+    /// Ends the session's subscription to `uri` (`resources/unsubscribe`).
+    pub(super) fn unsubscribe_from(&self, uri: &str) {
+        self.inner
+            .legacy_subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uri);
     }
 
     /// Refuses a URI other than this agent's inbox.

@@ -2,16 +2,18 @@
 
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest,
+    CustomResult, DiscoverResult, Implementation, InitializeRequestParams, InitializeResult,
+    JsonObject, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
+    ServerConfig, SubscriptionFilter,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool_handler};
 use tokio_util::sync::CancellationToken;
 
-use super::{McpServer, instructions};
+use super::compat::Served;
+use super::{McpServer, PushSettings, channel, instructions};
 use crate::client::Client;
 
 #[tool_handler]
@@ -36,18 +38,48 @@ impl ServerHandler for McpServer {
     }
 
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_resources_subscribe()
-                .build(),
-        )
-        .with_server_info(Implementation::new(
-            "switchboard",
-            env!("CARGO_PKG_VERSION"),
+        let push = self.inner.push.is_on();
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .build();
+        if push {
+            capabilities.experimental = Some(
+                [(channel::CAPABILITY.to_owned(), JsonObject::new())]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new(
+                "switchboard",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(instructions(&self.inner.agent, push))
+    }
+
+    /// `--push auto` decides here, from `clientInfo`, before the capabilities are answered.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        self.inner.push.decide(Some(&request.client_info));
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    /// A 2026-07-28 client has no `initialize`: its `clientInfo` rides in the `_meta`.
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, McpError> {
+        self.inner.push.decide(context.meta.client_info().as_ref());
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
         ))
-        .with_instructions(instructions(&self.inner.agent))
     }
 
     async fn list_resources(
@@ -74,31 +106,14 @@ impl ServerHandler for McpServer {
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri.clone())]).into())
     }
 
-    async fn subscribe(
+    /// `resources/subscribe` and `resources/unsubscribe`, on every protocol version (see
+    /// `compat`).
+    async fn on_custom_request(
         &self,
-        request: SubscribeRequestParams,
+        request: CustomRequest,
         _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
-        self.known(&request.uri)?;
-        self.inner
-            .legacy_subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request.uri);
-        Ok(())
-    }
-
-    async fn unsubscribe(
-        &self,
-        request: UnsubscribeRequestParams,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
-        self.inner
-            .legacy_subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request.uri);
-        Ok(())
+    ) -> Result<CustomResult, McpError> {
+        self.custom_request(request)
     }
 
     fn accepted_subscription_filter(
@@ -146,21 +161,26 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<R> {
 /// Serves MCP on stdin/stdout until the client goes away (stdin closes) or `stop` is
 /// cancelled (a signal). Either way pending tool calls are answered at once and the service
 /// ends without waiting for them.
-pub async fn serve_stdio(client: Client, stop: CancellationToken) -> crate::Result<()> {
+pub async fn serve_stdio(
+    client: Client,
+    stop: CancellationToken,
+    push: PushSettings,
+) -> crate::Result<()> {
     use rmcp::ServiceExt;
     let shutdown = stop;
-    let server = McpServer::new(client, shutdown.clone());
+    let server = McpServer::new(client, shutdown.clone(), push);
     let (stdin, stdout) = rmcp::transport::stdio();
     let stdin = EofSignal {
         inner: stdin,
         eof: shutdown.clone(),
     };
     let running = tokio::select! {
-        r = server.clone().serve((stdin, stdout)) => r
+        r = Served(server.clone()).serve((stdin, stdout)) => r
             .map_err(|e| crate::Error::Connection(format!("MCP handshake failed: {e}")))?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     server.start_notifier(running.peer().clone());
+    server.start_push(running.peer().clone());
     let cancel = running.cancellation_token();
     let waiting = running.waiting();
     tokio::pin!(waiting);

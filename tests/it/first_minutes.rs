@@ -40,7 +40,7 @@ fn readme_cli_blocks() -> Vec<Vec<String>> {
 }
 
 /// A shell with the built binary first on PATH and the data dir in the environment.
-fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
+pub fn shell(dir: &std::path::Path, script: &str) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("sh");
     c.args(["-e", "-c", script]);
     readme_env(&mut c, dir);

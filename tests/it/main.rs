@@ -15,6 +15,8 @@ mod mcp;
 mod mesh;
 mod mesh_links;
 mod props;
+mod push;
 mod schemas;
 mod shutdown;
+mod wake;
 mod wire;
