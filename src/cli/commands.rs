@@ -183,6 +183,11 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
                 SyncArg::Normal => SyncMode::Normal,
                 SyncArg::Full => SyncMode::Full,
             }),
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            tls_self_signed: a.tls_self_signed,
+            tls_ca: g.tls_ca.clone(),
+            allow_plaintext: g.allow_plaintext,
         },
     )?;
     let node = Node::start(config).await?;

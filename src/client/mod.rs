@@ -88,7 +88,7 @@ impl Client {
         let (ws, welcome) = loop {
             match open(&opts).await {
                 Ok(ok) => break ok,
-                Err(e) if fatal(&e).is_some() => return Err(e),
+                Err(e) if fatal(&e) => return Err(e),
                 Err(e) => {
                     if let Some(hook) = &opts.on_unreachable {
                         hook().await;
