@@ -46,7 +46,7 @@ pub struct Global {
     pub tls_ca: Option<PathBuf>,
     /// Permit sending a token over plain ws:// to another machine (and, for `node`, plain peer
     /// links to and from other machines). Refused otherwise.
-    #[arg(long, global = true)]
+    #[arg(long, env = "SWITCHBOARD_ALLOW_PLAINTEXT", global = true)]
     pub allow_plaintext: bool,
 }
 
@@ -274,6 +274,25 @@ pub struct BenchArgs {
     /// presence convergence and reconnection after a node restart (`--agents` per node).
     #[arg(long, default_value_t = 0, value_name = "NODES")]
     pub mesh: usize,
+    /// Mesh mode: nodes with --tls-self-signed linked over wss:// and clients trusting them
+    /// (on), or plain and TLS runs alternating with a side-by-side table (compare).
+    #[arg(long, value_enum, default_value = "off")]
+    pub tls: BenchTls,
+    /// With --tls compare: how many plain + TLS pairs to run.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
+/// `bench --tls` values.
+#[cfg(feature = "bench")]
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchTls {
+    /// Plain ws://.
+    Off,
+    /// wss:// with self-signed certificates.
+    On,
+    /// Plain and TLS alternating, side by side.
+    Compare,
 }
 
 #[cfg(feature = "bench")]
@@ -290,6 +309,12 @@ impl BenchArgs {
             json: self.json,
             mesh: self.mesh,
             node,
+            tls: match self.tls {
+                BenchTls::Off => crate::bench::TlsMode::Off,
+                BenchTls::On => crate::bench::TlsMode::On,
+                BenchTls::Compare => crate::bench::TlsMode::Compare,
+            },
+            rounds: self.rounds,
         }
     }
 }
