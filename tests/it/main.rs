@@ -16,4 +16,5 @@ mod mesh_links;
 mod props;
 mod schemas;
 mod tls;
+mod tls_mesh;
 mod wire;
