@@ -432,3 +432,28 @@ async fn the_python_example_speaks_wss_with_the_ca() {
     let o = finish(run).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// `[tls] self_signed = true` in a data dir's config: the CLI without --node hosts the node
+/// with TLS and trusts the certificate it made, with no flag at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_node_with_tls_needs_no_flags() {
+    let (dir, port) = data_dir_on_free_port();
+    let config = dir.path().join("config.toml");
+    let listen = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{listen}[tls]\nself_signed = true\n")).unwrap();
+    let o = output(cli(dir.path()).args(["agent", "add", "bob"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = output(cli(dir.path()).args(["send", "--as", "alice", "--to", "bob", "hi"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("tls").join("key.pem").exists());
+    let o = output(cli(dir.path()).args(["inbox", "--as", "bob", "--json"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inbox: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(inbox["messages"][0]["body"], "hi", "{inbox}");
+    // A node on that data dir speaks TLS only, and `status` finds it.
+    let node = NodeProc::start_on(dir.path(), port, &[]).await;
+    let o = output(cli(dir.path()).args(["status", "--json"])).await;
+    let status: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(status["url"], wss(&node).as_str(), "{status}");
+    assert!(status["health"]["tls"]["self_signed"] == true, "{status}");
+}
