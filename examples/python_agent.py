@@ -24,17 +24,29 @@ Options: --node URL (or SWITCHBOARD_NODE, default ws://127.0.0.1:8765); --token 
 SWITCHBOARD_TOKEN) to use an agent token from `switchboard token issue NAME` instead of the
 local secret; --json to print raw frames. Stop with Ctrl-C. With --send it exits 1 if the node
 refuses the message, or does not answer within --send-timeout seconds (default 10).
+
+TLS: a `wss://` node is verified against the system's roots, plus --tls-ca FILE (or
+SWITCHBOARD_TLS_CA; a PEM bundle, e.g. a --tls-self-signed node's DATA_DIR/tls/cert.pem), plus
+the data dir's own node's certificate. As the Rust clients do, it refuses to send the token over
+plain `ws://` to a host that is not this machine unless --allow-plaintext is given.
+
+    python3 examples/python_agent.py --as alice --node wss://vps.example.com:8765 \
+        --token-file alice.token --tls-ca ca.pem --send bob "hello over TLS"
+
 """
 
 import argparse
 import asyncio
+import ipaddress
 import itertools
 import json
 import os
 import random
 import secrets
+import ssl
 import sys
 import time
+import urllib.parse
 from collections import OrderedDict
 from pathlib import Path
 
@@ -91,8 +103,13 @@ def default_data_dir() -> Path:
 
 
 def resolve_token(args) -> str:
-    """--token, then SWITCHBOARD_TOKEN, then the local secret of the data dir."""
+    """--token, --token-file, then SWITCHBOARD_TOKEN, then the local secret of the data dir."""
     token = args.token or os.environ.get("SWITCHBOARD_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text()
+        except OSError as e:
+            sys.exit(f"--token-file {args.token_file}: {e.strerror}")
     if token:
         return token.strip()
     path = Path(args.data_dir or default_data_dir()) / "local.secret"
@@ -109,6 +126,46 @@ def ws_endpoint(url: str) -> str:
     return url if "/" in url.split("://", 1)[-1] else url + "/ws"
 
 
+def is_loopback(host: str) -> bool:
+    """This machine for certain: a loopback address (IPv4-mapped too) or the name localhost.
+    Decided on the text, as the Rust clients do: another name may resolve anywhere."""
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host.rstrip(".").lower() == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def check_plaintext(url: str, allow: bool):
+    """Never send the token in clear text to another machine unless told to."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "ws" and not allow and not is_loopback(parts.hostname or ""):
+        sys.exit(f"refusing to send a token in clear text to {parts.hostname} over {url}: use "
+                 f"the node's wss:// URL (a node with --tls-cert/--tls-key or --tls-self-signed), "
+                 f"or pass --allow-plaintext if the network is trusted")
+
+
+def tls_context(args):
+    """What a wss:// node is verified against: the system's roots, --tls-ca (or
+    SWITCHBOARD_TLS_CA), and the data dir's own node's certificate if it has one."""
+    ctx = ssl.create_default_context()
+    ca = args.tls_ca or os.environ.get("SWITCHBOARD_TLS_CA")
+    if ca:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as e:
+            sys.exit(f"--tls-ca {ca}: {e}")
+    own = Path(args.data_dir or default_data_dir()) / "tls" / "cert.pem"
+    if own.is_file():
+        try:
+            ctx.load_verify_locations(cafile=str(own))
+        except (OSError, ssl.SSLError):
+            pass  # unreadable: the handshake will say what is missing
+    return ctx
+
+
 def backoff(attempt: int, cap: float = 5.0) -> float:
     """100 ms, 200 ms, 400 ms, ... capped at `cap`, each with ±50 % jitter so that many agents of
     a restarted node do not all reconnect at the same instant."""
@@ -121,6 +178,8 @@ class Agent:
     def __init__(self, args):
         self.args = args
         self.url = ws_endpoint(args.node or os.environ.get("SWITCHBOARD_NODE") or DEFAULT_NODE)
+        check_plaintext(self.url, args.allow_plaintext)
+        self.ssl = tls_context(args) if self.url.startswith("wss://") else None
         self.token = resolve_token(args)
         self.reqs = itertools.count(1)  # request numbers; answers echo them back
         # Requests not answered yet, in sending order: re-sent after a reconnect. Every request
@@ -231,6 +290,8 @@ class Agent:
         kwargs = {"open_timeout": 5, "max_size": 16 * 2**20}
         if int(websockets.__version__.split(".")[0]) >= 15:
             kwargs["proxy"] = None  # don't route a (usually local) node through HTTP(S)_PROXY
+        if self.ssl is not None:
+            kwargs["ssl"] = self.ssl
         async with connect(self.url, **kwargs) as ws:
             # The first frame must be hello. The token may instead go in an
             # `Authorization: Bearer` header (connect(..., additional_headers=...)).
@@ -272,6 +333,11 @@ class Agent:
                 why = "closed by the node"
             except InvalidURI as e:
                 raise Fatal(f"bad node URL: {e}") from e
+            except ssl.SSLCertVerificationError as e:
+                # Retrying cannot fix a certificate: say which host and why, and stop.
+                host = urllib.parse.urlsplit(self.url).hostname
+                raise Fatal(f"TLS with {host} failed: {e.verify_message}; pass --tls-ca FILE "
+                            f"with the CA that signed its certificate") from e
             except (OSError, ConnectionClosed, InvalidHandshake, ConnectionError,
                     asyncio.TimeoutError) as e:
                 why = f"{type(e).__name__}: {e}"
@@ -341,6 +407,11 @@ def parse_args():
                    help="agent name to act as (or SWITCHBOARD_AGENT)")
     p.add_argument("--node", help=f"node URL (or SWITCHBOARD_NODE; default {DEFAULT_NODE})")
     p.add_argument("--token", help="agent token or local secret (or SWITCHBOARD_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the token")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="PEM bundle of extra roots for wss:// (or SWITCHBOARD_TLS_CA)")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="send the token over ws:// to another machine (refused otherwise)")
     p.add_argument("--data-dir", help="data dir holding local.secret "
                    "(or SWITCHBOARD_DATA_DIR; default ~/.local/share/switchboard)")
     p.add_argument("--send", nargs=2, metavar=("TO", "BODY"),

@@ -52,6 +52,41 @@ pub struct FileConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: FileLimits,
+    /// TLS on the node's port, and extra roots for clients and peer links.
+    #[serde(default)]
+    pub tls: FileTls,
+    /// Permit credentials and peer links over plain `ws://` to other machines.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificate chain the node serves.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Make and serve a self-signed certificate (DATA_DIR/tls/).
+    #[serde(default)]
+    pub self_signed: bool,
+    /// PEM bundle of extra roots to trust (clients and peer links).
+    pub ca: Option<PathBuf>,
+}
+
+/// Where a node's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// The operator's PEM files.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+    /// DATA_DIR/tls/cert.pem and key.pem, made by the node on its first start.
+    SelfSigned,
 }
 
 /// The `[limits]` table.
@@ -166,6 +201,13 @@ pub struct NodeConfig {
     pub sync: SyncMode,
     /// Limits.
     pub limits: Limits,
+    /// TLS on the port (`None`: plain).
+    pub tls: Option<TlsSource>,
+    /// Extra roots the node's peer links trust (they accept any certificate when the
+    /// channel-bound mesh proof holds, but log whether it verified).
+    pub tls_ca: Vec<PathBuf>,
+    /// Permit plain peer links to and from other machines.
+    pub allow_plaintext: bool,
 }
 
 /// Command-line (and env) overrides for a node; `None` means "not given".
@@ -185,6 +227,16 @@ pub struct NodeOverrides {
     pub send_per_second: Option<u32>,
     /// `--sync`.
     pub sync: Option<SyncMode>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-self-signed`.
+    pub tls_self_signed: bool,
+    /// `--tls-ca` (or `SWITCHBOARD_TLS_CA`).
+    pub tls_ca: Option<PathBuf>,
+    /// `--allow-plaintext`.
+    pub allow_plaintext: bool,
 }
 
 /// The platform data dir (e.g. `~/.local/share/switchboard`).
@@ -219,6 +271,7 @@ impl NodeConfig {
     /// Resolves a node's settings from overrides, the data dir's config file and defaults.
     pub fn resolve(data_dir: PathBuf, o: NodeOverrides) -> Result<NodeConfig> {
         let file = read_file_config(&data_dir)?;
+        let tls = tls_source(&o, &file.tls)?;
         let mut limits = Limits::merge(&file.limits)?;
         if let Some(m) = o.max_frame_bytes {
             if m < 1024 {
@@ -247,8 +300,10 @@ impl NodeConfig {
         } else {
             o.peers
         };
+        let allow_plaintext = o.allow_plaintext || file.allow_plaintext;
         for p in &peers {
             validate_ws_url(p).map_err(|e| Error::Config(format!("peer {e}")))?;
+            crate::plaintext::check_peer(p, allow_plaintext)?;
         }
         Ok(NodeConfig {
             data_dir,
@@ -258,6 +313,9 @@ impl NodeConfig {
             mesh_secret_file: o.mesh_secret_file.or(file.mesh_secret_file),
             sync: o.sync.or(file.sync).unwrap_or_default(),
             limits,
+            tls,
+            tls_ca: o.tls_ca.or(file.tls.ca).into_iter().collect(),
+            allow_plaintext,
         })
     }
 
@@ -270,6 +328,42 @@ impl NodeConfig {
                 ..Default::default()
             },
         )
+    }
+}
+
+/// The certificate flags win over the `[tls]` table as a whole, so a flag never mixes with
+/// half of the file's setting.
+fn tls_source(o: &NodeOverrides, file: &FileTls) -> Result<Option<TlsSource>> {
+    let flags = o.tls_cert.is_some() || o.tls_key.is_some() || o.tls_self_signed;
+    let (cert, key, self_signed, whence) = if flags {
+        (
+            o.tls_cert.clone(),
+            o.tls_key.clone(),
+            o.tls_self_signed,
+            ("--tls-cert", "--tls-key", "--tls-self-signed"),
+        )
+    } else {
+        (
+            file.cert.clone(),
+            file.key.clone(),
+            file.self_signed,
+            ("[tls] cert", "[tls] key", "[tls] self_signed"),
+        )
+    };
+    let (c, k, s) = whence;
+    match (cert, key, self_signed) {
+        (None, None, false) => Ok(None),
+        (None, None, true) => Ok(Some(TlsSource::SelfSigned)),
+        (Some(cert), Some(key), false) => Ok(Some(TlsSource::Files { cert, key })),
+        (Some(_), Some(_), true) => Err(Error::Config(format!(
+            "{s} makes its own certificate: leave out {c} and {k}, or {s}"
+        ))),
+        (Some(_), None, _) => Err(Error::Config(format!(
+            "{c} needs {k} (the certificate's private key, PEM)"
+        ))),
+        (None, Some(_), _) => Err(Error::Config(format!(
+            "{k} needs {c} (the certificate chain, PEM)"
+        ))),
     }
 }
 
@@ -341,6 +435,59 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "lisen = \"x\"\n").unwrap();
         let e = NodeConfig::resolve(dir.path().into(), NodeOverrides::default()).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |o: NodeOverrides| NodeConfig::resolve(dir.path().into(), o);
+        assert_eq!(resolve(NodeOverrides::default()).unwrap().tls, None);
+        let c = resolve(NodeOverrides {
+            tls_self_signed: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.tls, Some(TlsSource::SelfSigned));
+        let e = resolve(NodeOverrides {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let c = resolve(NodeOverrides::default()).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsSource::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert_eq!(c.tls_ca, vec![PathBuf::from("/ca.pem")]);
+        // A flag replaces the table's whole setting.
+        let c = resolve(NodeOverrides {
+            tls_self_signed: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.tls, Some(TlsSource::SelfSigned));
+    }
+
+    #[test]
+    fn plain_peers_on_other_machines_need_allow_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = |allow| NodeOverrides {
+            peers: vec!["ws://10.9.8.7:8765".into()],
+            allow_plaintext: allow,
+            ..Default::default()
+        };
+        let e = NodeConfig::resolve(dir.path().into(), o(false)).unwrap_err();
+        assert!(e.to_string().contains("--allow-plaintext"), "{e}");
+        assert!(NodeConfig::resolve(dir.path().into(), o(true)).is_ok());
     }
 
     #[test]

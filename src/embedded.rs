@@ -46,9 +46,14 @@ impl Host {
         })
     }
 
-    /// `ws://` URL of the data dir's node.
+    /// `ws://` (with TLS configured, `wss://`) URL of the data dir's node.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.config.listen)
+        let scheme = if self.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}", self.config.listen)
     }
 
     /// Tries to start the node here; quietly does nothing if another process holds the data

@@ -48,6 +48,10 @@ pub enum Error {
     /// Talking to a node failed.
     #[error("{0}")]
     Connection(String),
+    /// A TLS handshake failed on the certificate or the protocol (the text names the host and
+    /// why): retrying cannot fix it, so clients give up at once.
+    #[error("{0}")]
+    Tls(String),
     /// No message with this id that the asking agent may read; the text names the argument
     /// (`id: no message 'X' that you can read`).
     #[error("{field}: no message '{id}' that you can read")]

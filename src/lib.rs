@@ -12,6 +12,8 @@
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
 //! - `bench` — the load generator (`switchboard bench`, cargo feature `bench`).
+//! - [`tls`] — TLS for the node's port, clients and peer links; [`plaintext`] — where a
+//!   credential may go without it.
 //! - [`backoff`] — the one retry-pause rule (client reconnects, mesh dialer).
 //! - [`auth`], [`config`], [`error`] — secrets and locks, settings, errors.
 #![forbid(unsafe_code)]
@@ -31,9 +33,11 @@ pub mod mcp;
 pub mod mesh;
 pub mod message;
 pub mod node;
+pub mod plaintext;
 pub mod protocol;
 pub mod schemas;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use error::{Error, Result};

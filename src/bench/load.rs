@@ -11,28 +11,33 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::protocol::SendRequest;
 
-type RawWs =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type RawWs = tokio_tungstenite::WebSocketStream<crate::tls::Stream>;
 
 /// Opens `n` idle agent connections (256 handshakes at a time).
-pub(super) async fn open_idle(url: &str, token: &str, n: usize) -> Result<Vec<RawWs>> {
+pub(super) async fn open_idle(
+    url: &str,
+    token: &str,
+    n: usize,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<Vec<RawWs>> {
     let endpoint = crate::config::ws_endpoint(url);
     let mut conns = Vec::with_capacity(n);
     let mut pending = futures_util::stream::FuturesUnordered::new();
     let mut next = 0;
     while conns.len() + pending.len() < n || !pending.is_empty() {
         while pending.len() < 256 && next < n {
-            let (endpoint, token) = (endpoint.clone(), token.to_owned());
+            let (endpoint, token, tls) = (endpoint.clone(), token.to_owned(), tls.cloned());
             let agent = format!("idle-{next}");
             next += 1;
             pending.push(async move {
                 let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(0);
-                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+                let (socket, _) = crate::tls::connect(&endpoint, tls.as_ref()).await?;
+                let (mut ws, _) = tokio_tungstenite::client_async_with_config(
                     endpoint.as_str(),
+                    socket,
                     Some(cfg),
-                    true,
                 )
                 .await
                 .map_err(|e| Error::Connection(e.to_string()))?;
@@ -60,7 +65,12 @@ pub(super) async fn open_idle(url: &str, token: &str, n: usize) -> Result<Vec<Ra
 }
 
 /// Times `send_message` → `wait_for_messages` between two `switchboard mcp` processes.
-pub(super) async fn mcp_rounds(url: &str, token: &str, rounds: usize) -> Result<Stats> {
+pub(super) async fn mcp_rounds(
+    url: &str,
+    token: &str,
+    rounds: usize,
+    env: &[(String, std::ffi::OsString)],
+) -> Result<Stats> {
     use rmcp::ServiceExt;
     use rmcp::model::CallToolRequestParams;
     use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
@@ -69,7 +79,8 @@ pub(super) async fn mcp_rounds(url: &str, token: &str, rounds: usize) -> Result<
     let spawn = |agent: &'static str| {
         let cmd = tokio::process::Command::new(&exe).configure(|c| {
             c.args(["mcp", "--agent", agent, "--node", url, "--token", token])
-                .env("SWITCHBOARD_LOG", "warn");
+                .env("SWITCHBOARD_LOG", "warn")
+                .envs(env.iter().cloned());
         });
         TokioChildProcess::new(cmd).map_err(|e| Error::io("starting switchboard mcp", e))
     };

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Options;
+use super::cost::{CpuMeter, Figures, compare};
 use super::ports::free_port;
 use super::procs::{health, opts, spawn_node};
 use super::stats::{Stats, WakeupProbe, progress};
+use super::{Options, TlsMode};
 use crate::auth;
 use crate::client::{Client, ConnState};
 use crate::error::{Error, Result};
@@ -25,40 +26,54 @@ struct Node {
     port: u16,
     child: Option<tokio::process::Child>,
     secret: String,
+    /// What its clients trust (its own certificate), when it serves TLS.
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl Node {
     fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn opts(&self, agent: &str) -> crate::client::ClientOptions {
+        let mut o = opts(&self.url(), agent, &self.secret);
+        o.tls = self.tls.clone();
+        o
     }
 }
 
-fn peer_args(secret_file: &std::path::Path, earlier: &[u16]) -> Vec<String> {
+fn node_args(secret_file: &std::path::Path, earlier: &[u16], tls: bool) -> Vec<String> {
     let mut v = vec![
         "--mesh-secret-file".to_owned(),
         secret_file.display().to_string(),
     ];
+    if tls {
+        v.push("--tls-self-signed".into());
+    }
+    let scheme = if tls { "wss" } else { "ws" };
     for p in earlier {
         v.push("--peer".into());
-        v.push(format!("ws://127.0.0.1:{p}"));
+        v.push(format!("{scheme}://127.0.0.1:{p}"));
     }
     v
 }
 
-async fn linked(port: u16, want: usize) -> bool {
-    let url = format!("ws://127.0.0.1:{port}");
-    health(&url).await.is_some_and(|h| {
-        h["peers"]
-            .as_array()
-            .map(|p| p.iter().filter(|p| p["state"] == "up").count() >= want)
-            .unwrap_or(false)
-    })
+async fn linked(node: &Node, want: usize) -> bool {
+    health(&node.url(), node.tls.as_ref())
+        .await
+        .is_some_and(|h| {
+            h["peers"]
+                .as_array()
+                .map(|p| p.iter().filter(|p| p["state"] == "up").count() >= want)
+                .unwrap_or(false)
+        })
 }
 
 async fn wait_linked(nodes: &[Node]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for n in nodes {
-        while !linked(n.port, nodes.len() - 1).await {
+        while !linked(n, nodes.len() - 1).await {
             if Instant::now() > deadline {
                 return Err(Error::Connection("the mesh did not link up".into()));
             }
@@ -88,12 +103,40 @@ async fn wait_presence(observer: &Client, name: &str, online: bool, since: Insta
     }
 }
 
-/// Runs the mesh benchmark.
+/// Runs the mesh benchmark: once, or alternating plain and TLS `rounds` times each.
 pub async fn run(a: Options) -> Result<()> {
-    let n = a.mesh;
-    if n < 2 {
+    if a.mesh < 2 {
         return Err(Error::Config("--mesh: at least 2 nodes".into()));
     }
+    let modes: Vec<bool> = match a.tls {
+        TlsMode::Off => vec![false],
+        TlsMode::On => vec![true],
+        TlsMode::Compare => (0..a.rounds.max(1)).flat_map(|_| [false, true]).collect(),
+    };
+    let mut runs = Vec::new();
+    for tls in modes {
+        runs.push(run_once(&a, tls).await?);
+    }
+    if a.tls == TlsMode::Compare {
+        let mut out = std::io::stdout().lock();
+        for line in compare(&runs) {
+            let _ = writeln!(out, "{line}");
+        }
+        if a.json {
+            let all: Vec<_> = runs.iter().map(Figures::json).collect();
+            let _ = writeln!(out, "{}", serde_json::json!({ "compare": all }));
+        }
+    }
+    Ok(())
+}
+
+/// One run on a fresh mesh.
+async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
+    let n = a.mesh;
+    progress(&format!(
+        "starting {n} nodes ({})",
+        if tls { "TLS" } else { "plain" }
+    ));
     let secret_dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
     let secret_file = secret_dir.path().join("mesh.secret");
     std::fs::write(&secret_file, auth::random_hex())
@@ -107,16 +150,24 @@ pub async fn run(a: Options) -> Result<()> {
             dir.path(),
             port,
             &format!("n{}", i + 1),
-            &peer_args(&secret_file, &earlier),
+            &node_args(&secret_file, &earlier, tls),
         )
         .await?;
         let secret =
             auth::read_secret(dir.path())?.ok_or_else(|| Error::Connection("no secret".into()))?;
+        let trust = match tls {
+            true => Some(crate::tls::ClientTls::agent(
+                &[],
+                vec![dir.path().join("tls").join("cert.pem")],
+            )?),
+            false => None,
+        };
         nodes.push(Node {
             dir,
             port,
             child: Some(child),
             secret,
+            tls: trust,
         });
     }
     wait_linked(&nodes).await?;
@@ -132,7 +183,7 @@ pub async fn run(a: Options) -> Result<()> {
     for (k, node) in nodes.iter().enumerate() {
         let mut v = Vec::new();
         for i in 0..a.agents {
-            let mut o = opts(&node.url(), &format!("m{}-{i}", k + 1), &node.secret);
+            let mut o = node.opts(&format!("m{}-{i}", k + 1));
             o.reconnect = true;
             v.push(Arc::new(Client::connect(o).await?));
         }
@@ -146,7 +197,7 @@ pub async fn run(a: Options) -> Result<()> {
     for r in 0..20 {
         let name = format!("probe-{r}");
         let t = Instant::now();
-        let probe = Client::connect(opts(&nodes[0].url(), &name, &nodes[0].secret)).await?;
+        let probe = Client::connect(nodes[0].opts(&name)).await?;
         wait_presence(&observer, &name, true, t).await?;
         joins.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
@@ -198,7 +249,12 @@ pub async fn run(a: Options) -> Result<()> {
         "cross-node latency: {total} messages at {} msg/s",
         a.rate
     ));
+    let pids: Vec<u32> = nodes
+        .iter()
+        .filter_map(|n| n.child.as_ref().and_then(|c| c.id()))
+        .collect();
     let probe = WakeupProbe::start();
+    let paced_cpu = CpuMeter::start(pids.clone());
     let start = Instant::now();
     let mut handles = Vec::new();
     for m in 0..total {
@@ -231,6 +287,7 @@ pub async fn run(a: Options) -> Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (node_us_paced, _) = paced_cpu.per_message(total);
     let d = Stats(std::mem::take(
         &mut *lat.lock().unwrap_or_else(|e| e.into_inner()),
     ));
@@ -259,6 +316,7 @@ pub async fn run(a: Options) -> Result<()> {
         a.seconds
     ));
     let acked = Arc::new(AtomicU64::new(0));
+    let tp_cpu = CpuMeter::start(pids);
     let t0 = Instant::now();
     let stop = t0 + Duration::from_secs(a.seconds);
     let pairs = (0..n)
@@ -276,9 +334,17 @@ pub async fn run(a: Options) -> Result<()> {
     let elapsed = t0.elapsed().as_secs_f64();
     let got = received.load(Ordering::Relaxed);
     let rate = got.min(acked_n) as f64 / elapsed;
+    let (node_us_tp, bench_us_tp) = tp_cpu.per_message(got.min(acked_n));
     table.push(format!(
         "cross-node throughput       {rate:>9.0} msg/s  ({acked_n} acknowledged, {got} received on the other node, each stored on all {n} nodes, {elapsed:.1} s)"
     ));
+    table.push(format!(
+        "CPU per message             nodes {node_us_paced:>6.1} µs paced, {node_us_tp:>6.1} µs at full load; bench clients {bench_us_tp:>6.1} µs"
+    ));
+    report.insert(
+        "cpu_us_per_msg".into(),
+        serde_json::json!({"nodes_paced": node_us_paced, "nodes_throughput": node_us_tp, "bench_throughput": bench_us_tp}),
+    );
     report.insert(
         "cross_node_throughput".into(),
         serde_json::json!({"msgs_per_s": rate, "acked": acked_n, "received": got, "seconds": elapsed}),
@@ -303,7 +369,7 @@ pub async fn run(a: Options) -> Result<()> {
         nodes[victim].dir.path(),
         nodes[victim].port,
         &format!("n{}", victim + 1),
-        &peer_args(&secret_file, &earlier),
+        &node_args(&secret_file, &earlier, tls),
     )
     .await?;
     let restarted = Instant::now();
@@ -346,8 +412,13 @@ pub async fn run(a: Options) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "switchboard bench --mesh {n} — {} agents per node",
-        a.agents
+        "switchboard bench --mesh {n} — {} agents per node, {}",
+        a.agents,
+        if tls {
+            "TLS (wss://, self-signed)"
+        } else {
+            "plain ws://"
+        }
     );
     for line in &table {
         let _ = writeln!(out, "{line}");
@@ -355,11 +426,20 @@ pub async fn run(a: Options) -> Result<()> {
     if a.json {
         let _ = writeln!(out, "{}", serde_json::Value::Object(report));
     }
+    drop(out);
     drop(clients);
     for node in &mut nodes {
         if let Some(c) = node.child.as_mut() {
             let _ = c.kill().await;
         }
     }
-    Ok(())
+    Ok(Figures {
+        tls,
+        p50_ms: d.pct(50.0),
+        p99_ms: d.pct(99.0),
+        node_us_paced,
+        msgs_per_s: rate,
+        node_us_tp,
+        bench_us_tp,
+    })
 }

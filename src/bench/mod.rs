@@ -21,6 +21,7 @@ use procs::{opts, rss, start_node};
 use stats::{Stats, WakeupProbe, progress};
 
 mod channel;
+mod cost;
 mod load;
 mod mesh;
 mod ports;
@@ -52,15 +53,37 @@ pub struct Options {
     pub mesh: usize,
     /// A running node to measure; `None` starts one (the mesh mode always starts its own).
     pub node: Option<Remote>,
+    /// Mesh mode: plain, TLS, or both alternating.
+    pub tls: TlsMode,
+    /// With `TlsMode::Compare`: how many plain + TLS pairs to run.
+    pub rounds: usize,
+}
+
+/// Whether the mesh bench's nodes and clients speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain `ws://`.
+    Off,
+    /// `wss://` with self-signed certificates.
+    On,
+    /// Alternating plain and TLS runs, then a side-by-side table.
+    Compare,
 }
 
 /// A running node and the token to use on it.
 #[derive(Debug, Clone)]
 pub struct Remote {
-    /// Its `ws://` URL.
+    /// Its `ws://` or `wss://` URL.
     pub url: String,
     /// Its local secret.
     pub token: String,
+    /// What its certificate is verified against (`wss://`).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// Settings the `switchboard mcp` processes it starts need too (data dir, TLS roots,
+    /// plaintext permission), as environment variables.
+    pub child_env: Vec<(String, std::ffi::OsString)>,
+    /// `--allow-plaintext`, for a `ws://` node on another machine.
+    pub allow_plaintext: bool,
 }
 
 impl Options {
@@ -68,6 +91,11 @@ impl Options {
     pub fn check(&self) -> Result<()> {
         if self.agents < 2 {
             return Err(Error::Config("--agents: at least 2".into()));
+        }
+        if self.tls != TlsMode::Off && self.mesh == 0 {
+            return Err(Error::Config(
+                "--tls: with --mesh N (the single-node bench is plain)".into(),
+            ));
         }
         Ok(())
     }
@@ -83,6 +111,14 @@ pub async fn run(a: Options) -> Result<()> {
         Some(r) => (r.url.clone(), r.token.clone(), None),
         None => start_node().await?,
     };
+    let tls = a.node.as_ref().and_then(|r| r.tls.clone());
+    let opts = |url: &str, agent: &str, token: &str| {
+        let mut o = opts(url, agent, token);
+        o.tls = tls.clone();
+        o.allow_plaintext = a.node.as_ref().is_some_and(|r| r.allow_plaintext);
+        o
+    };
+
     progress(&format!("node {url}"));
     let mut report = serde_json::Map::new();
     let mut table = Vec::new();
@@ -235,14 +271,14 @@ pub async fn run(a: Options) -> Result<()> {
 
     // 4. Idle connections.
     if a.idle > 0 {
-        let before = rss(&url).await.unwrap_or(0);
+        let before = rss(&url, tls.as_ref()).await.unwrap_or(0);
         progress(&format!(
             "opening {} idle connections (node RSS now {} MiB)",
             a.idle,
             before >> 20
         ));
-        let idle = open_idle(&url, &token, a.idle).await?;
-        let after = rss(&url).await.unwrap_or(0);
+        let idle = open_idle(&url, &token, a.idle, tls.as_ref()).await?;
+        let after = rss(&url, tls.as_ref()).await.unwrap_or(0);
         let per = after.saturating_sub(before) as f64 / idle.len() as f64 / 1024.0;
         table.push(format!(
             "idle connections            {} open, node RSS {} → {} MiB: {:.1} KiB each",
@@ -261,7 +297,12 @@ pub async fn run(a: Options) -> Result<()> {
             "mcp: {} send_message → wait_for_messages round trips",
             a.mcp_rounds
         ));
-        let m = mcp_rounds(&url, &token, a.mcp_rounds).await?;
+        let env = a
+            .node
+            .as_ref()
+            .map(|r| r.child_env.clone())
+            .unwrap_or_default();
+        let m = mcp_rounds(&url, &token, a.mcp_rounds, &env).await?;
         table.push(format!(
             "mcp send→wait returns       p50 {:>7.3} ms  p99 {:>7.3} ms  ({} round trips)",
             m.pct(50.0),
@@ -297,7 +338,7 @@ pub async fn run(a: Options) -> Result<()> {
             report.insert("channel_wakeup_late_ms".into(), late);
         }
     }
-    if let Some(r) = rss(&url).await {
+    if let Some(r) = rss(&url, tls.as_ref()).await {
         table.push(format!("node RSS                    {} MiB", r >> 20));
         report.insert("node_rss_bytes".into(), r.into());
     }

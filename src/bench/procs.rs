@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::ports::free_port;
 use crate::auth;
@@ -88,21 +88,19 @@ pub(super) async fn start_node() -> Result<(String, String, Option<OwnNode>)> {
     ))
 }
 
-pub(super) async fn health(url: &str) -> Option<serde_json::Value> {
-    let hostport = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
-    let mut s = tokio::net::TcpStream::connect(&hostport).await.ok()?;
-    s.write_all(
-        format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+/// The node's `/health` (over https for a `wss://` URL, verified by `tls`).
+pub(super) async fn health(
+    url: &str,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Option<serde_json::Value> {
+    let (_, body) = crate::tls::http_get(url, "/health", tls, Duration::from_secs(10))
+        .await
+        .ok()?;
+    serde_json::from_str(&body).ok()
 }
 
-pub(super) async fn rss(url: &str) -> Option<u64> {
-    health(url).await?.get("rss_bytes")?.as_u64()
+pub(super) async fn rss(url: &str, tls: Option<&crate::tls::ClientTls>) -> Option<u64> {
+    health(url, tls).await?.get("rss_bytes")?.as_u64()
 }
 
 /// Client options for a bench agent: no reconnecting, patient requests.

@@ -231,6 +231,11 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
                 SyncArg::Normal => SyncMode::Normal,
                 SyncArg::Full => SyncMode::Full,
             }),
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            tls_self_signed: a.tls_self_signed,
+            tls_ca: g.tls_ca.clone(),
+            allow_plaintext: g.allow_plaintext,
         },
     )?;
     let node = Node::start(config).await?;
@@ -498,9 +503,25 @@ async fn bench(g: &crate::cli::Global, a: crate::cli::BenchArgs) -> Step {
                 Error::Config("--node given: pass --token (the node's local secret)".into())
             })?,
         };
+        let file = crate::config::read_file_config(&dir)?;
         opts.node = Some(crate::bench::Remote {
             url: url.clone(),
             token,
+            tls: Some(connect::client_tls(g, &dir, &file)?),
+            child_env: [
+                Some(("SWITCHBOARD_DATA_DIR", Some(dir.clone().into_os_string()))),
+                Some((
+                    "SWITCHBOARD_TLS_CA",
+                    g.tls_ca.clone().map(|p| p.into_os_string()),
+                )),
+                g.allow_plaintext
+                    .then(|| ("SWITCHBOARD_ALLOW_PLAINTEXT", Some("true".into()))),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect(),
+            allow_plaintext: g.allow_plaintext || file.allow_plaintext,
         });
     }
     Ok(crate::bench::run(opts).await?)

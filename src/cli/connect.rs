@@ -58,6 +58,22 @@ fn token(g: &Global, dir: &std::path::Path, may_create: bool) -> Result<String> 
     })
 }
 
+/// What a client of this data dir trusts: the system roots, `--tls-ca` (or the config's
+/// `[tls] ca`), and the data dir's own node's certificate, pinned.
+pub fn client_tls(
+    g: &Global,
+    dir: &std::path::Path,
+    file: &config::FileConfig,
+) -> Result<crate::tls::ClientTls> {
+    let ca: Vec<PathBuf> = g
+        .tls_ca
+        .clone()
+        .or(file.tls.ca.clone())
+        .into_iter()
+        .collect();
+    crate::tls::ClientTls::agent(&ca, crate::tls::server::data_dir_certificates(dir, file))
+}
+
 /// The `host:port` a client dials for a node listening on `listen`: a wildcard address
 /// (`0.0.0.0`, `[::]`) is reached on loopback.
 pub fn dial_addr(listen: &str) -> String {
@@ -68,9 +84,11 @@ pub fn dial_addr(listen: &str) -> String {
     }
 }
 
-/// `host:port` of a `ws://` URL whose host is this machine, or None.
+/// `host:port` of a `ws://` or `wss://` URL whose host is this machine, or None.
 fn loopback_addr(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("ws://")?;
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))?;
     let addr = rest.split('/').next()?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     matches!(host, "127.0.0.1" | "localhost" | "[::1]").then(|| addr.to_owned())
@@ -100,24 +118,28 @@ async fn check_running(url: &str) -> Result<()> {
 pub async fn connect(g: &Global, agent: &str, role: Role, reconnect: bool) -> Result<Connection> {
     let dir = data_dir(g)?;
     let file = read_file_config(&dir)?;
-    let explicit = g.node.clone().or(file.node);
+    let explicit = g.node.clone().or(file.node.clone());
     let (url, host) = match explicit {
         Some(url) => {
             validate_ws_url(&url).map_err(|e| Error::Config(format!("--node: {e}")))?;
+            // Refused here, before any connection attempt (the client checks again).
+            crate::plaintext::check_client(&url, g.allow_plaintext || file.allow_plaintext)?;
             check_running(&url).await?;
             (url, None)
         }
         None => {
             let host = Host::new(dir.clone())?;
-            let listen = host.url();
-            let listen = listen.trim_start_matches("ws://");
-            (format!("ws://{}", dial_addr(listen)), Some(host))
+            let url = host.url();
+            let (scheme, listen) = url.split_once("://").unwrap_or(("ws", &url));
+            (format!("{scheme}://{}", dial_addr(listen)), Some(host))
         }
     };
     let token = token(g, &dir, host.is_some())?;
     let mut opts = ClientOptions::new(url, agent, token);
     opts.role = role;
     opts.reconnect = reconnect;
+    opts.tls = Some(client_tls(g, &dir, &file)?);
+    opts.allow_plaintext = g.allow_plaintext || file.allow_plaintext;
     if let Some(h) = &host {
         opts.on_unreachable = Some(h.hook());
         opts.max_backoff = std::time::Duration::from_millis(500);

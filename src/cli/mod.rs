@@ -42,6 +42,14 @@ pub struct Global {
     /// File holding the token.
     #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of extra roots to trust for wss:// nodes (and a node's peer links); a
+    /// client of a data dir also trusts that data dir's node's own certificate.
+    #[arg(long, env = "SWITCHBOARD_TLS_CA", global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Permit sending a token over plain ws:// to another machine (and, for `node`, plain peer
+    /// links to and from other machines). Refused otherwise.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_PLAINTEXT", global = true)]
+    pub allow_plaintext: bool,
 }
 
 /// The commands.
@@ -103,6 +111,16 @@ pub struct NodeArgs {
     /// Commit durability: normal (survives a process crash) or full (also power loss).
     #[arg(long, value_enum)]
     pub sync: Option<SyncArg>,
+    /// Serve TLS only (wss://, https://) with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS only with a certificate made once for this host (DATA_DIR/tls/); its
+    /// SHA-256 fingerprint is logged at start and shown in /health.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_self_signed: bool,
 }
 
 /// `--sync` values.
@@ -296,6 +314,25 @@ pub struct BenchArgs {
     /// presence convergence and reconnection after a node restart (`--agents` per node).
     #[arg(long, default_value_t = 0, value_name = "NODES")]
     pub mesh: usize,
+    /// Mesh mode: nodes with --tls-self-signed linked over wss:// and clients trusting them
+    /// (on), or plain and TLS runs alternating with a side-by-side table (compare).
+    #[arg(long, value_enum, default_value = "off")]
+    pub tls: BenchTls,
+    /// With --tls compare: how many plain + TLS pairs to run.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
+/// `bench --tls` values.
+#[cfg(feature = "bench")]
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchTls {
+    /// Plain ws://.
+    Off,
+    /// wss:// with self-signed certificates.
+    On,
+    /// Plain and TLS alternating, side by side.
+    Compare,
 }
 
 #[cfg(feature = "bench")]
@@ -313,6 +350,12 @@ impl BenchArgs {
             json: self.json,
             mesh: self.mesh,
             node,
+            tls: match self.tls {
+                BenchTls::Off => crate::bench::TlsMode::Off,
+                BenchTls::On => crate::bench::TlsMode::On,
+                BenchTls::Compare => crate::bench::TlsMode::Compare,
+            },
+            rounds: self.rounds,
         }
     }
 }

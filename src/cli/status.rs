@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{NodeConfig, NodeOverrides};
+use crate::config::{NodeConfig, NodeOverrides, read_file_config};
 use crate::error::{Error, Result};
 
 /// What `status` found.
@@ -33,7 +32,22 @@ pub struct Report {
 pub async fn report(dir: std::path::PathBuf) -> Result<Report> {
     let config = NodeConfig::resolve(dir.clone(), NodeOverrides::default())?;
     let addr = super::connect::dial_addr(&config.listen);
-    let health = health(&addr).await;
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let mut url = format!("{scheme}://{addr}");
+    let file = read_file_config(&dir)?;
+    let tls = crate::tls::ClientTls::agent(
+        &config.tls_ca,
+        crate::tls::server::data_dir_certificates(&dir, &file),
+    )?;
+    let mut health = health(&url, &tls).await;
+    if health.is_none() && config.tls.is_none() {
+        // Started with --tls-self-signed or --tls-cert on its command line, not in config.toml.
+        let tls_url = format!("wss://{addr}");
+        health = self::health(&tls_url, &tls).await;
+        if health.is_some() {
+            url = tls_url;
+        }
+    }
     let answering = health
         .as_ref()
         .and_then(|h| h.get("node_id"))
@@ -43,7 +57,7 @@ pub async fn report(dir: std::path::PathBuf) -> Result<Report> {
         data_dir: dir.display().to_string(),
         running: answering.as_deref() == Some(config.node_id.as_str()),
         node_id: config.node_id,
-        url: format!("ws://{addr}"),
+        url,
         listen: config.listen,
         answering_node_id: answering,
         health,
@@ -71,21 +85,11 @@ pub fn text(r: &Report) -> String {
 }
 
 /// `GET /health`, or None when nothing (or no switchboard node) answers within 2 s.
-async fn health(addr: &str) -> Option<serde_json::Value> {
-    let get = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.take(1 << 20).read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), get)
+async fn health(url: &str, tls: &crate::tls::ClientTls) -> Option<serde_json::Value> {
+    let (_, body) = crate::tls::http_get(url, "/health", Some(tls), Duration::from_secs(2))
         .await
-        .ok()
-        .flatten()
+        .ok()?;
+    serde_json::from_str(&body).ok()
 }
 
 /// For `--json`.

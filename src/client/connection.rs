@@ -4,9 +4,11 @@
 //! When the connection drops, the task reconnects by [`crate::backoff`] and re-sends every
 //! unanswered request in its original order: all requests are safe to repeat (a send carries
 //! its message id, so the node stores it once however often it arrives). A refusal that
-//! retrying cannot fix (a bad token, say) fails the waiting requests at once, and so does a
-//! connection the node closed because of a request (a frame over its limit, an unreadable
-//! frame): re-sending that request would only be refused again.
+//! retrying cannot fix (a bad token, a certificate that does not verify, a token that would
+//! go out in clear text) fails the waiting requests at once, and the next attempts wait
+//! [`FATAL_PAUSE`] instead of the usual backoff; so does a connection the node closed because
+//! of a request (a frame over its limit, an unreadable frame): re-sending that request would
+//! only be refused again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,12 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::options::{ClientOptions, ConnState};
 use crate::config::ws_endpoint;
@@ -27,7 +28,11 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::protocol::*;
 
-pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type Ws = WebSocketStream<crate::tls::Stream>;
+
+/// The pause between attempts after a refusal retrying cannot fix: the node (or its
+/// certificate, or the settings) must change first, and hammering it helps nobody.
+const FATAL_PAUSE: Duration = Duration::from_secs(10);
 
 pub(super) enum Cmd {
     Request {
@@ -38,18 +43,56 @@ pub(super) enum Cmd {
 }
 
 /// Errors that retrying cannot fix.
-pub(super) fn fatal(e: &Error) -> Option<(ErrorCode, &str)> {
+pub(super) fn fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Tls(_)
+            | Error::Config(_)
+            | Error::Remote {
+                code: ErrorCode::Unauthorized
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::InvalidArgument
+                    | ErrorCode::Forbidden,
+                ..
+            }
+    )
+}
+
+/// The same fatal error again, for each request it fails.
+fn again(e: &Error) -> Error {
     match e {
-        Error::Remote {
-            code:
-                code @ (ErrorCode::Unauthorized
-                | ErrorCode::UnsupportedVersion
-                | ErrorCode::InvalidArgument
-                | ErrorCode::Forbidden),
-            message,
-        } => Some((*code, message)),
-        _ => None,
+        Error::Remote { code, message } => Error::Remote {
+            code: *code,
+            message: message.clone(),
+        },
+        Error::Tls(m) => Error::Tls(m.clone()),
+        Error::Config(m) => Error::Config(m.clone()),
+        other => Error::Connection(other.to_string()),
     }
+}
+
+/// A failed WebSocket handshake in words: a TLS-only node's plain `400` answer says what to do.
+fn handshake_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    if let WsError::Http(response) = &e {
+        let body = response
+            .body()
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        if body.contains("speaks TLS only") {
+            let fixed = url.replacen("ws://", "wss://", 1);
+            return Error::Tls(format!(
+                "the switchboard node at {url} speaks TLS only: connect to {fixed}"
+            ));
+        }
+        return Error::Connection(format!(
+            "cannot reach the switchboard node at {url}: HTTP {} {}",
+            response.status(),
+            body.trim()
+        ));
+    }
+    Error::Connection(format!("cannot reach the switchboard node at {url}: {e}"))
 }
 
 pub(super) async fn open(opts: &ClientOptions) -> Result<(Ws, Welcome)> {
@@ -67,13 +110,22 @@ pub(super) async fn open(opts: &ClientOptions) -> Result<(Ws, Welcome)> {
             opts.url
         ))
     };
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
-    )
-    .await
-    .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    // Before anything leaves this process: no credential in clear text to another machine.
+    crate::plaintext::check_client(&opts.url, opts.allow_plaintext)?;
+    let handshake = async {
+        let (socket, _) = crate::tls::connect(&endpoint, opts.tls.as_ref())
+            .await
+            .map_err(|e| match e {
+                Error::Connection(m) => unreachable(m),
+                fatal => fatal,
+            })?;
+        tokio_tungstenite::client_async_with_config(request, socket, Some(config))
+            .await
+            .map_err(|e| handshake_error(&opts.url, e))
+    };
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .map_err(|_| unreachable("timed out".into()))??;
     let hello = ClientFrame::Hello(Hello {
         agent: opts.agent.clone(),
         token: Some(opts.token.clone()),
@@ -209,13 +261,16 @@ pub(super) async fn run(
                 }
                 Err(e) => {
                     state.send_replace(ConnState::Disconnected(e.to_string()));
-                    if let Some((code, message)) = fatal(&e) {
+                    if fatal(&e) {
+                        tracing::warn!(node = %opts.url, error = %e, "the node cannot be used as configured; trying again later");
                         for (_, (_, reply)) in std::mem::take(&mut inflight) {
-                            let _ = reply.send(Err(Error::Remote {
-                                code,
-                                message: message.to_owned(),
-                            }));
+                            let _ = reply.send(Err(again(&e)));
                         }
+                        tokio::time::sleep(FATAL_PAUSE).await;
+                        if cmds.is_closed() {
+                            return;
+                        }
+                        continue;
                     }
                     if let Some(hook) = &opts.on_unreachable {
                         hook().await;

@@ -89,19 +89,20 @@ impl Client {
         let (ws, welcome) = loop {
             match open(&opts).await {
                 Ok(ok) => break ok,
-                Err(e) if fatal(&e).is_some() => return Err(e),
+                Err(e) if fatal(&e) => return Err(e),
                 Err(e) => {
                     if let Some(hook) = &opts.on_unreachable {
                         hook().await;
                     }
                     let pause = backoff.delay(attempt);
-                    if tokio::time::Instant::now() + pause > deadline {
-                        return Err(e);
-                    }
                     attempt += 1;
-                    // Try again at once after the hook (it may have started a node).
+                    // Try again at once after the hook (it may have started a node), even if
+                    // starting it took past the deadline on a loaded machine.
                     if opts.on_unreachable.is_some() && attempt == 1 {
                         continue;
+                    }
+                    if tokio::time::Instant::now() + pause > deadline {
+                        return Err(e);
                     }
                     tokio::time::sleep(pause).await;
                 }

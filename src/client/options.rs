@@ -14,7 +14,7 @@ pub type UnreachableHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Sen
 /// How to reach a node and who to be.
 #[derive(Clone)]
 pub struct ClientOptions {
-    /// `ws://host:port` (the `/ws` path is added when missing).
+    /// `ws://host:port` or `wss://host:port` (the `/ws` path is added when missing).
     pub url: String,
     /// The agent this client acts as.
     pub agent: String,
@@ -32,6 +32,10 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Runs when the node cannot be reached (the embedded default hosts a node here).
     pub on_unreachable: Option<UnreachableHook>,
+    /// What a `wss://` node's certificate is verified against (`None`: the system roots).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// Send the token over plain `ws://` to a host that is not loopback (refused otherwise).
+    pub allow_plaintext: bool,
 }
 
 impl ClientOptions {
@@ -47,6 +51,8 @@ impl ClientOptions {
             max_backoff: Duration::from_millis(500),
             reconnect: true,
             on_unreachable: None,
+            tls: None,
+            allow_plaintext: false,
         }
     }
 

@@ -189,14 +189,19 @@ impl Mesh {
         expect: Option<&str>,
         before: Option<&str>,
     ) -> Result<(String, Duration)> {
+        crate::plaintext::check_peer(url, self.reach.allow_plaintext)?;
         let endpoint = crate::config::ws_endpoint(url);
-        let (ws, _) = tokio::time::timeout(
-            HANDSHAKE,
-            tokio_tungstenite::connect_async_with_config(endpoint.as_str(), None, true),
-        )
-        .await
-        .map_err(|_| Error::Connection(format!("{url}: timed out")))?
-        .map_err(|e| Error::Connection(format!("{url}: {e}")))?;
+        let open = async {
+            let (socket, binding) = crate::tls::connect(&endpoint, Some(&self.reach.tls)).await?;
+            let (ws, _) = tokio_tungstenite::client_async(endpoint.as_str(), socket)
+                .await
+                .map_err(|e| Error::Connection(e.to_string()))?;
+            Ok::<_, Error>((ws, binding))
+        };
+        let (ws, binding) = tokio::time::timeout(HANDSHAKE, open)
+            .await
+            .map_err(|_| Error::Connection(format!("{url}: timed out")))?
+            .map_err(|e| Error::Connection(format!("{url}: {e}")))?;
         let (writer, reader) = crate::transport::split(ws);
         let (mut sink, mut stream) = (writer.into_text(), reader.into_text());
         let me = self.router.node_id.clone();
@@ -205,6 +210,7 @@ impl Mesh {
             node: &me,
             incarnation: self.router.incarnation,
             instance: self.router.store.instance(),
+            binding: binding.as_ref().map_or(&[][..], |b| &b[..]),
         };
         let seq = self.next_dial.fetch_add(1, Ordering::Relaxed);
         let (peer, theirs, instance) = match handshake::dial(

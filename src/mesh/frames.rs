@@ -90,6 +90,9 @@ pub enum PeerFrame {
         /// The port the sender listens on: the receiver reaches it at the address the link
         /// came from (when the sender dialed).
         port: u16,
+        /// The port speaks TLS: reach it at `wss://`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
         /// The sender's live links, except to the receiver.
         nodes: Vec<PeerAddr>,
     },
@@ -141,6 +144,8 @@ pub enum PeerError {
     WrongNode,
     /// Another instance (data dir) holds the node id the dialer claims.
     NodeIdConflict,
+    /// A plain link from another machine, which this node does not permit.
+    PlaintextRefused,
 }
 
 impl PeerError {
@@ -150,6 +155,7 @@ impl PeerError {
             PeerError::Unauthorized => "unauthorized",
             PeerError::WrongNode => "wrong_node",
             PeerError::NodeIdConflict => "node_id_conflict",
+            PeerError::PlaintextRefused => "plaintext_refused",
         }
     }
 
@@ -159,6 +165,7 @@ impl PeerError {
             PeerError::Unauthorized,
             PeerError::WrongNode,
             PeerError::NodeIdConflict,
+            PeerError::PlaintextRefused,
         ]
         .into_iter()
         .find(|c| c.as_str() == code)
@@ -188,6 +195,7 @@ mod tests {
             PeerError::Unauthorized,
             PeerError::WrongNode,
             PeerError::NodeIdConflict,
+            PeerError::PlaintextRefused,
         ] {
             assert_eq!(PeerError::parse(c.as_str()), Some(c));
         }

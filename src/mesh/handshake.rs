@@ -10,6 +10,15 @@
 //! The instance id is in the proof so that nobody without the secret can pass one data dir's
 //! link off as another's (a node that predates instance ids sends none, and its proof has no
 //! `|instance` part).
+//!
+//! Over TLS both proofs are also bound to the session: they cover its RFC 9266 `tls-exporter`
+//! value (32 bytes only the two ends of this one TLS session know), in a second input format,
+//! `switchboard-mesh-v2-cb|role|HEX(binding)|…`, with the binding at a fixed place and length
+//! so no choice of nonces, names or instance ids can make one session's input read as
+//! another's, nor as an unbound one. A man in the middle who terminates TLS holds two sessions
+//! with two values, so a proof it relays from one verifies on neither. That is why a peer
+//! link may accept a certificate it cannot verify (docs/PROTOCOL.md, "TLS and channel
+//! binding"): the peer is authenticated by the proof, and the proof by the session.
 //! Fresh nonces on both sides make every proof single-use; the labels stop a proof from being
 //! reflected back in the other role. The acceptor reveals who it is (and refuses with
 //! `wrong_node` a dialer that expected another node) only once the dialer has proven the
@@ -29,17 +38,42 @@ use crate::error::{Error, Result};
 /// Time for the whole handshake.
 pub const HANDSHAKE: Duration = Duration::from_secs(5);
 
-fn mac(
-    secret: &[u8],
-    role: &str,
-    dial_nonce: &str,
-    accept_nonce: &str,
-    node: &str,
-    instance: &str,
-) -> Option<Hmac<Sha256>> {
+/// What a proof covers besides the secret: the role, both nonces, the prover's node and
+/// instance, and the TLS session's channel binding (empty on a plain link).
+pub struct Transcript<'a> {
+    /// `dial` or `accept`.
+    pub role: &'a str,
+    /// The dialer's nonce.
+    pub dial_nonce: &'a str,
+    /// The acceptor's nonce.
+    pub accept_nonce: &'a str,
+    /// The prover's node id.
+    pub node: &'a str,
+    /// The prover's instance id (empty from an older node).
+    pub instance: &'a str,
+    /// The session's `tls-exporter` value; empty when the link is plain.
+    pub binding: &'a [u8],
+}
+
+fn mac(secret: &[u8], t: &Transcript<'_>) -> Option<Hmac<Sha256>> {
     // HMAC takes keys of any length; should that ever change, nothing verifies.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
-    let mut input = format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}");
+    let Transcript {
+        role,
+        dial_nonce,
+        accept_nonce,
+        node,
+        instance,
+        binding,
+    } = t;
+    let mut input = if binding.is_empty() {
+        format!("switchboard-mesh-v1|{role}|{dial_nonce}|{accept_nonce}|{node}")
+    } else {
+        format!(
+            "switchboard-mesh-v2-cb|{role}|{}|{dial_nonce}|{accept_nonce}|{node}",
+            hex::encode(binding)
+        )
+    };
     if !instance.is_empty() {
         input.push('|');
         input.push_str(instance);
@@ -49,34 +83,18 @@ fn mac(
 }
 
 /// HMAC-SHA256 of the handshake transcript, hex.
-pub fn proof(
-    secret: &[u8],
-    role: &str,
-    dial_nonce: &str,
-    accept_nonce: &str,
-    node: &str,
-    instance: &str,
-) -> String {
-    mac(secret, role, dial_nonce, accept_nonce, node, instance)
+pub fn proof(secret: &[u8], t: &Transcript<'_>) -> String {
+    mac(secret, t)
         .map(|m| hex::encode(m.finalize().into_bytes()))
         .unwrap_or_default()
 }
 
 /// Checks a proof (in constant time, by the MAC itself).
-pub fn verify(
-    secret: &[u8],
-    role: &str,
-    dial_nonce: &str,
-    accept_nonce: &str,
-    node: &str,
-    instance: &str,
-    given: &str,
-) -> bool {
+pub fn verify(secret: &[u8], t: &Transcript<'_>, given: &str) -> bool {
     let Ok(given) = hex::decode(given) else {
         return false;
     };
-    mac(secret, role, dial_nonce, accept_nonce, node, instance)
-        .is_some_and(|m| m.verify_slice(&given).is_ok())
+    mac(secret, t).is_some_and(|m| m.verify_slice(&given).is_ok())
 }
 
 /// Who this node is, for either end.
@@ -89,6 +107,8 @@ pub struct Us<'a> {
     pub incarnation: u64,
     /// This data dir's instance id.
     pub instance: &'a str,
+    /// The link's channel binding (empty when plain): both proofs cover it.
+    pub binding: &'a [u8],
 }
 
 /// How a dial's handshake ended, short of a broken connection.
@@ -139,7 +159,17 @@ where
         };
         let auth = PeerFrame::PeerAuth {
             node: us.node.to_owned(),
-            proof: proof(us.secret, "dial", &nonce, &theirs, us.node, us.instance),
+            proof: proof(
+                us.secret,
+                &Transcript {
+                    role: "dial",
+                    dial_nonce: &nonce,
+                    accept_nonce: &theirs,
+                    node: us.node,
+                    instance: us.instance,
+                    binding: us.binding,
+                },
+            ),
             incarnation: us.incarnation,
             expect: expect.map(str::to_owned),
             seq,
@@ -153,9 +183,15 @@ where
                 incarnation,
                 instance,
             } => {
-                if verify(
-                    us.secret, "accept", &nonce, &theirs, &node, &instance, &proof,
-                ) {
+                let transcript = Transcript {
+                    role: "accept",
+                    dial_nonce: &nonce,
+                    accept_nonce: &theirs,
+                    node: &node,
+                    instance: &instance,
+                    binding: us.binding,
+                };
+                if verify(us.secret, &transcript, &proof) {
                     Ok(Dialed::Welcome {
                         node,
                         incarnation,
@@ -226,11 +262,14 @@ where
                 instance,
             } if verify(
                 us.secret,
-                "dial",
-                hello_nonce,
-                &nonce,
-                &node,
-                &instance,
+                &Transcript {
+                    role: "dial",
+                    dial_nonce: hello_nonce,
+                    accept_nonce: &nonce,
+                    node: &node,
+                    instance: &instance,
+                    binding: us.binding,
+                },
                 &given,
             ) =>
             {
@@ -246,11 +285,14 @@ where
                     node: us.node.to_owned(),
                     proof: proof(
                         us.secret,
-                        "accept",
-                        hello_nonce,
-                        &nonce,
-                        us.node,
-                        us.instance,
+                        &Transcript {
+                            role: "accept",
+                            dial_nonce: hello_nonce,
+                            accept_nonce: &nonce,
+                            node: us.node,
+                            instance: us.instance,
+                            binding: us.binding,
+                        },
                     ),
                     incarnation: us.incarnation,
                     instance: us.instance.to_owned(),

@@ -49,25 +49,91 @@ fn us<'a>(secret: &'a [u8], node: &'a str, incarnation: u64) -> Us<'a> {
         node,
         incarnation,
         instance: node,
+        binding: &[],
+    }
+}
+
+fn t<'a>(role: &'a str, nd: &'a str, na: &'a str, node: &'a str, inst: &'a str) -> Transcript<'a> {
+    Transcript {
+        role,
+        dial_nonce: nd,
+        accept_nonce: na,
+        node,
+        instance: inst,
+        binding: &[],
     }
 }
 
 #[test]
 fn proofs_bind_secret_role_nonces_and_node() {
-    let p = proof(b"s3cret", "dial", "n1", "n2", "a", "i");
-    assert!(verify(b"s3cret", "dial", "n1", "n2", "a", "i", &p));
-    assert!(!verify(b"other", "dial", "n1", "n2", "a", "i", &p));
-    assert!(!verify(b"s3cret", "accept", "n1", "n2", "a", "i", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n3", "a", "i", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "b", "i", &p));
+    let p = proof(b"s3cret", &t("dial", "n1", "n2", "a", "i"));
+    assert!(verify(b"s3cret", &t("dial", "n1", "n2", "a", "i"), &p));
+    assert!(!verify(b"other", &t("dial", "n1", "n2", "a", "i"), &p));
+    assert!(!verify(b"s3cret", &t("accept", "n1", "n2", "a", "i"), &p));
+    assert!(!verify(b"s3cret", &t("dial", "n1", "n3", "a", "i"), &p));
+    assert!(!verify(b"s3cret", &t("dial", "n1", "n2", "b", "i"), &p));
     // A man in the middle cannot swap the instance id, nor strip it.
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "j", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "", &p));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "i", "not hex"));
-    assert!(!verify(b"s3cret", "dial", "n1", "n2", "a", "i", &p[..10]));
+    assert!(!verify(b"s3cret", &t("dial", "n1", "n2", "a", "j"), &p));
+    assert!(!verify(b"s3cret", &t("dial", "n1", "n2", "a", ""), &p));
+    assert!(!verify(
+        b"s3cret",
+        &t("dial", "n1", "n2", "a", "i"),
+        "not hex"
+    ));
+    assert!(!verify(
+        b"s3cret",
+        &t("dial", "n1", "n2", "a", "i"),
+        &p[..10]
+    ));
     // A node without an instance id proves as before.
-    let old = proof(b"s3cret", "dial", "n1", "n2", "a", "");
-    assert!(verify(b"s3cret", "dial", "n1", "n2", "a", "", &old));
+    let old = proof(b"s3cret", &t("dial", "n1", "n2", "a", ""));
+    assert!(verify(b"s3cret", &t("dial", "n1", "n2", "a", ""), &old));
+}
+
+#[test]
+fn proofs_over_tls_are_bound_to_the_session() {
+    let bound = |b: &'static [u8]| Transcript {
+        binding: b,
+        ..t("dial", "n1", "n2", "a", "i")
+    };
+    static X: [u8; 32] = [1u8; 32];
+    static Y: [u8; 32] = [2u8; 32];
+    let p = proof(b"s3cret", &bound(&X));
+    assert!(verify(b"s3cret", &bound(&X), &p));
+    // Relayed into another TLS session, or onto a plain link: it verifies on neither.
+    assert!(!verify(b"s3cret", &bound(&Y), &p));
+    assert!(!verify(b"s3cret", &t("dial", "n1", "n2", "a", "i"), &p));
+    // A plain acceptor cannot be fooled by an instance id that spells out a binding: the
+    // bound input has another prefix and the binding before every chosen field.
+    let spelled = format!("i|{}", hex::encode(X));
+    assert!(!verify(
+        b"s3cret",
+        &t("dial", "n1", "n2", "a", &spelled),
+        &p
+    ));
+    let cb_in_nonce = format!("{}|n1", hex::encode(X));
+    let v1 = proof(b"s3cret", &t("dial", &cb_in_nonce, "n2", "a", "i"));
+    assert!(!verify(b"s3cret", &bound(&X), &v1));
+}
+
+#[tokio::test]
+async fn a_relayed_handshake_fails_on_both_ends() {
+    static X: [u8; 32] = [7u8; 32];
+    static Y: [u8; 32] = [9u8; 32];
+    let s = b"s3cret-s3cret-16";
+    let on = |node: &'static str, binding: &'static [u8]| Us {
+        binding,
+        ..us(s, node, 1)
+    };
+    // Same secret, but the two ends are in different TLS sessions (a man in the middle
+    // terminating TLS relays the frames): the acceptor refuses the dialer's proof.
+    let (d, a) = run(on("a", &X), on("b", &Y), None).await;
+    assert!(a.is_err());
+    assert!(d.is_err());
+    // In one session, the same handshake succeeds.
+    let (d, a) = run(on("a", &X), on("b", &X), None).await;
+    assert!(matches!(d.unwrap(), Dialed::Welcome { .. }));
+    assert!(matches!(a.unwrap(), Accepted::Peer { .. }));
 }
 
 #[tokio::test]

@@ -207,7 +207,8 @@ impl Mesh {
                     let nodes = self.topology.lock().linked_except(&peer);
                     if told.as_ref() != Some(&nodes) {
                         let f = PeerFrame::Peers {
-                            port: self.port,
+                            port: self.reach.port,
+                            tls: self.reach.serves_tls,
                             nodes: nodes.clone(),
                         };
                         if let Err(e) = sink.send(f.text()).await {
@@ -329,7 +330,7 @@ impl Mesh {
                                     router.remote_presence(&peer, link_id, incarnation, version, agents);
                                 }
                             }
-                            PeerFrame::Peers { port, nodes } => self.heard_from(&peer, link_id, accepted_from, port, nodes),
+                            PeerFrame::Peers { port, tls, nodes } => self.heard_from(&peer, link_id, accepted_from, (port, tls), nodes),
                             PeerFrame::Delivered { ids } => router.remote_delivered(&ids),
                             PeerFrame::Error { message, .. } => break 'link LinkEnd::Refused(message),
                             _ => {}
@@ -433,13 +434,13 @@ impl Mesh {
         peer: &str,
         id: u64,
         accepted_from: Option<IpAddr>,
-        port: u16,
+        listens: (u16, bool),
         nodes: Vec<PeerAddr>,
     ) {
         let Some(fresh) = self
             .topology
             .lock()
-            .heard_from(peer, id, accepted_from, port, nodes)
+            .heard_from(peer, id, accepted_from, listens, nodes)
         else {
             return;
         };

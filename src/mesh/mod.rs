@@ -65,6 +65,28 @@ use link::{Opened, Via};
 use status::Statuses;
 use topology::Topology;
 
+/// How this node is reached and reaches its peers.
+pub struct Reach {
+    /// The port this node listens on, told to peers so they can tell others.
+    pub port: u16,
+    /// How outgoing links do TLS (any certificate is accepted: the channel-bound handshake
+    /// authenticates the peer; see `handshake`).
+    pub tls: crate::tls::ClientTls,
+    /// This node's port speaks TLS: peers tell others to dial it at `wss://`.
+    pub serves_tls: bool,
+    /// Plain links to and from other machines are permitted (`--allow-plaintext`).
+    pub allow_plaintext: bool,
+}
+
+/// What an accepted link's connection is.
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    /// It is TLS.
+    pub tls: bool,
+    /// Its channel binding (none when plain).
+    pub binding: crate::tls::ChannelBinding,
+}
+
 /// What the mesh keeps per live link: how to end it, and its queue of frames to send.
 struct LinkHandle {
     cancel: CancellationToken,
@@ -79,8 +101,8 @@ pub struct Mesh {
     statuses: Statuses,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// The port this node listens on, told to peers so they can tell others.
-    port: u16,
+    /// Its port, its TLS, and what plain links it permits.
+    reach: Reach,
     topology: Mutex<Topology<LinkHandle>>,
     /// Bumped on every change of `topology`: links re-tell their peers, dialers re-check.
     changed: tokio::sync::watch::Sender<u64>,
@@ -114,7 +136,7 @@ impl Mesh {
         router: Arc<Router>,
         secret: Vec<u8>,
         peers: Vec<String>,
-        port: u16,
+        reach: Reach,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Mesh> {
@@ -125,7 +147,7 @@ impl Mesh {
             statuses: Statuses::default(),
             shutdown,
             tracker: tracker.clone(),
-            port,
+            reach,
             changed: tokio::sync::watch::channel(0).0,
             next_dial: AtomicU64::new(1),
             presence_version: AtomicU64::new(0),
@@ -182,14 +204,31 @@ impl Mesh {
         hello_nonce: String,
         mut sink: TextSink,
         mut stream: TextStream,
-        remote: String,
+        remote: std::net::SocketAddr,
+        channel: Channel,
     ) {
+        if !channel.tls
+            && !self.reach.allow_plaintext
+            && !crate::plaintext::is_loopback_ip(remote.ip())
+        {
+            tracing::warn!(%remote, "refused a plain peer link from another machine (give this node TLS, or --allow-plaintext)");
+            let refusal = PeerFrame::refusal(
+                PeerError::PlaintextRefused,
+                "this node refuses plain peer links from other machines: run it with TLS \
+                 (--tls-cert/--tls-key or --tls-self-signed) and dial wss://, or pass \
+                 --allow-plaintext to both nodes"
+                    .into(),
+            );
+            let _ = handshake::send(&mut sink, refusal).await;
+            return;
+        }
         let me = self.router.node_id.clone();
         let us = Us {
             secret: &self.secret,
             node: &me,
             incarnation: self.router.incarnation,
             instance: self.router.store.instance(),
+            binding: channel.binding.as_ref().map_or(&[][..], |b| &b[..]),
         };
         let (peer, order, instance) =
             match handshake::accept(&mut sink, &mut stream, &us, &hello_nonce).await {
@@ -215,7 +254,7 @@ impl Mesh {
             "accepted {peer} {}",
             auth::random_hex().get(..8).unwrap_or_default()
         );
-        let ip = remote.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let ip = Some(remote.ip());
         tracing::debug!(?peer, %remote, "mesh handshake done (accepted)");
         let opened = Opened {
             peer,

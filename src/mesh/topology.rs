@@ -179,8 +179,9 @@ impl<H> Topology<H> {
         true
     }
 
-    /// A `peers` frame that link `id` to `peer` brought: the port the peer listens on (where
-    /// it can be reached, when it dialed from `accepted_from`), and the nodes it is linked to.
+    /// A `peers` frame that link `id` to `peer` brought: the port the peer listens on and
+    /// whether it speaks TLS there (where it can be reached, when it dialed from
+    /// `accepted_from`), and the nodes it is linked to.
     /// Returns the nodes first heard of, which need a dialer; `None` if the link is not the
     /// live one (a replaced link's last report says nothing the live link will not say).
     pub fn heard_from(
@@ -188,7 +189,7 @@ impl<H> Topology<H> {
         peer: &str,
         id: u64,
         accepted_from: Option<IpAddr>,
-        port: u16,
+        (port, tls): (u16, bool),
         nodes: Vec<PeerAddr>,
     ) -> Option<Vec<String>> {
         if !self.is_live(peer, id) {
@@ -198,7 +199,8 @@ impl<H> Topology<H> {
         if let Some(ip) = accepted_from
             && let Some(live) = self.live.get_mut(peer)
         {
-            let url = format!("ws://{}", SocketAddr::new(ip.to_canonical(), port));
+            let scheme = if tls { "wss" } else { "ws" };
+            let url = format!("{scheme}://{}", SocketAddr::new(ip.to_canonical(), port));
             live.url = Some(url.clone());
             self.remembered.insert(peer.to_owned(), url);
             if self.discover(peer) {

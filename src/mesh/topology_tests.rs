@@ -118,11 +118,14 @@ fn a_report_adds_dialers_once_and_a_stale_link_reports_nothing() {
         addr("d", "http://10.0.0.4:7"),       // not a ws URL
     ];
     assert_eq!(
-        t.heard_from("b", b.id, None, 7, report.clone()),
+        t.heard_from("b", b.id, None, (7, false), report.clone()),
         Some(vec!["c".to_owned()])
     );
     // Heard again: its dialer runs already.
-    assert_eq!(t.heard_from("b", b.id, None, 7, report), Some(vec![]));
+    assert_eq!(
+        t.heard_from("b", b.id, None, (7, false), report),
+        Some(vec![])
+    );
     let look = t.look(&Target::Node("c".into()), None, 0);
     assert_eq!(
         look,
@@ -134,11 +137,20 @@ fn a_report_adds_dialers_once_and_a_stale_link_reports_nothing() {
     );
     let newer = t.join("b", DIAL, order(1, 2), ()).unwrap();
     assert_eq!(
-        t.heard_from("b", b.id, None, 7, vec![addr("e", "ws://10.0.0.5:7")]),
+        t.heard_from(
+            "b",
+            b.id,
+            None,
+            (7, false),
+            vec![addr("e", "ws://10.0.0.5:7")]
+        ),
         None
     );
     // The live link's empty report withdraws c.
-    assert_eq!(t.heard_from("b", newer.id, None, 7, vec![]), Some(vec![]));
+    assert_eq!(
+        t.heard_from("b", newer.id, None, (7, false), vec![]),
+        Some(vec![])
+    );
     assert!(!t.look(&Target::Node("c".into()), None, 0).reported);
 }
 
@@ -149,7 +161,7 @@ fn an_accepted_peer_is_reachable_at_its_address_and_reported_port() {
     let ip: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
     // The peer itself gets a discovery dialer, for when the link drops.
     assert_eq!(
-        t.heard_from("b", b.id, Some(ip), 9, vec![]),
+        t.heard_from("b", b.id, Some(ip), (9, false), vec![]),
         Some(vec!["b".to_owned()])
     );
     assert_eq!(t.linked_except("c"), vec![addr("b", "ws://10.0.0.2:9")]);
@@ -165,7 +177,13 @@ fn an_accepted_peer_is_reachable_at_its_address_and_reported_port() {
 fn leaving_withdraws_what_the_peer_reported() {
     let mut t = Topology::new("a");
     let b = t.join("b", DIAL, order(1, 1), ()).unwrap();
-    t.heard_from("b", b.id, None, 7, vec![addr("c", "ws://10.0.0.3:7")]);
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
     assert_eq!(t.counts(), (1, 2));
     t.leave("b", b.id);
     assert!(!t.look(&Target::Node("c".into()), None, 0).reported);
@@ -178,8 +196,20 @@ fn a_reported_nodes_urls_take_turns() {
     let mut t = Topology::new("a");
     let b = t.join("b", DIAL, order(1, 1), ()).unwrap();
     let d = t.join("d", DIAL, order(1, 1), ()).unwrap();
-    t.heard_from("b", b.id, None, 7, vec![addr("c", "ws://10.0.0.3:7")]);
-    t.heard_from("d", d.id, None, 7, vec![addr("c", "ws://10.0.0.30:7")]);
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
+    t.heard_from(
+        "d",
+        d.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.30:7")],
+    );
     let urls: HashSet<String> = (0..4)
         .filter_map(|i| t.look(&Target::Node("c".into()), None, i).url)
         .collect();
@@ -190,7 +220,13 @@ fn a_reported_nodes_urls_take_turns() {
 fn a_url_that_answers_as_another_node_is_forgotten_for_that_node() {
     let mut t = Topology::new("a");
     let b = t.join("b", DIAL, order(1, 1), ()).unwrap();
-    t.heard_from("b", b.id, None, 7, vec![addr("c", "ws://10.0.0.3:7")]);
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
     t.forget_url("c", "ws://10.0.0.3:7");
     assert_eq!(t.look(&Target::Node("c".into()), None, 0).url, None);
 }
@@ -199,14 +235,26 @@ fn a_url_that_answers_as_another_node_is_forgotten_for_that_node() {
 fn a_node_is_forgotten_only_when_nobody_links_configures_or_reports_it() {
     let mut t = Topology::new("a");
     let b = t.join("b", DIAL, order(1, 1), ()).unwrap();
-    t.heard_from("b", b.id, None, 7, vec![addr("c", "ws://10.0.0.3:7")]);
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
     assert!(!t.forget_node("c"), "reported");
     assert!(!t.forget_node("b"), "linked");
     t.leave("b", b.id);
     assert!(t.forget_node("c"));
     // Forgotten: a later report starts a dialer again.
     let b = t.join("b", DIAL, order(1, 2), ()).unwrap();
-    let again = t.heard_from("b", b.id, None, 7, vec![addr("c", "ws://10.0.0.3:7")]);
+    let again = t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
     assert_eq!(again, Some(vec!["c".to_owned()]));
     t.configured_at("ws://x:1", "e", None);
     assert!(!t.forget_node("e"), "configured");
@@ -246,7 +294,18 @@ fn discovery_is_bounded() {
     let report: Vec<PeerAddr> = (0..DISCOVERY_MAX + 10)
         .map(|i| addr(&format!("n{i}"), "ws://10.0.0.3:7"))
         .collect();
-    let fresh = t.heard_from("b", b.id, None, 7, report).unwrap_or_default();
+    let fresh = t
+        .heard_from("b", b.id, None, (7, false), report)
+        .unwrap_or_default();
     assert_eq!(fresh.len(), DISCOVERY_MAX);
     assert_eq!(t.counts().1, 1 + DISCOVERY_MAX);
+}
+
+#[test]
+fn an_accepted_peer_that_serves_tls_is_reachable_at_wss() {
+    let mut t = Topology::new("a");
+    let b = t.join("b", None, order(1, 1), ()).unwrap();
+    let ip: IpAddr = "10.0.0.2".parse().unwrap();
+    t.heard_from("b", b.id, Some(ip), (9, true), vec![]);
+    assert_eq!(t.linked_except("c"), vec![addr("b", "wss://10.0.0.2:9")]);
 }

@@ -12,6 +12,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::Router;
+use crate::tls::{ChannelBinding, ServerTls};
+
+/// How a request's connection came in, for the handlers: whether it is TLS, and the
+/// session's channel binding (what a peer's mesh proof is bound to).
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// The connection is TLS.
+    pub tls: bool,
+    /// Its `tls-exporter` value (none on plain connections).
+    pub binding: ChannelBinding,
+}
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -26,17 +37,22 @@ pub struct AppState {
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// One permit per open WebSocket: the connection cap.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// The port's TLS, if it speaks TLS.
+    pub tls: Option<ServerTls>,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled: what axum's `serve` does, plus a
 /// deadline for request headers (`handshake_timeout`: axum sets none, so a client that
 /// connected and then said nothing held its socket forever) and Nagle off (it would add up to
-/// 40 ms to small frames). Each request carries the peer address as `ConnectInfo`. Upgraded
-/// connections (WebSockets) leave hyper and live on as session tasks.
+/// 40 ms to small frames). With `tls`, every connection is TLS first (within the same
+/// deadline); one that is not is answered in plain text and closed. Each request carries the
+/// peer address as `ConnectInfo` and its [`Transport`]. Upgraded connections (WebSockets) leave
+/// hyper and live on as session tasks.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     header_timeout: std::time::Duration,
+    tls: Option<ServerTls>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -56,34 +72,62 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(remote));
-                    let mut app = app.clone();
-                    async move {
-                        tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await
-                    }
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(tls) = tls else {
+                let plain = Transport {
+                    tls: false,
+                    binding: None,
+                };
+                return serve_connection(tcp, remote, plain, app, header_timeout, stop).await;
             };
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            let accepted = tokio::select! {
+                a = crate::tls::accept(&tls, tcp, remote, header_timeout) => a,
+                _ = stop.cancelled() => None,
+            };
+            if let Some((stream, binding)) = accepted {
+                let t = Transport { tls: true, binding };
+                serve_connection(stream, remote, t, app, header_timeout, stop).await;
             }
         });
+    }
+}
+
+/// HTTP/1.1 on one connection, plain or TLS, until it ends or the node stops.
+async fn serve_connection<I>(
+    io: I,
+    remote: std::net::SocketAddr,
+    transport: Transport,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            req.extensions_mut().insert(transport);
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await }
+        },
+    );
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
 }
 
@@ -126,6 +170,10 @@ async fn health(State(s): State<AppState>) -> Response {
         "rss_bytes": rss_bytes(),
         "peers": s.mesh.as_ref().map(|m| m.status()).unwrap_or_default(),
         "conflicts": conflicts,
+        "tls": s.tls.as_ref().map(|t| serde_json::json!({
+            "fingerprint_sha256": t.fingerprint,
+            "self_signed": t.self_signed,
+        })),
         "status": status,
     });
     axum::Json(body).into_response()

@@ -24,6 +24,19 @@ use crate::core::Router;
 use crate::error::{Error, Result};
 use crate::mesh::Mesh;
 use crate::store::Store;
+use crate::tls::{ClientTls, ServerTls};
+
+/// The names a self-signed certificate is made for (besides `localhost` and the loopback
+/// addresses): the host name, and the listen address's host unless it is a wildcard.
+fn certificate_names(listen: &str) -> Vec<String> {
+    let mut names = vec![gethostname::gethostname().to_string_lossy().into_owned()];
+    if let Some((host, _)) = listen.rsplit_once(':')
+        && !matches!(host, "0.0.0.0" | "[::]" | "::")
+    {
+        names.push(host.to_owned());
+    }
+    names
+}
 
 /// How long shutdown waits for its tasks (sessions saying goodbye, links, the accept loop)
 /// before it flushes the store and releases the lock anyway. They end in milliseconds: every
@@ -60,6 +73,7 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// A running node.
 pub struct Node {
     addr: SocketAddr,
+    tls: bool,
     router: Arc<Router>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -80,6 +94,14 @@ impl Node {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading the bound address", e))?;
+        let tls = match &config.tls {
+            Some(source) => Some(ServerTls::load(
+                source,
+                &config.data_dir,
+                &certificate_names(&config.listen),
+            )?),
+            None => None,
+        };
         let (origin, meshed) = (config.node_id.clone(), config.mesh_secret_file.is_some());
         store
             .write(move |c| crate::store::replication::configure(c, &origin, meshed))
@@ -107,7 +129,12 @@ impl Node {
                 router.clone(),
                 crate::mesh::read_secret(f)?,
                 config.peers.clone(),
-                addr.port(),
+                crate::mesh::Reach {
+                    port: addr.port(),
+                    tls: ClientTls::mesh(&config.tls_ca, Vec::new())?,
+                    serves_tls: tls.is_some(),
+                    allow_plaintext: config.allow_plaintext,
+                },
                 shutdown.clone(),
                 &tracker,
             )),
@@ -124,17 +151,33 @@ impl Node {
             tracker: tracker.clone(),
             mesh,
             connections: Arc::new(tokio::sync::Semaphore::new(router.limits.max_connections)),
+            tls: tls.clone(),
         });
         let server = tracker.spawn(http::serve(
             listener,
             app,
             router.limits.handshake_timeout,
+            tls.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
+        match &tls {
+            Some(t) => tracing::info!(
+                fingerprint_sha256 = %t.fingerprint,
+                cert = %t.cert_path.display(),
+                self_signed = t.self_signed,
+                "TLS only on this port (wss://, https://)"
+            ),
+            None if !crate::plaintext::is_loopback_ip(addr.ip()) => tracing::warn!(
+                %addr,
+                "listening beyond this machine without TLS: tokens and mail cross the network in clear text (use --tls-cert/--tls-key or --tls-self-signed)"
+            ),
+            None => {}
+        }
         tracing::info!(node = %config.node_id, %addr, data_dir = %config.data_dir.display(), "node listening");
         Ok(Node {
             addr,
+            tls: tls.is_some(),
             router,
             shutdown,
             tracker,
@@ -148,9 +191,10 @@ impl Node {
         self.addr
     }
 
-    /// `ws://ADDR` for clients.
+    /// `ws://ADDR` (`wss://` with TLS) for clients.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The node's shared state.

@@ -14,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 
-use super::http::AppState;
+use super::http::{AppState, Transport};
 use super::session;
 use crate::core::Metrics;
 use crate::mesh::PeerFrame;
@@ -58,6 +58,7 @@ pub async fn ws(
         }
     };
     let token = bearer(req.headers());
+    let transport = req.extensions().get::<Transport>().copied();
     let upgrade = hyper::upgrade::on(&mut req);
     let max = s.router.limits.max_frame_bytes;
     // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
@@ -77,7 +78,7 @@ pub async fn ws(
                     Some(config),
                 )
                 .await;
-                run(ws, s, token, remote, permit).await;
+                run(ws, s, token, remote, transport, permit).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
         }
@@ -98,6 +99,7 @@ async fn run(
     s: AppState,
     token: Option<String>,
     remote: SocketAddr,
+    transport: Option<Transport>,
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = &s.router.metrics;
@@ -111,11 +113,14 @@ async fn run(
         Ok(First::Client(hello)) => session::run(writer, reader, hello, token, &s).await,
         Ok(First::Peer(nonce)) => match s.mesh.clone() {
             Some(mesh) => {
+                let binding = transport.and_then(|t| t.binding);
+                let tls = transport.is_some_and(|t| t.tls);
                 mesh.accept(
                     nonce,
                     writer.into_text(),
                     reader.into_text(),
-                    remote.to_string(),
+                    remote,
+                    crate::mesh::Channel { tls, binding },
                 )
                 .await
             }

@@ -352,3 +352,18 @@ pub async fn next_push(
         .expect("no message pushed within 10 s")
         .unwrap()
 }
+
+/// Whether python3 with `websockets` is here for the Python example's tests. CI installs it
+/// (.ci/run), so there a missing package fails the test instead of skipping it.
+pub async fn python_with_websockets() -> bool {
+    let probe =
+        output(tokio::process::Command::new("python3").args(["-c", "import websockets"])).await;
+    if !probe.status.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with websockets is needed (pip install websockets)"
+        );
+        eprintln!("skipped: python3 with websockets is not installed");
+    }
+    probe.status.success()
+}

@@ -367,15 +367,7 @@ async fn bad_enum_values_name_the_argument_the_choices_and_the_code() {
 /// elsewhere without it the test says so and checks nothing).
 #[tokio::test]
 async fn the_python_example_exits_non_zero_after_a_failed_send() {
-    let probe =
-        output(tokio::process::Command::new("python3").args(["-c", "import websockets"])).await;
-    if !probe.status.success() {
-        // CI installs it (.ci/run), so there a missing package is a failure, not a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with websockets is needed (pip install websockets)"
-        );
-        eprintln!("skipped: python3 with websockets is not installed");
+    if !python_with_websockets().await {
         return;
     }
     let dir = tempdir();

@@ -18,5 +18,7 @@ mod props;
 mod push;
 mod schemas;
 mod shutdown;
+mod tls;
+mod tls_mesh;
 mod wake;
 mod wire;

@@ -61,8 +61,13 @@ pub async fn spawn(
     agent: &str,
     node: Option<&str>,
 ) -> (Mcp, mpsc::UnboundedReceiver<String>) {
+    spawn_command(command(dir, agent, node)).await
+}
+
+/// Runs this `switchboard mcp` command and connects rmcp's client (protocol 2025-11-25).
+pub async fn spawn_command(cmd: tokio::process::Command) -> (Mcp, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = TokioChildProcess::new(command(dir, agent, node)).unwrap();
+    let transport = TokioChildProcess::new(cmd).unwrap();
     let client = tokio::time::timeout(
         std::time::Duration::from_secs(20),
         TestClient { updates: tx }.serve(transport),

@@ -247,10 +247,10 @@ proptest! {
     #[test]
     fn peer_frames_round_trip(
         port in any::<u16>(), nodes in prop::collection::vec((".{0,8}", ".{0,16}"), 0..4),
-        cursor in any::<u64>(), code in ".{0,8}", message in ".{0,16}",
+        cursor in any::<u64>(), code in ".{0,8}", message in ".{0,16}", tls in any::<bool>(),
     ) {
         let nodes = nodes.into_iter().map(|(node, url)| PeerAddr { node, url }).collect();
-        encodes_back(&PeerFrame::Peers { port, nodes });
+        encodes_back(&PeerFrame::Peers { port, tls, nodes });
         encodes_back(&PeerFrame::Sync { cursor });
         encodes_back(&PeerFrame::Error { code, message });
     }
