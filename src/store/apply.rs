@@ -117,11 +117,13 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
     Ok(out)
 }
 
-/// Logs the whole current state (switching logging on after a period without a mesh).
-pub(crate) fn backfill(conn: &Tx<'_>, origin: &str) -> Result<()> {
+/// Logs the whole current state (switching logging on after a period without a mesh): every
+/// message stored after position `after` (those the log does not hold), and every directory
+/// row, subscription, token and read mark.
+pub(crate) fn backfill(conn: &Tx<'_>, origin: &str, after: i64) -> Result<()> {
     let ids: Vec<String> = conn
-        .prepare("SELECT id FROM messages WHERE origin = ?1 ORDER BY seq")?
-        .query_map([origin], |r| r.get(0))?
+        .prepare("SELECT id FROM messages WHERE seq > ?1 ORDER BY seq")?
+        .query_map([after], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in ids {
         if let Some(m) = load_message(conn, &id)? {
@@ -327,6 +329,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bob_status(&n2.tx()), Status::Away);
+    }
+
+    fn note(id: &str, origin: &str) -> ReplicatedMessage {
+        ReplicatedMessage {
+            id: id.into(),
+            origin: origin.into(),
+            sender: "alice".into(),
+            target: "bob".into(),
+            topic: None,
+            kind: MessageType::Message,
+            priority: Priority::Normal,
+            subject: None,
+            body: id.into(),
+            data: None,
+            reply_to: None,
+            thread_id: None,
+            created_at: 1,
+            recipients: vec!["bob".into()],
+        }
+    }
+
+    #[test]
+    fn meshing_again_logs_each_message_stored_unlogged_once_whatever_its_node_id() {
+        use crate::store::log::{configure, events_after};
+        let db = store();
+        let tx = db.tx();
+        let logged_ids = |tx: &Tx<'_>| -> Vec<String> {
+            events_after(tx, 0, 100)
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| match e.body {
+                    EventBody::Message(m) => Some(m.id),
+                    _ => None,
+                })
+                .collect()
+        };
+        configure(&tx, "n1", true).unwrap();
+        insert_message(&tx, note("a", "n1"), Some("n1")).unwrap();
+        // Two runs without a mesh, under the host name: nothing is logged.
+        configure(&tx, "laptop", false).unwrap();
+        insert_message(&tx, note("b", "laptop"), Some("laptop")).unwrap();
+        configure(&tx, "laptop", false).unwrap();
+        insert_message(&tx, note("c", "laptop"), Some("laptop")).unwrap();
+        assert_eq!(logged_ids(&tx), ["a"]);
+        // Meshed again as n1: what the log lacks is logged, and nothing twice.
+        configure(&tx, "n1", true).unwrap();
+        assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
+        configure(&tx, "n1", true).unwrap();
+        assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
     }
 
     #[test]

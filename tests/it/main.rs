@@ -15,4 +15,5 @@ mod mesh;
 mod mesh_links;
 mod props;
 mod schemas;
+mod unmeshed;
 mod wire;
