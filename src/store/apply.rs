@@ -12,6 +12,7 @@ use crate::store::Tx;
 use crate::store::directory::{agents, delete_token, put_token, set_subscription, upsert_agent};
 use crate::store::log::{Event, EventBody, append, append_message, cursor, load_message};
 use crate::store::messages::insert_message;
+use crate::store::names::Spellings;
 use crate::store::rows::{AgentRow, Stored};
 use crate::store::stamps::{Stamped, stamp_of, stamp_wins};
 
@@ -31,17 +32,21 @@ pub struct Applied {
 }
 
 /// Applies events from `origin` that are newer than its cursor, in order, and advances it.
+/// Every agent name in them is taken in this node's spelling (names are one name in any
+/// case), so the mail, read marks, rows, subscriptions and tokens of `Bob` land on `bob`'s.
 pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied> {
     let mut at = cursor(conn, origin)?;
     let mut out = Applied::default();
+    let mut names = Spellings::default();
     for e in events {
         if e.seq <= at {
             out.duplicates += 1;
             continue;
         }
+        let body = fold_names(conn, &mut names, e.body)?;
         // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
         // the same data dir); the origin always ships everything after our cursor, in order.
-        match e.body {
+        match body {
             EventBody::Message(m) => {
                 let stored = insert_message(conn, m, None);
                 match stored {
@@ -115,6 +120,24 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
     .execute(params![origin, at as i64])?;
     out.cursor = at;
     Ok(out)
+}
+
+/// The event with every agent name in this node's spelling. A message's `to` stays as its
+/// sender wrote it.
+fn fold_names(conn: &Tx<'_>, names: &mut Spellings, mut body: EventBody) -> Result<EventBody> {
+    match &mut body {
+        EventBody::Message(m) => {
+            m.sender = names.local(conn, &m.sender)?;
+            names.local_all(conn, &mut m.recipients)?;
+        }
+        EventBody::Read { agent, .. } | EventBody::Subscription { agent, .. } => {
+            *agent = names.local(conn, agent)?;
+        }
+        EventBody::Agent { name, .. } | EventBody::Token { name, .. } => {
+            *name = names.local(conn, name)?;
+        }
+    }
+    Ok(body)
 }
 
 /// Logs the whole current state (switching logging on after a period without a mesh): every
@@ -378,6 +401,76 @@ mod tests {
         assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
         configure(&tx, "n1", true).unwrap();
         assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn names_from_a_peer_in_another_case_land_on_the_local_spelling() {
+        let n2 = store();
+        let tx = n2.tx();
+        queries::upsert_agent(&tx, &bob(Status::Available), 1000, Some("n2")).unwrap();
+        let stamp = |at| Stamp {
+            at,
+            by: "n1".into(),
+        };
+        let mut to_bob = note("m1", "n1");
+        to_bob.recipients = vec!["Bob".into(), "BOB".into()];
+        let events = vec![
+            EventBody::Agent {
+                name: "Bob".into(),
+                node: "n1".into(),
+                status: Status::Busy,
+                status_text: None,
+                last_seen: Some(5),
+                stamp: stamp(2000),
+            },
+            EventBody::Message(to_bob),
+            EventBody::Read {
+                agent: "BOB".into(),
+                ids: vec!["m1".into()],
+                at: 9,
+            },
+            EventBody::Subscription {
+                topic: "ops".into(),
+                agent: "Bob".into(),
+                on: true,
+                stamp: stamp(2001),
+            },
+            EventBody::Token {
+                name: "bOB".into(),
+                hash: Some("h".into()),
+                stamp: stamp(2002),
+            },
+        ];
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Event {
+                seq: i as u64 + 1,
+                body,
+            })
+            .collect();
+        let applied = apply(&tx, "n1", events).unwrap();
+        assert_eq!(applied.messages[0].recipients, ["bob"]);
+        assert_eq!(applied.agents[0].name, "bob");
+        assert_eq!(applied.subscriptions, [("ops".into(), "bob".into(), true)]);
+        let one = |sql: &str| -> Vec<String> {
+            tx.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(
+            one("SELECT name || ':' || status FROM agents"),
+            ["bob:busy"]
+        );
+        assert_eq!(
+            one("SELECT agent || ':' || (read_at IS NOT NULL) FROM inbox"),
+            ["bob:1"]
+        );
+        assert_eq!(one("SELECT agent FROM subscriptions"), ["bob"]);
+        assert_eq!(one("SELECT name FROM tokens"), ["bob"]);
     }
 
     #[test]

@@ -11,24 +11,6 @@ use switchboard::protocol::InboxRequest;
 use crate::common::*;
 use crate::mesh::secret_file;
 
-/// `switchboard --data-dir DIR ARGS...`, which must succeed.
-async fn cli(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = output(
-        tokio::process::Command::new(BIN)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(args)
-            .env("SWITCHBOARD_LOG", "warn"),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "switchboard {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn a_node_meshed_after_an_unmeshed_run_under_another_id_ships_everything_once() {
     let (dir, port) = data_dir_on_free_port();
@@ -39,11 +21,11 @@ async fn a_node_meshed_after_an_unmeshed_run_under_another_id_ships_everything_o
 
     // Meshed, alone for now: these are logged as they happen.
     let n1 = NodeProc::start_named(dir.path(), port, "n1", &meshed).await;
-    cli(dir.path(), &["agent", "add", "bob"]).await;
+    run_ok(dir.path(), &["agent", "add", "bob"]).await;
     let mut bodies = Vec::new();
     for i in 0..3 {
         let body = format!("meshed {i}");
-        cli(dir.path(), &["send", "--as", "alice", "--to", "bob", &body]).await;
+        run_ok(dir.path(), &["send", "--as", "alice", "--to", "bob", &body]).await;
         bodies.push(body);
     }
     n1.terminate().await;
@@ -52,14 +34,14 @@ async fn a_node_meshed_after_an_unmeshed_run_under_another_id_ships_everything_o
     // no mesh secret, so nothing is logged.
     for i in 0..3 {
         let body = format!("unmeshed {i}");
-        cli(dir.path(), &["send", "--as", "alice", "--to", "bob", &body]).await;
+        run_ok(dir.path(), &["send", "--as", "alice", "--to", "bob", &body]).await;
         bodies.push(body);
     }
-    let read = cli(dir.path(), &["inbox", "--as", "bob"]).await;
+    let read = run_ok(dir.path(), &["inbox", "--as", "bob"]).await;
     assert!(read.contains("unmeshed 2"), "{read}");
     for i in 3..5 {
         let body = format!("unmeshed {i}");
-        cli(dir.path(), &["send", "--as", "carol", "--to", "bob", &body]).await;
+        run_ok(dir.path(), &["send", "--as", "carol", "--to", "bob", &body]).await;
         bodies.push(body);
     }
 
