@@ -42,6 +42,9 @@ pub enum ClientFrame {
     Ack(AckFrame),
     /// Token management (local-secret connections only); answered by `tokens`.
     Token(TokenRequest),
+    /// Drop a departed peer node now instead of dialing it for an hour (local-secret
+    /// connections only); answered by `mesh_forgot`.
+    MeshForget(MeshForgetRequest),
     /// Application-level liveness check; answered by `pong`.
     Ping(Ping),
 }
@@ -245,6 +248,16 @@ pub struct TokenRequest {
     pub name: Option<String>,
 }
 
+/// `switchboard mesh forget NODE`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshForgetRequest {
+    /// Correlates the answer with this request.
+    pub req: u64,
+    /// The node id to drop.
+    pub node: String,
+}
+
 /// What to do with tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -340,6 +353,14 @@ pub enum ServerFrame {
         /// The result.
         #[serde(flatten)]
         result: TokenResult,
+    },
+    /// Answer to `mesh_forget`.
+    MeshForgot {
+        /// The request this answers.
+        req: u64,
+        /// The result.
+        #[serde(flatten)]
+        result: MeshForgetResult,
     },
     /// Answer to `ping`.
     Pong {
@@ -536,6 +557,21 @@ pub struct TokenResult {
     pub names: Vec<String>,
 }
 
+/// What `mesh_forget` dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MeshForgetResult {
+    /// The node dropped.
+    pub node: String,
+    /// It had a live link, which is closed now (a node still running links again).
+    pub was_linked: bool,
+    /// A configured `--peer` URL led to it: that URL is not dialed until the node links
+    /// again or this node restarts.
+    pub configured: bool,
+    /// Its node id was bound to an instance (data dir) here and is free now: the next data
+    /// dir to link under it holds it.
+    pub released: bool,
+}
+
 impl ServerFrame {
     /// An error frame answering `req`.
     pub fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -561,6 +597,7 @@ impl ClientFrame {
             ClientFrame::Thread(r) => Some(r.req),
             ClientFrame::Search(r) => Some(r.req),
             ClientFrame::Token(r) => Some(r.req),
+            ClientFrame::MeshForget(r) => Some(r.req),
             ClientFrame::Ping(r) => Some(r.req),
         }
     }

@@ -71,7 +71,7 @@ pub fn text(r: &Report) -> String {
 }
 
 /// `GET /health`, or None when nothing (or no switchboard node) answers within 2 s.
-async fn health(addr: &str) -> Option<serde_json::Value> {
+pub(super) async fn health(addr: &str) -> Option<serde_json::Value> {
     let get = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");

@@ -392,6 +392,7 @@ fn answer_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Topics { req, .. }
         | ServerFrame::Messages { req, .. }
         | ServerFrame::Tokens { req, .. }
+        | ServerFrame::MeshForgot { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         _ => None,
     }

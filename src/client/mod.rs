@@ -76,6 +76,7 @@ answers!(
     TopicsResult => Topics,
     MessagesResult => Messages,
     TokenResult => Tokens,
+    MeshForgetResult => MeshForgot,
 );
 
 impl Client {
@@ -263,6 +264,12 @@ impl Client {
     /// Token management (needs the local secret).
     pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
         self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
+            .await
+    }
+
+    /// Drops a departed peer node from the node's mesh (needs the local secret).
+    pub async fn mesh_forget(&self, node: String) -> Result<MeshForgetResult> {
+        self.ask(|req| ClientFrame::MeshForget(MeshForgetRequest { req, node }))
             .await
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(
             agent: agent.clone(),
             role: hello.role,
             admin,
+            mesh: s.mesh.clone(),
         };
         let shutdown = s.shutdown.clone();
         serve(

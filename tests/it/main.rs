@@ -13,6 +13,7 @@ mod limits;
 mod mcp;
 mod mesh;
 mod mesh_links;
+mod mesh_ops;
 mod names_mesh;
 mod props;
 mod schemas;
