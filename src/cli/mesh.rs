@@ -59,6 +59,7 @@ pub async fn report(g: &Global) -> Result<Report> {
     let url = node_url(g).await?;
     let addr = url
         .trim_start_matches("ws://")
+        .trim_start_matches("wss://")
         .split('/')
         .next()
         .unwrap_or_default()
@@ -129,7 +130,10 @@ pub fn text(r: &Report) -> String {
         ));
     }
     if r.nodes.is_empty() {
-        out.push_str("\nNo other node is known (no --peer answered yet, and no peer dialed).");
+        out.push_str(
+            "\nNo other node is known: no --peer has answered and no peer has dialed in (a node \
+             links only with a mesh secret, --mesh-secret-file).",
+        );
     } else {
         let mut rows = vec![
             [

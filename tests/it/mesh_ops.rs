@@ -272,3 +272,37 @@ async fn a_forgotten_configured_peer_waits_until_it_links_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn mesh_asks_the_running_node_and_says_what_is_wrong_when_it_cannot() {
+    // No node runs for the data dir: a clear error, and no node is hosted to answer.
+    let (dir, port) = data_dir_on_free_port();
+    let out = output(
+        tokio::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("mesh"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not running (nothing answers at"), "{err}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
+
+    // A node without a mesh secret knows no other node, and has none to forget.
+    let config = dir.path().join("config.toml");
+    let listen = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{listen}node_id = \"lone\"\n")).unwrap();
+    let lone = NodeProc::start_named(dir.path(), port, "lone", &[]).await;
+    let text = run_ok(dir.path(), &["mesh"]).await;
+    assert!(
+        text.contains("0 of 0 known nodes linked") && text.contains("mesh secret"),
+        "{text}"
+    );
+    let err = cli_fails(&lone, &["mesh", "forget", "n2"]).await;
+    assert!(err.contains("not in a mesh"), "{err}");
+}
