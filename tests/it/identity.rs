@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use switchboard::client::Client;
 
 use crate::common::*;
-use crate::mesh::{Mesh, msg, unread, up_links};
+use crate::mesh::{Mesh, msg, online_at, unread, up_links};
 
 /// Sends `n` numbered messages from `c` to bob; returns their ids in order.
 async fn send_numbered(c: &Client, who: &str, from: usize, n: usize) -> Vec<String> {
@@ -42,6 +42,11 @@ async fn a_second_data_dir_with_the_same_node_id_is_refused_and_loses_nothing() 
         .to_owned();
     assert_eq!(real.len(), 32, "128 random bits, hex");
 
+    // A send to a name n1 does not know yet is refused: wait until bob's row has come.
+    eventually(20, "bob known at n1", || async {
+        online_at(&alice, "bob").await.is_some()
+    })
+    .await;
     let mut sent: HashMap<&str, Vec<String>> = HashMap::new();
     sent.insert("alice", send_numbered(&alice, "alice", 0, 50).await);
     eventually(20, "alice's first 50 at bob", || async {
