@@ -306,3 +306,60 @@ async fn mesh_asks_the_running_node_and_says_what_is_wrong_when_it_cannot() {
     let err = cli_fails(&lone, &["mesh", "forget", "n2"]).await;
     assert!(err.contains("not in a mesh"), "{err}");
 }
+
+#[tokio::test]
+async fn forgetting_a_rebuilt_nodes_id_lets_its_new_data_dir_link() {
+    let mut mesh = Mesh::start(2).await;
+    let alice = mesh.client(0, "alice").await;
+    let bob = mesh.client(1, "bob").await;
+    eventually(10, "bob online at n2, seen from n1", || async {
+        online_at(&alice, "bob").await.as_deref() == Some("n2")
+    })
+    .await;
+    drop(bob);
+    // n2's machine is rebuilt: a fresh data dir under the same node id. n1 refuses it.
+    mesh.nodes[1].take().unwrap().kill9().await;
+    let fresh = tempdir();
+    let secret = mesh.secret.display().to_string();
+    let peer = mesh.node(0).url();
+    let args = [
+        "--mesh-secret-file",
+        secret.as_str(),
+        "--peer",
+        peer.as_str(),
+    ];
+    let n2 = NodeProc::start_named(fresh.path(), free_port(), "n2", &args).await;
+    let new_instance = instance(n2.port).await;
+    poll(20, "the conflict at n1", || async {
+        mesh_json(mesh.node(0)).await["conflicts"]
+            .as_array()?
+            .first()
+            .cloned()
+    })
+    .await;
+
+    // The operator forgets the old n2 at n1: the id is free, the new data dir links under it.
+    let forgot: Value =
+        serde_json::from_str(&mesh.node(0).cli(&["mesh", "forget", "n2", "--json"]).await).unwrap();
+    assert_eq!(forgot["released"], true);
+    let up = poll(30, "the new n2 up at n1", || async {
+        entry(mesh.node(0), "n2")
+            .await
+            .filter(|n| n["state"] == "up")
+    })
+    .await;
+    assert_eq!(up["instance"], new_instance.as_str());
+    assert!(
+        mesh_json(mesh.node(0)).await["conflicts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // n1's log flows to the new data dir from its first entry: bob's mail is there.
+    let r = alice.send(msg("bob", "after the rebuild")).await.unwrap();
+    let bob = n2.client("bob").await;
+    eventually(20, "alice's message at the new n2", || {
+        crate::mesh::has_unread(&bob, &r.id)
+    })
+    .await;
+}
