@@ -114,15 +114,8 @@ async fn mesh_lists_every_node_with_its_instance_state_lag_and_conflicts() {
     // A second data dir claiming n1's id: n2 lists the conflict, naming both instances.
     let i1 = instance(mesh.ports[0]).await;
     let imp = tempdir();
-    let secret = mesh.secret.display().to_string();
     let peer = mesh.node(1).url();
-    let args = [
-        "--mesh-secret-file",
-        secret.as_str(),
-        "--peer",
-        peer.as_str(),
-    ];
-    let impostor = NodeProc::start_named(imp.path(), free_port(), "n1", &args).await;
+    let impostor = mesh.start_other(imp.path(), free_port(), "n1", &peer).await;
     let claimant = instance(impostor.port).await;
     let conflict = poll(20, "the conflict in n2's mesh", || async {
         mesh_json(mesh.node(1)).await["conflicts"]
@@ -256,15 +249,8 @@ async fn a_forgotten_configured_peer_waits_until_it_links_again() {
     assert!(entry(n2, "n1").await.is_none());
 
     // n1 returns and dials n2 itself: n1 is back, and n2's --peer dialer stands by.
-    let secret = mesh.secret.display().to_string();
     let peer = n2.url();
-    let args = [
-        "--mesh-secret-file",
-        secret.as_str(),
-        "--peer",
-        peer.as_str(),
-    ];
-    let _n1 = NodeProc::start_named(&d1, mesh.ports[0], "n1", &args).await;
+    let _n1 = mesh.start_other(&d1, mesh.ports[0], "n1", &peer).await;
     eventually(30, "n1 up again at n2", || async {
         entry(mesh.node(1), "n1")
             .await
@@ -320,15 +306,10 @@ async fn forgetting_a_rebuilt_nodes_id_lets_its_new_data_dir_link() {
     // n2's machine is rebuilt: a fresh data dir under the same node id. n1 refuses it.
     mesh.nodes[1].take().unwrap().kill9().await;
     let fresh = tempdir();
-    let secret = mesh.secret.display().to_string();
     let peer = mesh.node(0).url();
-    let args = [
-        "--mesh-secret-file",
-        secret.as_str(),
-        "--peer",
-        peer.as_str(),
-    ];
-    let n2 = NodeProc::start_named(fresh.path(), free_port(), "n2", &args).await;
+    let n2 = mesh
+        .start_other(fresh.path(), free_port(), "n2", &peer)
+        .await;
     let new_instance = instance(n2.port).await;
     poll(20, "the conflict at n1", || async {
         mesh_json(mesh.node(0)).await["conflicts"]
