@@ -89,6 +89,7 @@ fn fields(f: &ClientFrame) {
             ));
         }
         ClientFrame::Token(t) => t.name.iter().for_each(|n| check_name(n)),
+        ClientFrame::MeshForget(f) => check_name(&f.node),
         ClientFrame::SetStatus(s) => {
             let _ = s.text.as_ref().map(|t| t.chars().count());
         }

@@ -43,10 +43,11 @@ fn time(ms: i64) {
     }
 }
 
-fn proof(role: &str, node: &str, given: &str) {
+fn proof(role: &str, node: &str, instance: &str, given: &str) {
     check_name(node);
-    let ok = handshake::verify(SECRET, role, "dial-nonce", "accept-nonce", node, given);
-    let expected = handshake::proof(SECRET, role, "dial-nonce", "accept-nonce", node);
+    let (d, a) = ("dial-nonce", "accept-nonce");
+    let ok = handshake::verify(SECRET, role, d, a, node, instance, given);
+    let expected = handshake::proof(SECRET, role, d, a, node, instance);
     assert_eq!(ok, given == expected);
 }
 
@@ -59,14 +60,18 @@ fn fields(f: &PeerFrame) {
             node,
             proof: given,
             expect,
+            instance,
             ..
         } => {
-            proof("dial", node, given);
+            proof("dial", node, instance, given);
             expect.iter().for_each(|n| check_name(n));
         }
         PeerFrame::PeerWelcome {
-            node, proof: given, ..
-        } => proof("accept", node, given),
+            node,
+            proof: given,
+            instance,
+            ..
+        } => proof("accept", node, instance, given),
         PeerFrame::Peers { nodes, .. } => {
             for n in nodes {
                 check_name(&n.node);
@@ -88,7 +93,7 @@ fn fields(f: &PeerFrame) {
         }
         PeerFrame::Sync { .. }
         | PeerFrame::Ack { .. }
-        | PeerFrame::Heartbeat
+        | PeerFrame::Heartbeat { .. }
         | PeerFrame::Error { .. } => {}
     }
 }

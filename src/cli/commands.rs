@@ -5,7 +5,8 @@ use std::io::{IsTerminal, Read, Write};
 use crate::cli::connect::{self, connect};
 use crate::cli::signals::Signals;
 use crate::cli::{
-    AgentCommand, Cli, Command, InboxArgs, NodeArgs, SendArgs, SyncArg, TailArgs, TokenCommand,
+    AgentCommand, Cli, Command, InboxArgs, MeshCommand, NodeArgs, SendArgs, SyncArg, TailArgs,
+    TokenCommand,
 };
 use crate::config::{NodeConfig, NodeOverrides};
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use crate::protocol::{InboxRequest, Role, SendRequest, TokenAction};
 use crate::store::SyncMode;
 
 /// The name CLI commands that act as nobody in particular (who, token) say hello with.
-const CLI_AGENT: &str = "cli";
+pub(super) const CLI_AGENT: &str = "cli";
 
 /// How a command ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,7 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Token(t) => token(&g, t).await,
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
+        Command::Mesh(m) => mesh(&g, m).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
             if json {
@@ -486,6 +488,31 @@ async fn agent_forget(g: &crate::cli::Global, name: &str) -> Step {
         "forgot {}: no longer known, on any node{mail}",
         r.name
     ))
+}
+
+async fn mesh(g: &crate::cli::Global, m: crate::cli::MeshArgs) -> Step {
+    use crate::cli::mesh;
+    match m.command {
+        None => {
+            let r = mesh::report(g).await?;
+            if m.json {
+                json(&r)
+            } else {
+                out(&mesh::text(&r))
+            }
+        }
+        Some(MeshCommand::Forget {
+            peer,
+            json: as_json,
+        }) => {
+            let r = mesh::forget(g, &peer).await?;
+            if as_json {
+                json(&r)
+            } else {
+                out(&mesh::forgot_text(&r))
+            }
+        }
+    }
 }
 
 #[cfg(feature = "bench")]

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod mesh;
 mod signals;
 mod status;
 mod wait;
@@ -82,6 +83,8 @@ pub enum Command {
     /// Make agent names known before they first connect, or forget them.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The mesh as the data dir's node sees it: every node, how it is reached, link state, lag.
+    Mesh(MeshArgs),
     /// Load generator: latency percentiles and throughput of a node.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -279,6 +282,32 @@ pub enum AgentCommand {
     Forget {
         /// The agent.
         name: String,
+    },
+}
+
+/// `switchboard mesh [forget NODE]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MeshArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of listing, change something.
+    #[command(subcommand)]
+    pub command: Option<MeshCommand>,
+}
+
+/// `switchboard mesh ...`.
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Drop a departed node now, instead of dialing it for an hour (needs the local secret).
+    Forget {
+        /// The node id.
+        #[arg(value_name = "NODE")]
+        peer: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

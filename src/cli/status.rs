@@ -85,7 +85,7 @@ pub fn text(r: &Report) -> String {
 }
 
 /// `GET /health`, or None when nothing (or no switchboard node) answers within 2 s.
-async fn health(url: &str, tls: &crate::tls::ClientTls) -> Option<serde_json::Value> {
+pub(super) async fn health(url: &str, tls: &crate::tls::ClientTls) -> Option<serde_json::Value> {
     let (_, body) = crate::tls::http_get(url, "/health", Some(tls), Duration::from_secs(2))
         .await
         .ok()?;

@@ -448,6 +448,7 @@ fn answer_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Messages { req, .. }
         | ServerFrame::Tokens { req, .. }
         | ServerFrame::Forgotten { req, .. }
+        | ServerFrame::MeshForgot { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         // Named one by one, so that a new answer cannot be left out unnoticed.
         ServerFrame::Welcome(_)

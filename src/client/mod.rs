@@ -77,6 +77,7 @@ answers!(
     MessagesResult => Messages,
     TokenResult => Tokens,
     ForgetResult => Forgotten,
+    MeshForgetResult => MeshForgot,
 );
 
 impl Client {
@@ -271,6 +272,12 @@ impl Client {
     /// Forgets an agent that has no session open (local secret only).
     pub async fn forget(&self, name: String) -> Result<ForgetResult> {
         self.ask(|req| ClientFrame::Forget(ForgetRequest { req, name }))
+            .await
+    }
+
+    /// Drops a departed peer node from the node's mesh (needs the local secret).
+    pub async fn mesh_forget(&self, node: String) -> Result<MeshForgetResult> {
+        self.ask(|req| ClientFrame::MeshForget(MeshForgetRequest { req, node }))
             .await
     }
 }

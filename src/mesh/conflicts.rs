@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How long a conflict stays listed after it was last seen.
 const SHOWN_FOR: Duration = Duration::from_secs(600);
 
 /// One conflict, as `/health` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     /// The node id claimed twice.
     pub node: String,
@@ -48,6 +48,14 @@ impl Conflicts {
                 };
                 (c, now)
             });
+    }
+
+    /// Drops every conflict over `node` (an operator forgot it); true if there was one.
+    pub(super) fn clear(&self, node: &str) -> bool {
+        let mut m = self.0.lock();
+        let before = m.len();
+        m.retain(|(n, _), _| n != node);
+        m.len() != before
     }
 
     /// The conflicts seen within [`SHOWN_FOR`], oldest first; older ones are forgotten.

@@ -21,6 +21,9 @@ const DISCOVERY_GRACE: Duration = Duration::from_secs(1);
 /// A reported node that stays unreachable this long, and that no peer reports any more, is
 /// forgotten: a decommissioned node is not dialed (nor counted in `peers_known`) forever.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// What a configured URL's dialer shows while the node it led to is dropped.
+const DROPPED: &str = "forgotten (switchboard mesh forget): not dialed until the node links \
+                       again or this node restarts";
 /// A link that lasted this long resets its dialer's backoff; one refused or closed at once
 /// does not, so a dialer does not hammer a peer that keeps refusing it.
 const STABLE_LINK: Duration = Duration::from_secs(2);
@@ -64,7 +67,16 @@ impl Mesh {
         loop {
             let now = tokio::time::Instant::now();
             let look = self.topology.lock().look(target, known, *attempt);
-            let wake = if look.linked {
+            let wake = if look.dropped && matches!(target, Target::Url(_)) {
+                // Dropped by an operator: a configured URL waits until the node links again
+                // (or this node restarts and reads its configuration again).
+                self.statuses.update(key, |s| {
+                    if s.error.as_deref() != Some(DROPPED) {
+                        s.enter(LinkState::Down, Some(DROPPED.into()));
+                    }
+                });
+                None
+            } else if look.linked {
                 // Linked by another connection: when it drops, start over from a short pause.
                 *attempt = 0;
                 *unlinked_since = None;
@@ -80,9 +92,8 @@ impl Mesh {
                 match (target, look.url) {
                     (Target::Url(_), Some(url)) => return Some(url),
                     (Target::Node(n), _)
-                        if !look.reported
-                            && now >= since + FORGET_AFTER
-                            && self.forget_node(n, key) =>
+                        if (look.dropped || (!look.reported && now >= since + FORGET_AFTER))
+                            && self.forget_node(n, key, !look.dropped) =>
                     {
                         return None;
                     }
@@ -100,16 +111,19 @@ impl Mesh {
     }
 
     /// Stops looking for `node`, unless it was linked or reported again since the caller
-    /// looked. True if it was forgotten.
-    fn forget_node(&self, node: &str, key: &str) -> bool {
-        if !self.topology.lock().forget_node(node) {
+    /// looked. `hour_passed`: it has been out of reach that long (else it was dropped by an
+    /// operator). True if it was forgotten.
+    fn forget_node(&self, node: &str, key: &str, hour_passed: bool) -> bool {
+        if !self.topology.lock().forget_node(node, hour_passed) {
             return false;
         }
         self.statuses.remove(key);
-        tracing::info!(
-            ?node,
-            "forgot a node that has been out of reach for an hour"
-        );
+        if hour_passed {
+            tracing::info!(
+                ?node,
+                "forgot a node that has been out of reach for an hour"
+            );
+        }
         true
     }
 

@@ -83,7 +83,12 @@ pub enum PeerFrame {
         agents: Vec<RemoteAgent>,
     },
     /// Liveness, every second; presence itself travels only when it changes.
-    Heartbeat,
+    Heartbeat {
+        /// The sender's log head (its last committed seq), so the receiver can tell how far
+        /// behind it is (`switchboard mesh`). Absent from older versions, which also ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<u64>,
+    },
     /// The nodes the sender is linked to and where they can be reached, so that nodes linked
     /// through a common peer find and dial each other. Sent when the set changes.
     Peers {
@@ -202,6 +207,24 @@ mod tests {
         assert_eq!(PeerError::parse("something_new"), None);
         let f = PeerFrame::refusal(PeerError::WrongNode, "x".into()).text();
         assert_eq!(f, r#"{"op":"error","code":"wrong_node","message":"x"}"#);
+    }
+
+    #[test]
+    fn heartbeats_with_and_without_a_head_parse_on_either_version() {
+        let old: PeerFrame = serde_json::from_str(r#"{"op":"heartbeat"}"#).unwrap();
+        assert!(matches!(old, PeerFrame::Heartbeat { head: None }));
+        let new = PeerFrame::Heartbeat { head: Some(7) }.text();
+        assert_eq!(new, r#"{"op":"heartbeat","head":7}"#);
+        // The frame as an older version declares it: a variant without fields.
+        #[derive(Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        enum Before {
+            Heartbeat,
+        }
+        assert!(matches!(
+            serde_json::from_str::<Before>(&new),
+            Ok(Before::Heartbeat)
+        ));
     }
 
     #[test]

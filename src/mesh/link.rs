@@ -81,6 +81,9 @@ pub enum LinkEnd {
     /// A newer link to the same peer took over.
     #[error("replaced by a newer link to the same peer")]
     Replaced,
+    /// An operator dropped the peer (`switchboard mesh forget`).
+    #[error("forgotten (switchboard mesh forget)")]
+    Forgotten,
     /// Nothing heard for [`SILENCE`].
     #[error("the peer went silent")]
     Silent,
@@ -191,6 +194,12 @@ impl Mesh {
             .read(move |c| replication::cursor(c, &p))
             .await
             .unwrap_or(0);
+        self.progress.update(&peer, |p| {
+            if !instance.is_empty() {
+                p.instance = Some(instance.clone());
+            }
+            p.applied = Some(cursor);
+        });
         let accepted_from = match &via {
             Via::Accepted(ip) => *ip,
             Via::Dialed(_) => None,
@@ -255,7 +264,9 @@ impl Mesh {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break 'link LinkEnd::ShuttingDown,
                     // Also cancelled by shutdown (a child token): say which.
-                    _ = replaced.cancelled(), if !self.shutdown.is_cancelled() => break 'link LinkEnd::Replaced,
+                    _ = replaced.cancelled(), if !self.shutdown.is_cancelled() => {
+                        break 'link if self.topology.lock().is_dropped(&peer) { LinkEnd::Forgotten } else { LinkEnd::Replaced };
+                    }
                     _ = &mut silence => break 'link LinkEnd::Silent,
                     r = commits.changed() => {
                         if r.is_err() { break 'link LinkEnd::StoreClosed; }
@@ -276,7 +287,7 @@ impl Mesh {
                         if let Err(e) = sink.send(f.text()).await { break 'link LinkEnd::Write(e.to_string()); }
                     }
                     _ = heartbeat.tick() => {
-                        if let Err(e) = sink.send(PeerFrame::Heartbeat.text()).await { break 'link LinkEnd::Write(e.to_string()); }
+                        if let Err(e) = sink.send(PeerFrame::Heartbeat { head: Some(store.log_head()) }.text()).await { break 'link LinkEnd::Write(e.to_string()); }
                     }
                     r = applied_upto.changed() => {
                         if r.is_err() { break 'link LinkEnd::CompleterStopped; }
@@ -310,6 +321,7 @@ impl Mesh {
                                 }
                                 sent_upto = Some(cursor);
                                 pump = true;
+                                self.progress.update(&peer, |p| p.acked = Some(cursor));
                             }
                             PeerFrame::Events { events } => {
                                 let (pushed, answer) = match submit_apply(&router, &log_key, events).await {
@@ -321,7 +333,11 @@ impl Mesh {
                                     break 'link LinkEnd::CompleterStopped;
                                 }
                             }
-                            PeerFrame::Ack { cursor } => self.statuses.update(&key, |s| s.acked = cursor),
+                            PeerFrame::Ack { cursor } => {
+                                self.statuses.update(&key, |s| s.acked = cursor);
+                                self.progress.update(&peer, |p| p.acked = Some(cursor));
+                            }
+                            PeerFrame::Heartbeat { head: Some(head) } => self.progress.update(&peer, |p| p.head = Some(head)),
                             PeerFrame::Presence { incarnation, version, agents } => {
                                 // A cheap filter; the router itself ignores a report from a link
                                 // that has ended (see `Router::remote_presence`).
@@ -468,6 +484,7 @@ impl Mesh {
         let (cursor_tx, applied_upto) = watch::channel(0u64);
         let (fail_tx, failed) = oneshot::channel();
         let (router, peer) = (self.router.clone(), peer.to_owned());
+        let progress = self.progress.clone();
         self.tracker.spawn(async move {
             while let Some(answer) = rx.recv().await {
                 let (applied, pushed) = match answer.await {
@@ -489,6 +506,7 @@ impl Mesh {
                     .fetch_add(pushed as u64, Ordering::Relaxed);
                 let cursor = applied.cursor;
                 router.apply_remote(applied);
+                progress.applied(&peer, cursor);
                 cursor_tx.send_replace(cursor);
             }
         });

@@ -19,7 +19,8 @@
 //!
 //! The parts: [`frames`] (the wire), [`handshake`] (authentication, both ends), [`topology`]
 //! (who is linked, which link stays; plain data), [`dialer`], [`link`] (one link's loop and
-//! the tasks finishing its applies), [`status`] and [`conflicts`] (`/health`).
+//! the tasks finishing its applies), [`status`] and [`conflicts`] (`/health`), [`nodes`]
+//! (`switchboard mesh`: every node known, its lag; forgetting a departed one).
 //!
 //! Identity: a node id is chosen by the operator (by default the host name, so a cloned VM
 //! repeats it); a data dir's instance id never repeats. The handshake carries both, a node
@@ -39,6 +40,7 @@ mod dialer;
 pub mod frames;
 pub mod handshake;
 mod link;
+pub mod nodes;
 pub mod status;
 pub mod topology;
 
@@ -53,6 +55,7 @@ use tokio_util::task::TaskTracker;
 pub use conflicts::Conflict;
 pub use frames::{PeerAddr, PeerError, PeerFrame};
 pub use link::LinkEnd;
+pub use nodes::{Lag, NodeView, Route};
 pub use status::{LinkOrigin, LinkState, LinkStatus};
 
 use crate::auth;
@@ -62,6 +65,7 @@ use crate::transport::{TextSink, TextStream};
 use conflicts::Conflicts;
 use handshake::{Accepted, Us};
 use link::{Opened, Via};
+use nodes::Progresses;
 use status::Statuses;
 use topology::Topology;
 
@@ -113,6 +117,8 @@ pub struct Mesh {
     presence_version: AtomicU64,
     /// Claims of a node id held by another instance, refused here.
     conflicts: Conflicts,
+    /// What this run has learned of each peer's log and cursor (`switchboard mesh`).
+    progress: Arc<Progresses>,
 }
 
 /// Reads the mesh secret file.
@@ -152,7 +158,9 @@ impl Mesh {
             next_dial: AtomicU64::new(1),
             presence_version: AtomicU64::new(0),
             conflicts: Conflicts::default(),
+            progress: Arc::default(),
         });
+        tracker.spawn(mesh.clone().load_instances());
         let (notices, notice_rx) = mpsc::channel::<DeliveryNotice>(1024);
         mesh.router.set_delivery_notices(notices);
         tracker.spawn(mesh.clone().route_notices(notice_rx));

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::message::{now_ms, rfc3339};
 
 /// Where a link or dialer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// Dialing, or handshaking.
@@ -24,7 +24,7 @@ pub enum LinkState {
 }
 
 /// How a link came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkOrigin {
     /// A `--peer` URL.

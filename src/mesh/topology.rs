@@ -4,7 +4,7 @@
 //! the caller does it after the lock is released, and the rules — which of two links stays,
 //! what a peer's report adds, when a node is forgotten — are tested on their own.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::frames::PeerAddr;
@@ -61,6 +61,35 @@ pub struct Look {
     pub url: Option<String>,
     /// Some peer reports the node now (always true for a configured URL).
     pub reported: bool,
+    /// The node was dropped (`switchboard mesh forget`) and has not linked or been reported
+    /// since: a discovery dialer forgets it now, a configured URL that led to it waits.
+    pub dropped: bool,
+}
+
+/// What [`Topology::drop_node`] took away.
+#[derive(Debug)]
+pub struct Dropped<H> {
+    /// The live link to the node, if there was one (its id and handle): the caller ends it.
+    pub link: Option<(u64, H)>,
+    /// A configured `--peer` URL led to the node: its dialer waits from now on.
+    pub configured: bool,
+    /// The newest link id so far: every link the node had is this old or older.
+    pub last_link: u64,
+}
+
+/// A node as the topology knows it (see [`Topology::known`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Node id.
+    pub node: String,
+    /// Linked now.
+    pub linked: bool,
+    /// Where it is reached: the live link's URL, else the one remembered, else a reported one.
+    pub url: Option<String>,
+    /// A configured `--peer` URL leads to it.
+    pub configured: bool,
+    /// Linked peers that report being linked to it.
+    pub reported_by: Vec<String>,
 }
 
 /// The one live link to a peer node.
@@ -91,6 +120,8 @@ pub struct Topology<H> {
     configured: HashSet<String>,
     /// Nodes with a discovery dialer running.
     discovering: HashSet<String>,
+    /// Nodes dropped by an operator, until they link or are reported again.
+    dropped: HashSet<String>,
     last_link: u64,
 }
 
@@ -104,6 +135,7 @@ impl<H> Topology<H> {
             remembered: HashMap::new(),
             configured: HashSet::new(),
             discovering: HashSet::new(),
+            dropped: HashSet::new(),
             last_link: 0,
         }
     }
@@ -151,6 +183,8 @@ impl<H> Topology<H> {
         }
         self.last_link += 1;
         let id = self.last_link;
+        // A dropped node that links again is back.
+        self.dropped.remove(peer);
         let url = dialed.map(str::to_owned);
         if let Some(u) = &url {
             self.remembered.insert(peer.to_owned(), u.clone());
@@ -224,6 +258,8 @@ impl<H> Topology<H> {
             } else if !self.discovering.contains(&n.node) {
                 continue; // past DISCOVERY_MAX
             }
+            // Reported by a linked peer: a dropped node is alive after all.
+            self.dropped.remove(&n.node);
             self.heard
                 .entry(n.node)
                 .or_default()
@@ -250,19 +286,94 @@ impl<H> Topology<H> {
         }
     }
 
-    /// Stops looking for `node`, unless it is linked, configured or reported again. True if
-    /// it was forgotten: its dialer ends.
-    pub fn forget_node(&mut self, node: &str) -> bool {
+    /// Stops looking for `node`, unless it is linked, configured or reported again — and
+    /// unless, with `hour_passed` false, it is no longer dropped either (it linked in between).
+    /// True if it was forgotten: its dialer ends.
+    pub fn forget_node(&mut self, node: &str, hour_passed: bool) -> bool {
         if self.live.contains_key(node)
             || self.configured.contains(node)
             || self.heard.get(node).is_some_and(|by| !by.is_empty())
+            || !(hour_passed || self.dropped.contains(node))
         {
             return false;
         }
         self.remembered.remove(node);
         self.heard.remove(node);
         self.discovering.remove(node);
+        self.dropped.remove(node);
         true
+    }
+
+    /// Drops `node` now, as an operator asks (`switchboard mesh forget`): its live link, what
+    /// is remembered and reported of it, what it reported, and its configured-URL mark. Its
+    /// dialers see it on their next look ([`Look::dropped`]). It is back as soon as it links
+    /// again or a linked peer reports it. `None` if the node is not known at all.
+    pub fn drop_node(&mut self, node: &str) -> Option<Dropped<H>> {
+        let known = self.live.contains_key(node)
+            || self.remembered.contains_key(node)
+            || self.heard.get(node).is_some_and(|by| !by.is_empty())
+            || self.configured.contains(node)
+            || self.discovering.contains(node);
+        if !known {
+            return None;
+        }
+        let link = self.live.remove(node).map(|l| (l.id, l.handle));
+        let configured = self.configured.remove(node);
+        self.remembered.remove(node);
+        self.heard.remove(node);
+        for by in self.heard.values_mut() {
+            by.remove(node);
+        }
+        self.dropped.insert(node.to_owned());
+        Some(Dropped {
+            link,
+            configured,
+            last_link: self.last_link,
+        })
+    }
+
+    /// Whether `node` was dropped and has not come back.
+    pub fn is_dropped(&self, node: &str) -> bool {
+        self.dropped.contains(node)
+    }
+
+    /// The nodes known: linked, remembered, reported by a linked peer, or configured.
+    fn known_ids(&self) -> BTreeSet<&String> {
+        self.live
+            .keys()
+            .chain(self.remembered.keys())
+            .chain(
+                self.heard
+                    .iter()
+                    .filter(|(_, by)| !by.is_empty())
+                    .map(|(n, _)| n),
+            )
+            .chain(self.configured.iter())
+            .collect()
+    }
+
+    /// Every node known (the ones `counts` counts), by id.
+    pub fn known(&self) -> Vec<Known> {
+        self.known_ids()
+            .into_iter()
+            .map(|n| {
+                let live = self.live.get(n);
+                Known {
+                    node: n.clone(),
+                    linked: live.is_some(),
+                    url: live
+                        .and_then(|l| l.url.clone())
+                        .or_else(|| self.remembered.get(n).cloned())
+                        .or_else(|| self.heard.get(n)?.values().next().cloned()),
+                    configured: self.configured.contains(n),
+                    reported_by: self
+                        .heard
+                        .get(n)
+                        .map(|by| by.keys().cloned().collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
     }
 
     /// A configured URL led to `peer`; `before`: the node it led to last time. The node is
@@ -300,19 +411,7 @@ impl<H> Topology<H> {
 
     /// (peers linked now, peer nodes known).
     pub fn counts(&self) -> (usize, usize) {
-        let known: HashSet<&String> = self
-            .live
-            .keys()
-            .chain(self.remembered.keys())
-            .chain(
-                self.heard
-                    .iter()
-                    .filter(|(_, by)| !by.is_empty())
-                    .map(|(n, _)| n),
-            )
-            .chain(self.configured.iter())
-            .collect();
-        (self.live.len(), known.len())
+        (self.live.len(), self.known_ids().len())
     }
 
     /// What a dialer for `target` finds; `known`: the node behind a configured URL, once
@@ -324,6 +423,7 @@ impl<H> Topology<H> {
                 linked: known.is_some_and(|n| self.live.contains_key(n)),
                 url: Some(u.clone()),
                 reported: true,
+                dropped: known.is_some_and(|n| self.dropped.contains(n)),
             },
             Target::Node(n) => {
                 let urls: Vec<&String> = self
@@ -337,6 +437,7 @@ impl<H> Topology<H> {
                     linked: self.live.contains_key(n) || self.configured.contains(n),
                     url,
                     reported: self.heard.get(n).is_some_and(|by| !by.is_empty()),
+                    dropped: self.dropped.contains(n),
                 }
             }
         }

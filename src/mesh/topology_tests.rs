@@ -132,7 +132,8 @@ fn a_report_adds_dialers_once_and_a_stale_link_reports_nothing() {
         Look {
             linked: false,
             url: Some("ws://10.0.0.3:7".into()),
-            reported: true
+            reported: true,
+            dropped: false,
         }
     );
     let newer = t.join("b", DIAL, order(1, 2), ()).unwrap();
@@ -242,10 +243,10 @@ fn a_node_is_forgotten_only_when_nobody_links_configures_or_reports_it() {
         (7, false),
         vec![addr("c", "ws://10.0.0.3:7")],
     );
-    assert!(!t.forget_node("c"), "reported");
-    assert!(!t.forget_node("b"), "linked");
+    assert!(!t.forget_node("c", true), "reported");
+    assert!(!t.forget_node("b", true), "linked");
     t.leave("b", b.id);
-    assert!(t.forget_node("c"));
+    assert!(t.forget_node("c", true));
     // Forgotten: a later report starts a dialer again.
     let b = t.join("b", DIAL, order(1, 2), ()).unwrap();
     let again = t.heard_from(
@@ -257,7 +258,7 @@ fn a_node_is_forgotten_only_when_nobody_links_configures_or_reports_it() {
     );
     assert_eq!(again, Some(vec!["c".to_owned()]));
     t.configured_at("ws://x:1", "e", None);
-    assert!(!t.forget_node("e"), "configured");
+    assert!(!t.forget_node("e", true), "configured");
 }
 
 #[test]
@@ -275,14 +276,15 @@ fn a_configured_url_that_now_leads_elsewhere_drops_the_old_node() {
     t.configured_at(url, "x", Some("b"));
     // b is neither configured nor remembered at that URL any more: only x is known.
     assert_eq!(t.counts(), (0, 1));
-    assert!(t.forget_node("b"));
+    assert!(t.forget_node("b", true));
     let look = t.look(&Target::Url(url.into()), Some("x"), 0);
     assert_eq!(
         look,
         Look {
             linked: false,
             url: Some(url.into()),
-            reported: true
+            reported: true,
+            dropped: false,
         }
     );
 }
@@ -308,4 +310,85 @@ fn an_accepted_peer_that_serves_tls_is_reachable_at_wss() {
     let ip: IpAddr = "10.0.0.2".parse().unwrap();
     t.heard_from("b", b.id, Some(ip), (9, true), vec![]);
     assert_eq!(t.linked_except("c"), vec![addr("b", "wss://10.0.0.2:9")]);
+}
+
+#[test]
+fn a_dropped_node_is_gone_at_once_until_it_links_or_is_reported_again() {
+    let mut t = Topology::new("a");
+    let b = t.join("b", DIAL, order(1, 1), "b").unwrap();
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
+    let c = t
+        .join("c", Some("ws://10.0.0.3:7"), order(1, 2), "c")
+        .unwrap();
+    t.configured_at("ws://10.0.0.3:7", "c", None);
+    assert!(t.drop_node("nobody").is_none(), "unknown");
+
+    // c is linked, configured and reported: dropping it takes all of that.
+    let d = t.drop_node("c").unwrap();
+    assert_eq!(d.link, Some((c.id, "c")));
+    assert!(d.configured);
+    assert_eq!(d.last_link, c.id);
+    assert!(!t.is_live("c", c.id));
+    assert!(t.known().iter().all(|k| k.node != "c"));
+    assert_eq!(t.counts(), (1, 1));
+    let dialer = t.look(&Target::Node("c".into()), None, 0);
+    assert!(dialer.dropped && !dialer.linked && !dialer.reported && dialer.url.is_none());
+    assert!(
+        t.look(&Target::Url("ws://10.0.0.3:7".into()), Some("c"), 0)
+            .dropped
+    );
+    // Its old link's end changes nothing; its discovery dialer may forget it now.
+    assert!(!t.leave("c", c.id));
+    assert!(t.forget_node("c", false));
+    assert!(!t.is_dropped("c"));
+
+    // Reported again by a linked peer, it is back (a new dialer looks for it).
+    t.drop_node("b");
+    let b = t.join("b", DIAL, order(1, 3), "b").unwrap();
+    assert!(!t.is_dropped("b"), "linked again");
+    t.drop_node("b");
+    let b2 = t.join("b", None, order(2, 0), "b").unwrap();
+    assert!(b2.id > b.id);
+    assert_eq!(
+        t.heard_from(
+            "b",
+            b2.id,
+            None,
+            (7, false),
+            vec![addr("c", "ws://10.0.0.3:7")]
+        ),
+        Some(vec!["c".to_owned()])
+    );
+    assert!(
+        t.known()
+            .iter()
+            .any(|k| k.node == "c" && k.reported_by == ["b"])
+    );
+}
+
+#[test]
+fn a_dropped_node_that_comes_back_in_between_is_not_forgotten_by_its_dialer() {
+    let mut t: Topology<()> = Topology::new("a");
+    let b = t.join("b", DIAL, order(1, 1), ()).unwrap();
+    t.heard_from(
+        "b",
+        b.id,
+        None,
+        (7, false),
+        vec![addr("c", "ws://10.0.0.3:7")],
+    );
+    t.drop_node("c");
+    // Before c's dialer acts on the drop, c links and leaves again.
+    let c = t.join("c", None, order(1, 0), ()).unwrap();
+    assert!(t.leave("c", c.id));
+    assert!(
+        !t.forget_node("c", false),
+        "no longer dropped: the hour counts again"
+    );
 }

@@ -20,6 +20,8 @@ pub struct Conn {
     pub role: Role,
     /// It holds the local secret.
     pub admin: bool,
+    /// The node's peer links, when it is part of a mesh.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Its sends in flight.
     pub sends: SendQueue,
 }
@@ -117,8 +119,31 @@ impl Conn {
                 req: f.req,
                 result: r.forget(self.admin, &f.name).await?,
             },
+            ClientFrame::MeshForget(f) => ServerFrame::MeshForgot {
+                req: f.req,
+                result: self.mesh_forget(&f.node).await?,
+            },
             ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
         }))
+    }
+}
+
+impl Conn {
+    async fn mesh_forget(&self, node: &str) -> Result<crate::protocol::MeshForgetResult> {
+        if !self.admin {
+            return Err(Error::refused(
+                ErrorCode::Forbidden,
+                "mesh_forget needs the local secret",
+            ));
+        }
+        match &self.mesh {
+            Some(m) => m.forget(node).await,
+            None => Err(Error::Invalid(
+                "node: this node is not in a mesh (it has no mesh secret), so it knows no \
+                 other node"
+                    .into(),
+            )),
+        }
     }
 }
 

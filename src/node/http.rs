@@ -169,6 +169,7 @@ async fn health(State(s): State<AppState>) -> Response {
         "connections": s.router.metrics.connections_active.load(Ordering::Relaxed),
         "rss_bytes": rss_bytes(),
         "peers": s.mesh.as_ref().map(|m| m.status()).unwrap_or_default(),
+        "nodes": s.mesh.as_ref().map(|m| m.nodes()).unwrap_or_default(),
         "conflicts": conflicts,
         "tls": s.tls.as_ref().map(|t| serde_json::json!({
             "fingerprint_sha256": t.fingerprint,

@@ -115,6 +115,7 @@ pub async fn run(
             agent: agent.clone(),
             role: hello.role,
             admin,
+            mesh: s.mesh.clone(),
         };
         let shutdown = s.shutdown.clone();
         serve(&conn, writer, reader, &mut rx, replayed, kill, &shutdown).await;

@@ -13,6 +13,7 @@ use crate::store::directory::{agents, delete_token, put_token, set_subscription,
 use crate::store::forget::{apply_forget, forgotten_at, tombstones};
 use crate::store::log::{Event, EventBody, append, append_message, cursor, load_message};
 use crate::store::messages::insert_message;
+use crate::store::names::Spellings;
 use crate::store::rows::{AgentRow, Stored};
 use crate::store::stamps::{Stamped, stamp_of, stamp_wins};
 
@@ -34,17 +35,21 @@ pub struct Applied {
 }
 
 /// Applies events from `origin` that are newer than its cursor, in order, and advances it.
+/// Every agent name in them is taken in this node's spelling (names are one name in any
+/// case), so the mail, read marks, rows, subscriptions and tokens of `Bob` land on `bob`'s.
 pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied> {
     let mut at = cursor(conn, origin)?;
     let mut out = Applied::default();
+    let mut names = Spellings::default();
     for e in events {
         if e.seq <= at {
             out.duplicates += 1;
             continue;
         }
+        let body = fold_names(conn, &mut names, e.body)?;
         // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
         // the same data dir); the origin always ships everything after our cursor, in order.
-        match e.body {
+        match body {
             EventBody::Message(mut m) => {
                 // Mail for a name forgotten after it was sent stays out of its inbox here, as
                 // the forget took it out of the inbox where the mail came first.
@@ -141,11 +146,33 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
     Ok(out)
 }
 
-/// Logs the whole current state (switching logging on after a period without a mesh).
-pub(crate) fn backfill(conn: &Tx<'_>, origin: &str) -> Result<()> {
+/// The event with every agent name in this node's spelling. A message's `to` stays as its
+/// sender wrote it.
+fn fold_names(conn: &Tx<'_>, names: &mut Spellings, mut body: EventBody) -> Result<EventBody> {
+    match &mut body {
+        EventBody::Message(m) => {
+            m.sender = names.local(conn, &m.sender)?;
+            names.local_all(conn, &mut m.recipients)?;
+        }
+        EventBody::Read { agent, .. } | EventBody::Subscription { agent, .. } => {
+            *agent = names.local(conn, agent)?;
+        }
+        EventBody::Agent { name, .. }
+        | EventBody::Token { name, .. }
+        | EventBody::Forget { name, .. } => {
+            *name = names.local(conn, name)?;
+        }
+    }
+    Ok(body)
+}
+
+/// Logs the whole current state (switching logging on after a period without a mesh): every
+/// message stored after position `after` (those the log does not hold), and every directory
+/// row, subscription, token and read mark.
+pub(crate) fn backfill(conn: &Tx<'_>, origin: &str, after: i64) -> Result<()> {
     let ids: Vec<String> = conn
-        .prepare("SELECT id FROM messages WHERE origin = ?1 ORDER BY seq")?
-        .query_map([origin], |r| r.get(0))?
+        .prepare("SELECT id FROM messages WHERE seq > ?1 ORDER BY seq")?
+        .query_map([after], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in ids {
         if let Some(m) = load_message(conn, &id)? {
@@ -354,6 +381,125 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bob_status(&n2.tx()), Status::Away);
+    }
+
+    fn note(id: &str, origin: &str) -> ReplicatedMessage {
+        ReplicatedMessage {
+            id: id.into(),
+            origin: origin.into(),
+            sender: "alice".into(),
+            target: "bob".into(),
+            topic: None,
+            kind: MessageType::Message,
+            priority: Priority::Normal,
+            subject: None,
+            body: id.into(),
+            data: None,
+            reply_to: None,
+            thread_id: None,
+            created_at: 1,
+            recipients: vec!["bob".into()],
+        }
+    }
+
+    #[test]
+    fn meshing_again_logs_each_message_stored_unlogged_once_whatever_its_node_id() {
+        use crate::store::log::{configure, events_after};
+        let db = store();
+        let tx = db.tx();
+        let logged_ids = |tx: &Tx<'_>| -> Vec<String> {
+            events_after(tx, 0, 100)
+                .unwrap()
+                .into_iter()
+                .filter_map(|e| match e.body {
+                    EventBody::Message(m) => Some(m.id),
+                    _ => None,
+                })
+                .collect()
+        };
+        configure(&tx, "n1", true).unwrap();
+        insert_message(&tx, note("a", "n1"), Some("n1")).unwrap();
+        // Two runs without a mesh, under the host name: nothing is logged.
+        configure(&tx, "laptop", false).unwrap();
+        insert_message(&tx, note("b", "laptop"), Some("laptop")).unwrap();
+        configure(&tx, "laptop", false).unwrap();
+        insert_message(&tx, note("c", "laptop"), Some("laptop")).unwrap();
+        assert_eq!(logged_ids(&tx), ["a"]);
+        // Meshed again as n1: what the log lacks is logged, and nothing twice.
+        configure(&tx, "n1", true).unwrap();
+        assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
+        configure(&tx, "n1", true).unwrap();
+        assert_eq!(logged_ids(&tx), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn names_from_a_peer_in_another_case_land_on_the_local_spelling() {
+        let n2 = store();
+        let tx = n2.tx();
+        queries::upsert_agent(&tx, &bob(Status::Available), 1000, Some("n2")).unwrap();
+        let stamp = |at| Stamp {
+            at,
+            by: "n1".into(),
+        };
+        let mut to_bob = note("m1", "n1");
+        to_bob.recipients = vec!["Bob".into(), "BOB".into()];
+        let events = vec![
+            EventBody::Agent {
+                name: "Bob".into(),
+                node: "n1".into(),
+                status: Status::Busy,
+                status_text: None,
+                last_seen: Some(5),
+                stamp: stamp(2000),
+            },
+            EventBody::Message(to_bob),
+            EventBody::Read {
+                agent: "BOB".into(),
+                ids: vec!["m1".into()],
+                at: 9,
+            },
+            EventBody::Subscription {
+                topic: "ops".into(),
+                agent: "Bob".into(),
+                on: true,
+                stamp: stamp(2001),
+            },
+            EventBody::Token {
+                name: "bOB".into(),
+                hash: Some("h".into()),
+                stamp: stamp(2002),
+            },
+        ];
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Event {
+                seq: i as u64 + 1,
+                body,
+            })
+            .collect();
+        let applied = apply(&tx, "n1", events).unwrap();
+        assert_eq!(applied.messages[0].recipients, ["bob"]);
+        assert_eq!(applied.agents[0].name, "bob");
+        assert_eq!(applied.subscriptions, [("ops".into(), "bob".into(), true)]);
+        let one = |sql: &str| -> Vec<String> {
+            tx.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(
+            one("SELECT name || ':' || status FROM agents"),
+            ["bob:busy"]
+        );
+        assert_eq!(
+            one("SELECT agent || ':' || (read_at IS NOT NULL) FROM inbox"),
+            ["bob:1"]
+        );
+        assert_eq!(one("SELECT agent FROM subscriptions"), ["bob"]);
+        assert_eq!(one("SELECT name FROM tokens"), ["bob"]);
     }
 
     #[test]

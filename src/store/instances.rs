@@ -70,3 +70,21 @@ pub fn bind_peer(tx: &Tx<'_>, node: &str, instance: &str, now: i64) -> Result<Bo
     .execute(params![node, instance, now])?;
     Ok(Bound::Holder)
 }
+
+/// Which instance holds each peer node id: (node, instance).
+pub fn holders(conn: &Connection) -> Result<Vec<(String, String)>> {
+    Ok(conn
+        .prepare_cached("SELECT node, instance FROM peer_instances ORDER BY node")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Frees the node id `node` (an operator forgot the node): the next instance to link under it
+/// holds it. Cursors stay with their instances, so the old one, if it ever comes back, resumes
+/// where it stopped, and a new one starts from its log's first entry.
+pub fn release(conn: &Connection, node: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM peer_instances WHERE node = ?1")?
+        .execute([node])?
+        > 0)
+}

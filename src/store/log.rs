@@ -180,22 +180,40 @@ impl LogState {
 
 /// Switches logging on (a node with a mesh) or off. Run as a store job.
 /// Switching on after a period without a mesh first logs the whole current state, so peers get
-/// everything that happened meanwhile (they apply it idempotently).
+/// everything that happened meanwhile (they apply it idempotently). Which messages that period
+/// stored is marked by position, not by node id: a node hosted by a command from config.toml
+/// alone runs under the host name, and every message stored while nothing was logged was
+/// accepted here (without a mesh nothing is applied from peers).
 pub fn configure(tx: &Tx<'_>, origin: &str, meshed: bool) -> Result<()> {
-    let complete: String = tx
-        .prepare_cached("SELECT value FROM meta WHERE key = 'log_complete'")?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or_else(|| "1".into());
+    let meta = |key: &str| -> Result<Option<String>> {
+        Ok(tx
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    };
+    let complete = meta("log_complete")?.unwrap_or_else(|| "1".into());
     if !meshed {
         tx.log().enabled.set(false);
-        tx.execute("UPDATE meta SET value = '0' WHERE key = 'log_complete'", [])?;
+        if complete != "0" {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_complete', '0'), \
+                 ('unlogged_after', (SELECT coalesce(max(seq), 0) FROM messages))",
+                [],
+            )?;
+        }
         return Ok(());
     }
     tx.log().enabled.set(true);
     if complete == "0" {
-        crate::store::apply::backfill(tx, origin)?;
-        tx.execute("UPDATE meta SET value = '1' WHERE key = 'log_complete'", [])?;
+        // Without the mark (a store left un-meshed by an older version) every message is
+        // logged again; peers store each once.
+        let after = meta("unlogged_after")?.and_then(|v| v.parse::<i64>().ok());
+        crate::store::apply::backfill(tx, origin, after.unwrap_or(0))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_complete', '1')",
+            [],
+        )?;
+        tx.execute("DELETE FROM meta WHERE key = 'unlogged_after'", [])?;
     }
     Ok(())
 }

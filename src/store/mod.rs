@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
-pub use instances::{Bound, bind_peer};
+pub use instances::{Bound, bind_peer, holders, release};
 pub use rows::{AgentRow, InboxQuery, NewMessage, Stored, TokenRow};
 
 /// The SQL behind every store job, by the name the node has always used for it.
@@ -119,6 +119,8 @@ pub struct Store {
     reads: mpsc::Sender<checkpoint::ReadJob>,
     /// This data dir's permanent instance id (see [`instances`]).
     instance: Arc<str>,
+    /// The last committed seq of this data dir's log, for peers' lag (see [`Store::log_head`]).
+    log_head: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -141,6 +143,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         let instance: Arc<str> = Arc::from(instances::own(&conn)?);
+        let log_head = Arc::new(AtomicU64::new(log::head(&conn)?));
         // Checkpoints copy the WAL into the database and fsync: done on the writer they would
         // stall every commit behind them (the p99 latency). A separate thread with its own
         // connection runs them instead; PASSIVE checkpoints never block the writer.
@@ -166,12 +169,20 @@ impl Store {
         let tail: Arc<Tail> = Arc::default();
         let writer_tail = tail.clone();
         let thread_stats = stats.clone();
+        let writer_head = log_head.clone();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let still_running = running.clone();
         std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || {
-                writer::run(conn, rx, &thread_stats, &commit_tx, &writer_tail);
+                writer::run(
+                    conn,
+                    rx,
+                    &thread_stats,
+                    &commit_tx,
+                    &writer_tail,
+                    &writer_head,
+                );
                 still_running.store(false, Ordering::Relaxed);
             })
             .map_err(|e| Error::io("starting the store thread", e))?;
@@ -189,7 +200,14 @@ impl Store {
             commits,
             reads,
             instance,
+            log_head,
         })
+    }
+
+    /// The last committed seq of this data dir's log (0 while it has none): how far a peer
+    /// that has applied it all has got.
+    pub fn log_head(&self) -> u64 {
+        self.log_head.load(Ordering::Relaxed)
     }
 
     /// This data dir's permanent instance id: what peers key their cursors of its log by.

@@ -1,8 +1,13 @@
 //! Names are one name whatever their case. Stores from before that rule may hold `bob` and
 //! `Bob` as two agents; opening merges each such group into the spelling written first (the
 //! oldest directory row), so their mail, read marks and subscriptions are one inbox again.
+//! Peers' events are folded the same way as they apply ([`Spellings`]): two nodes that made
+//! `Bob` and `bob` before they were linked, or a peer of an older version, send names in
+//! another case than this node's, and each would otherwise start a second agent here.
 
-use rusqlite::{Connection, params};
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Result;
 
@@ -42,6 +47,54 @@ pub fn merge_case_duplicates(conn: &Connection) -> Result<Vec<Merged>> {
         }
     }
     Ok(merged)
+}
+
+/// The spelling this store has for names, looked up once per name within an apply. Names are
+/// ASCII (see `validate_name`), and SQLite's `lower` folds ASCII only: the same fold as the
+/// directory's in memory.
+#[derive(Debug, Default)]
+pub(crate) struct Spellings(HashMap<String, String>);
+
+impl Spellings {
+    /// `name` as this store spells it; `name` itself if no agent here has it in any case.
+    pub(crate) fn local(&mut self, conn: &Connection, name: &str) -> Result<String> {
+        if let Some(known) = self.0.get(name) {
+            return Ok(known.clone());
+        }
+        let exact = conn
+            .prepare_cached("SELECT name FROM agents WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, String>(0))
+            .optional()?;
+        let found = match exact {
+            Some(n) => Some(n),
+            None => conn
+                .prepare_cached(
+                    "SELECT name FROM agents WHERE lower(name) = ?1 ORDER BY created_at, name LIMIT 1",
+                )?
+                .query_row([name.to_ascii_lowercase()], |r| r.get::<_, String>(0))
+                .optional()?,
+        };
+        // A name not known yet is not remembered: the apply may create it in the next event.
+        let Some(found) = found else {
+            return Ok(name.to_owned());
+        };
+        self.0.insert(name.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Every name of `names` as this store spells it, each once, in their order.
+    pub(crate) fn local_all(&mut self, conn: &Connection, names: &mut Vec<String>) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names.drain(..) {
+            let local = self.local(conn, &n)?;
+            if seen.insert(local.clone()) {
+                out.push(local);
+            }
+        }
+        *names = out;
+        Ok(())
+    }
 }
 
 fn merge(conn: &Connection, into: &str, from: &str) -> Result<()> {

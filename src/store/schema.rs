@@ -127,6 +127,11 @@ const MIGRATIONS: &[&str] = &[
         seen_at  INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 8: names are one name in any case; a peer's event spelling a name in another case finds
+    // this node's row by its folded name (`names::Spellings`).
+    r#"
+    CREATE INDEX agents_folded ON agents(lower(name));
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.

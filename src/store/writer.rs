@@ -8,7 +8,7 @@
 //! hands it to each job in its [`Tx`]: entries a rolled-back savepoint or batch appended are
 //! dropped, and only a commit publishes the rest to the in-memory tail.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -123,6 +123,7 @@ pub(crate) fn run(
     stats: &StoreStats,
     commits: &tokio::sync::watch::Sender<u64>,
     tail: &Tail,
+    head: &AtomicU64,
 ) {
     let log = LogState::default();
     let mut last_index = std::time::Instant::now();
@@ -167,7 +168,8 @@ pub(crate) fn run(
             let _ = conn.execute_batch("ROLLBACK");
         });
         let logged = log.take_pending(error.is_none());
-        if !logged.is_empty() {
+        if let Some((last, _)) = logged.last() {
+            head.store(*last, Ordering::Relaxed);
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             t.extend(logged);
             while t.len() > TAIL_LEN {

@@ -106,6 +106,14 @@ impl NodeProc {
             .to_owned()
     }
 
+    /// A CLI command against this node (its data dir and URL), which must succeed; its stdout.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let url = self.url();
+        let mut all = vec!["--node", url.as_str()];
+        all.extend_from_slice(args);
+        run_ok(&self.dir, &all).await
+    }
+
     /// A client acting as `agent` with the local secret.
     pub async fn client(&self, agent: &str) -> Client {
         self.client_opts(agent, |_| {}).await
@@ -208,6 +216,24 @@ pub async fn raw_hello(node: &NodeProc, agent: &str) -> RawWs {
     let w = next_json(&mut ws).await.unwrap();
     assert_eq!(w["op"], "welcome", "{w}");
     ws
+}
+
+/// `switchboard --data-dir DIR ARGS...`, which must succeed; its stdout.
+pub async fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let out = output(
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .env("SWITCHBOARD_LOG", "warn"),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "switchboard {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command to its end and takes its output, failing the test after 30 s.

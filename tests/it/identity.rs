@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use switchboard::client::Client;
 
 use crate::common::*;
-use crate::mesh::{Mesh, msg, unread, up_links};
+use crate::mesh::{Mesh, msg, online_at, unread, up_links};
 
 /// Sends `n` numbered messages from `c` to bob; returns their ids in order.
 async fn send_numbered(c: &Client, who: &str, from: usize, n: usize) -> Vec<String> {
@@ -42,9 +42,9 @@ async fn a_second_data_dir_with_the_same_node_id_is_refused_and_loses_nothing() 
         .to_owned();
     assert_eq!(real.len(), 32, "128 random bits, hex");
 
-    // bob's directory row reaches n1 through n2's log; until then a send to him is refused.
-    eventually(10, "bob known at n1", || async {
-        alice.presence(Some("bob".into())).await.is_ok()
+    // A send to a name n1 does not know yet is refused: wait until bob's row has come.
+    eventually(20, "bob known at n1", || async {
+        online_at(&alice, "bob").await.is_some()
     })
     .await;
     let mut sent: HashMap<&str, Vec<String>> = HashMap::new();

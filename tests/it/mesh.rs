@@ -98,6 +98,20 @@ impl Mesh {
         }
     }
 
+    /// A node outside the mesh's own list (an impostor, a rebuilt or restarted machine): data
+    /// dir `dir`, id `id`, the mesh's secret, dialing `peer`.
+    pub async fn start_other(
+        &self,
+        dir: &std::path::Path,
+        port: u16,
+        id: &str,
+        peer: &str,
+    ) -> NodeProc {
+        let secret = self.secret.display().to_string();
+        let args = ["--mesh-secret-file", secret.as_str(), "--peer", peer];
+        NodeProc::start_named(dir, port, id, &args).await
+    }
+
     /// A client of node i, with node i's local secret.
     pub async fn client(&self, i: usize, agent: &str) -> Client {
         self.node(i).client(agent).await

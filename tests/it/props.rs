@@ -30,6 +30,7 @@ const OPS: &[&str] = &[
     "search",
     "ack",
     "token",
+    "mesh_forget",
     "ping",
     "peer_hello",
     "peer_challenge",
@@ -46,7 +47,7 @@ const OPS: &[&str] = &[
 const FIELDS: &[&str] = &[
     "req", "agent", "token", "v", "role", "id", "to", "body", "type", "priority", "data", "ids",
     "all", "status", "text", "topic", "query", "limit", "action", "name", "nonce", "node", "proof",
-    "cursor", "events", "agents", "nodes", "port", "url", "code", "message",
+    "cursor", "events", "agents", "nodes", "port", "url", "code", "message", "head",
 ];
 
 fn config() -> ProptestConfig {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, MessageType, Priority};
 
+mod results;
+
 /// The protocol version this build speaks; `hello.v` must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -44,6 +46,9 @@ pub enum ClientFrame {
     Token(TokenRequest),
     /// Forget an offline agent (local-secret connections only); answered by `forgotten`.
     Forget(ForgetRequest),
+    /// Drop a departed peer node now instead of dialing it for an hour (local-secret
+    /// connections only); answered by `mesh_forgot`.
+    MeshForget(MeshForgetRequest),
     /// Application-level liveness check; answered by `pong`.
     Ping(Ping),
 }
@@ -247,6 +252,16 @@ pub struct TokenRequest {
     pub name: Option<String>,
 }
 
+/// `switchboard mesh forget NODE`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshForgetRequest {
+    /// Correlates the answer with this request.
+    pub req: u64,
+    /// The node id to drop.
+    pub node: String,
+}
+
 /// What to do with tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -361,6 +376,14 @@ pub enum ServerFrame {
         #[serde(flatten)]
         result: ForgetResult,
     },
+    /// Answer to `mesh_forget`.
+    MeshForgot {
+        /// The request this answers.
+        req: u64,
+        /// The result.
+        #[serde(flatten)]
+        result: MeshForgetResult,
+    },
     /// Answer to `ping`.
     Pong {
         /// The request this answers.
@@ -465,108 +488,7 @@ impl ErrorCode {
     }
 }
 
-/// How far a sent message got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryStatus {
-    /// A session of a recipient has confirmed it holds the message.
-    Delivered,
-    /// Stored durably; no recipient session has confirmed it yet.
-    Queued,
-    /// Published to a topic's subscribers.
-    Published,
-}
-
-/// Result of sending a message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct SendResult {
-    /// The message id.
-    pub id: String,
-    /// `delivered`, `queued` or `published`.
-    pub status: DeliveryStatus,
-    /// How many inboxes it went to.
-    pub recipients: u32,
-    /// The thread it belongs to.
-    pub thread_id: String,
-}
-
-/// Messages from an inbox.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct InboxResult {
-    /// Oldest first.
-    pub messages: Vec<Message>,
-    /// Unread messages not returned by this call.
-    pub unread_remaining: u32,
-}
-
-/// Result of marking messages read.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct MarkResult {
-    /// Messages newly marked read.
-    pub marked: u32,
-}
-
-/// Everyone known.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct PresenceResult {
-    /// One entry per known agent.
-    pub agents: Vec<PresenceEntry>,
-}
-
-/// One agent's presence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct PresenceEntry {
-    /// Agent name.
-    pub name: String,
-    /// Has an open session now.
-    pub online: bool,
-    /// Node the agent is (or was last) connected to.
-    pub node: String,
-    /// New status.
-    pub status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// Free text with the status.
-    pub status_text: Option<String>,
-    /// RFC 3339; now, while online.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
-    /// RFC 3339; while online.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connected_since: Option<String>,
-}
-
-/// An agent's topic subscriptions.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct TopicsResult {
-    /// Topic names, without `#`.
-    pub topics: Vec<String>,
-}
-
-/// A list of messages (thread or search results).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct MessagesResult {
-    /// The messages.
-    pub messages: Vec<Message>,
-}
-
-/// Result of a token operation.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct TokenResult {
-    /// The new token (`issue` only); shown once, stored hashed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// Agents holding tokens (`list`), or the one changed.
-    pub names: Vec<String>,
-}
-
-/// Result of forgetting an agent.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ForgetResult {
-    /// The agent forgotten, as the directory spelled it.
-    pub name: String,
-    /// Unread messages its inbox held, now gone (their senders' threads keep them).
-    pub unread_dropped: u64,
-}
+pub use results::*;
 
 impl ServerFrame {
     /// An error frame answering `req`.
@@ -594,6 +516,7 @@ impl ClientFrame {
             ClientFrame::Search(r) => Some(r.req),
             ClientFrame::Token(r) => Some(r.req),
             ClientFrame::Forget(r) => Some(r.req),
+            ClientFrame::MeshForget(r) => Some(r.req),
             ClientFrame::Ping(r) => Some(r.req),
         }
     }
