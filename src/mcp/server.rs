@@ -28,12 +28,15 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let router = Self::tool_router();
         let call = router.call(ToolCallContext::new(self, request, context));
+        // Biased: at shutdown the request's own token is cancelled right after ours, and the
+        // answer must say why, not that the call was cancelled.
         tokio::select! {
-            r = call => r,
+            biased;
             _ = self.inner.shutdown.cancelled() => Ok(CallToolResult::error(vec![
                 ContentBlock::text("the switchboard MCP server is shutting down; nothing more was done"),
             ])
             .into()),
+            r = call => r,
         }
     }
 

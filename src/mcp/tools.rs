@@ -163,8 +163,9 @@ impl McpServer {
                 look = false;
             }
             tokio::select! {
-                _ = ctx.ct.cancelled() => return Err("wait_for_messages: cancelled".into()),
+                biased;
                 _ = self.inner.shutdown.cancelled() => return Err("wait_for_messages: the server is shutting down".into()),
+                _ = ctx.ct.cancelled() => return Err("wait_for_messages: cancelled".into()),
                 _ = tokio::time::sleep_until(deadline) => {
                     let r = WaitResult { messages: vec![], timed_out: true };
                     return ok(&r, format!("No message within {secs} s."));
