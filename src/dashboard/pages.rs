@@ -32,30 +32,30 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// The header a page sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// The compiled-in files: path, content type, body.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", INDEX),
+    (
+        "/dashboard/app.js",
+        "text/javascript; charset=utf-8",
+        APP_JS,
+    ),
+    (
+        "/dashboard/views.js",
+        "text/javascript; charset=utf-8",
+        VIEWS_JS,
+    ),
+    ("/dashboard/app.css", "text/css; charset=utf-8", APP_CSS),
+    ("/dashboard/icon.svg", "image/svg+xml", ICON),
+];
+
 /// The dashboard's routes, merged into the node's.
 pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/dashboard/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/dashboard/views.js",
-            get(|| async { asset("text/javascript; charset=utf-8", VIEWS_JS) }),
-        )
-        .route(
-            "/dashboard/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
-        .route(
-            "/dashboard/icon.svg",
-            get(|| async { asset("image/svg+xml", ICON) }),
-        )
-        .route("/dashboard/session", get(session))
+    let mut r = axum::Router::new();
+    for &(path, content_type, body) in ASSETS {
+        r = r.route(path, get(move || async move { asset(content_type, body) }));
+    }
+    r.route("/dashboard/session", get(session))
         .route("/dashboard/login", post(login))
         .route("/dashboard/logout", post(logout))
 }

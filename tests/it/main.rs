@@ -1,8 +1,10 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
+mod browser;
 mod chaos;
 mod cli;
 mod common;
+mod dashboard;
 mod data_dir_node;
 mod durability;
 mod embedded;
