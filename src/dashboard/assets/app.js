@@ -182,7 +182,7 @@ function onStats(s) {
   if (state.view !== "rates") return;
   const colors = { messages: "#1f4e79", delivered: "#1d7a46", queued: "#a15c00", unread: "#b3261e" };
   for (const k of Object.keys(state.series)) {
-    V.chart($("chart-" + k), state.series[k], colors[k]);
+    V.chart($("chart-" + k), state.series[k], colors[k], CHART_POINTS);
     const last = state.series[k][state.series[k].length - 1];
     $("now-" + k).textContent = String(Math.round(last * 10) / 10);
   }
@@ -333,5 +333,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", logout);
   setInterval(() => { if (state.view === "mesh" && !$("app").hidden) loadMesh(); }, 3000);
   setInterval(() => { if (state.view === "topics" && state.ws) loadTopics(); }, 5000);
+  // A new link pasted into this tab changes only the fragment: no reload, so log in here.
+  window.addEventListener("hashchange", () => {
+    if (/[#&]code=/.test(location.hash)) { state.ended = false; start().catch((e) => showLogin(String(e))); }
+  });
   start().catch((e) => showLogin(String(e)));
 });

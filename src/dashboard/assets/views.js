@@ -101,8 +101,8 @@ const V = (() => {
       el("td", { text: n(x.error) }))));
   }
 
-  /** A small line chart of `points` (newest last) on a canvas. */
-  function chart(canvas, points, color) {
+  /** A small line chart of `points` (newest last, at most `slots`) on a canvas. */
+  function chart(canvas, points, color, slots) {
     const ctx = canvas.getContext("2d");
     const w = canvas.width, h = canvas.height;
     ctx.clearRect(0, 0, w, h);
@@ -116,10 +116,12 @@ const V = (() => {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.beginPath();
-    const step = w / (points.length - 1);
+    // Fixed slots, newest at the right edge: the chart scrolls left as time passes.
+    const step = w / (slots - 1);
+    const x0 = w - (points.length - 1) * step;
     points.forEach((p, i) => {
       const y = h - 2 - (p / max) * (h - 14);
-      if (i === 0) ctx.moveTo(0, y); else ctx.lineTo(i * step, y);
+      if (i === 0) ctx.moveTo(x0, y); else ctx.lineTo(x0 + i * step, y);
     });
     ctx.stroke();
   }
