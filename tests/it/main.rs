@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod common;
 mod dashboard;
+mod dashboard_load;
 mod dashboard_login;
 mod data_dir_node;
 mod durability;
