@@ -302,13 +302,6 @@ impl Dashboard {
             None => false,
         }
     }
-
-    /// Ends every session (the node is stopping).
-    pub fn end_all(&self) {
-        for (_, s) in self.sessions.lock().drain() {
-            s.ended.cancel();
-        }
-    }
 }
 
 /// The value of cookie `name` in a `Cookie` header.

@@ -17,6 +17,9 @@ use crate::store::{MESSAGE_COLUMNS, message_row};
 pub const STREAM_BATCH: u32 = 100;
 /// Characters of a body the stream carries; the thread view shows it whole.
 pub const STREAM_BODY: usize = 1000;
+/// How far back (in arrivals) a filtered stream looks when it starts: a filter that matches
+/// little must not scan a big store from its first message.
+pub const LOOKBACK: i64 = 20_000;
 /// Messages a thread view or a search returns at most.
 const LIST_MAX: u32 = 500;
 
@@ -75,8 +78,9 @@ pub struct Row {
     pub message: Message,
 }
 
-/// The newest messages after `after` (by arrival) that match, oldest first, at most
-/// [`STREAM_BATCH`]; and the newest arrival in the store, where the next call goes on from.
+/// The newest messages after `after` (by arrival, and within the last [`LOOKBACK`]) that
+/// match, oldest first, at most [`STREAM_BATCH`]; and the newest arrival in the store, where
+/// the next call goes on from.
 pub fn stream(conn: &Connection, after: i64, f: &Filter) -> Result<(Vec<Row>, i64)> {
     let head: i64 = conn
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")?
@@ -84,6 +88,7 @@ pub fn stream(conn: &Connection, after: i64, f: &Filter) -> Result<(Vec<Row>, i6
     if head <= after {
         return Ok((Vec::new(), head));
     }
+    let after = after.max(head - LOOKBACK);
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, m.seq FROM messages m WHERE m.seq > ?1 AND m.seq <= ?2 \
          AND (?3 IS NULL OR m.sender = ?3 OR EXISTS \
