@@ -22,6 +22,15 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a laptop-sized window.
     pub async fn start() -> Browser {
+        Self::launch(false).await
+    }
+
+    /// The same, trusting any certificate (for a node's self-signed one).
+    pub async fn start_trusting_any_certificate() -> Browser {
+        Self::launch(true).await
+    }
+
+    async fn launch(accept_insecure: bool) -> Browser {
         for tool in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(tool).exists(),
@@ -39,6 +48,7 @@ impl Browser {
             .unwrap();
         let profile = tempdir();
         let caps = json!({
+            "acceptInsecureCerts": accept_insecure,
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": [

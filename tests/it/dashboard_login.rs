@@ -180,3 +180,26 @@ async fn an_operator_token_logs_in_as_its_name_and_revoking_it_ends_the_session(
     assert!(why.as_str().unwrap().contains("revoked"), "{why}");
     b.close().await;
 }
+
+/// Over TLS the page is `https://`, its live connection `wss://`, and the cookie `Secure`.
+#[tokio::test]
+async fn over_tls_the_dashboard_is_https_with_a_secure_cookie() {
+    let dir = tempdir();
+    let node = NodeProc::start(dir.path(), &["--tls-self-signed"]).await;
+    let url = format!("wss://127.0.0.1:{}", node.port);
+    let out = crate::common::run_ok(dir.path(), &["--node", &url, "dashboard"]).await;
+    let link = out.lines().last().unwrap();
+    assert!(
+        link.starts_with(&format!("https://127.0.0.1:{}/#code=", node.port)),
+        "{link}"
+    );
+    let b = Browser::start_trusting_any_certificate().await;
+    log_in(&b, link).await;
+    let cookie = b.c.get_all_cookies().await.unwrap();
+    let session = cookie
+        .iter()
+        .find(|c| c.name() == format!("switchboard_{}", node.port))
+        .expect("the session cookie");
+    assert_eq!(session.secure(), Some(true));
+    b.close().await;
+}

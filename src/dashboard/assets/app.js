@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   me: null, ws: null, req: 1, waiting: new Map(), view: "agents", ended: false,
   agents: [], stats: null, series: { messages: [], delivered: [], queued: [], unread: [] },
-  inbox: new Map(), retry: 500,
+  inbox: new Map(), retry: 500, pending: [], skipped: 0, drawing: false, drawn: 0,
 };
 
 function showLogin(why) {
@@ -132,6 +132,7 @@ function show(view) {
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
   for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
   if (view === "mesh") loadMesh();
+  if (view === "stream") drawSoon();
   if (view === "topics") loadTopics();
 }
 
@@ -140,15 +141,42 @@ const acts = {
   reply: (m) => replyTo(m),
 };
 
+// Rows arrive in bursts (up to five frames a second under load); they wait here, newest
+// last and at most STREAM_MAX, and go into the DOM at most four times a second, and only
+// while the stream is on screen, so a flood never holds up the page.
 function onStream(f) {
+  if (f.reset) {
+    state.pending = [];
+    state.skipped = 0;
+    $("stream").replaceChildren();
+  } else if ($("pause").checked) {
+    return;
+  }
+  state.pending.push(...f.rows);
+  if (state.pending.length > STREAM_MAX) state.pending.splice(0, state.pending.length - STREAM_MAX);
+  state.skipped += f.skipped || 0;
+  drawSoon();
+}
+
+function drawSoon() {
+  if (state.drawing || state.view !== "stream" || !state.pending.length) return;
+  state.drawing = true;
+  const wait = Math.max(0, state.drawn + 250 - Date.now());
+  setTimeout(() => requestAnimationFrame(drawStream), wait);
+}
+
+function drawStream() {
+  state.drawing = false;
+  state.drawn = Date.now();
+  const rows = state.pending;
+  state.pending = [];
   const ol = $("stream");
-  if (f.reset) ol.replaceChildren();
-  if ($("pause").checked && !f.reset) return;
+  const fresh = rows.length <= 20; // a flood does not flash
   const frag = document.createDocumentFragment();
-  for (let i = f.rows.length - 1; i >= 0; i--) frag.append(V.message(f.rows[i], acts, { fresh: !f.reset }));
+  for (let i = rows.length - 1; i >= 0; i--) frag.append(V.message(rows[i], acts, { fresh }));
   ol.prepend(frag);
   while (ol.children.length > STREAM_MAX) ol.lastChild.remove();
-  const info = f.skipped ? f.skipped + " more arrived too fast to show; " : "";
+  const info = state.skipped ? state.skipped + " more arrived too fast to show; " : "";
   $("stream-info").textContent = info + "showing the latest " + ol.children.length + " (at most " + STREAM_MAX + ")";
 }
 
