@@ -4,7 +4,7 @@
 //! The page's connection is a watcher session of the person's name (so mail to the name is
 //! pushed to it, and it counts as no agent's presence), plus the operator's views, which the
 //! node pushes as they change: the message stream (read from the store after commits, at most
-//! five times a second and [`views::STREAM_BATCH`] rows at a time, with the page's filter
+//! four times a second and [`views::STREAM_BATCH`] rows at a time, with the page's filter
 //! applied here), agents with their unread counts, and counters for the rate charts. Every
 //! write the page makes is an ordinary `send`/`mark_read` of its own name through the core,
 //! so it is durable and replicated like any other; it cannot act as anyone else.
@@ -27,8 +27,10 @@ use crate::protocol::{
 };
 use crate::transport::{Incoming, Reader, Writer};
 
-/// The shortest time between two stream reads: at most five a second, however busy the node.
-const STREAM_EVERY: Duration = Duration::from_millis(200);
+/// The shortest time between two stream reads: at most four a second, however busy the node.
+const STREAM_EVERY: Duration = Duration::from_millis(250);
+/// Ticks between two counts of unread mail (a scan of every unread inbox row).
+const RECOUNT_TICKS: u64 = 5;
 /// How often counters go out, agents are compared, and the session is checked again.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -271,7 +273,7 @@ impl<'a> Page<'a> {
                     if ticks.is_multiple_of(2) && !self.s.dashboard.still_good(&self.session).await {
                         return self.end(writer, "the session has ended (logged out, expired, or its operator token was revoked)").await;
                     }
-                    if !self.agents(writer, !ticks.is_multiple_of(2)).await || !self.stats(writer).await { return }
+                    if !self.agents(writer, ticks % RECOUNT_TICKS == 1).await || !self.stats(writer).await { return }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 2 || !writer.ping().await { return }

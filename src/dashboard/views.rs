@@ -14,7 +14,7 @@ use crate::store::{MESSAGE_COLUMNS, message_row};
 
 /// Rows a stream update carries at most; more new messages than this in one update are
 /// counted, not sent (the page keeps the last 500 rows anyway).
-pub const STREAM_BATCH: u32 = 100;
+pub const STREAM_BATCH: u32 = 50;
 /// Characters of a body the stream carries; the thread view shows it whole.
 pub const STREAM_BODY: usize = 1000;
 /// How far back (in arrivals) a filtered stream looks when it starts: a filter that matches
