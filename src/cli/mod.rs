@@ -124,6 +124,14 @@ pub struct NodeArgs {
     /// SHA-256 fingerprint is logged at start and shown in /health.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub tls_self_signed: bool,
+    /// Delete read messages this long after every recipient read them (30d, 12h, 90m, 45s,
+    /// or never) [default: config `[retention] read`, else 30d]
+    #[arg(long, value_name = "DURATION")]
+    pub retain_read: Option<String>,
+    /// Delete unread messages this long after they were sent [default: config
+    /// `[retention] unread`, else never]
+    #[arg(long, value_name = "DURATION")]
+    pub retain_unread: Option<String>,
 }
 
 /// `--sync` values.
