@@ -122,6 +122,7 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
         Command::Mesh(m) => mesh(&g, m).await,
+        Command::Prune { dry_run, json } => crate::cli::prune::prune(&g, dry_run, json).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
             if json {

@@ -5,6 +5,7 @@
 mod commands;
 mod connect;
 mod mesh;
+mod prune;
 mod signals;
 mod status;
 mod wait;
@@ -85,6 +86,16 @@ pub enum Command {
     Agent(AgentCommand),
     /// The mesh as the data dir's node sees it: every node, how it is reached, link state, lag.
     Mesh(MeshArgs),
+    /// Delete now what the node's retention deletes (--dry-run: only count it); needs the
+    /// local secret.
+    Prune {
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load generator: latency percentiles and throughput of a node.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
