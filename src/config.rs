@@ -260,6 +260,8 @@ pub struct NodeOverrides {
     pub retain_read: Option<String>,
     /// `--retain-unread`, as typed.
     pub retain_unread: Option<String>,
+    /// `--prune-interval` (hidden, for tests), as typed.
+    pub prune_interval: Option<String>,
 }
 
 /// The platform data dir (e.g. `~/.local/share/switchboard`).
@@ -308,7 +310,14 @@ impl NodeConfig {
             limits.send_per_second = r;
         }
         let d = Retention::default();
+        let every = match o.prune_interval.as_deref() {
+            Some(t) => {
+                parse_retention(t).map_err(|e| Error::Config(format!("--prune-interval: {e}")))?
+            }
+            None => None,
+        };
         limits.retention = Retention {
+            every,
             read: retention_of(
                 o.retain_read.as_deref(),
                 file.retention.read.as_deref(),

@@ -15,6 +15,9 @@ pub struct Retention {
     pub read: Option<Duration>,
     /// Since it was sent, for a message some recipient has not read.
     pub unread: Option<Duration>,
+    /// How often passes run, when not derived from the ages (tests: a pass that never comes
+    /// by itself, so `prune --dry-run` sees what is due).
+    pub every: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -22,6 +25,7 @@ impl Default for Retention {
         Retention {
             read: Some(Duration::from_secs(30 * 86_400)),
             unread: None,
+            every: None,
         }
     }
 }

@@ -241,6 +241,7 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             allow_plaintext: g.allow_plaintext,
             retain_read: a.retain_read,
             retain_unread: a.retain_unread,
+            prune_interval: a.prune_interval,
         },
     )?;
     let node = Node::start(config).await?;

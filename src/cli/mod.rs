@@ -143,6 +143,10 @@ pub struct NodeArgs {
     /// `[retention] unread`, else never]
     #[arg(long, value_name = "DURATION")]
     pub retain_unread: Option<String>,
+    /// How often retention passes run [default: a quarter of the shortest retention, at most
+    /// 30 s]. For tests.
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub prune_interval: Option<String>,
 }
 
 /// `--sync` values.

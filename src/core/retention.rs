@@ -25,9 +25,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The wait between passes for a policy.
 fn tick(policy: &Retention) -> Duration {
-    policy
-        .shortest()
-        .map_or(MAX_TICK, |s| (s / 4).clamp(MIN_TICK, MAX_TICK))
+    policy.every.unwrap_or_else(|| {
+        policy
+            .shortest()
+            .map_or(MAX_TICK, |s| (s / 4).clamp(MIN_TICK, MAX_TICK))
+    })
 }
 
 impl Router {
@@ -164,14 +166,14 @@ mod tests {
     fn passes_come_within_a_minute_and_not_too_often() {
         let p = |read: u64| Retention {
             read: Some(Duration::from_secs(read)),
-            unread: None,
+            ..Retention::default()
         };
         assert_eq!(tick(&p(30 * 86_400)), MAX_TICK);
         assert_eq!(tick(&p(8)), Duration::from_secs(2));
         assert_eq!(tick(&p(1)), MIN_TICK);
         let never = Retention {
             read: None,
-            unread: None,
+            ..Retention::default()
         };
         assert_eq!(tick(&never), MAX_TICK);
     }

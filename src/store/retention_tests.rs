@@ -33,6 +33,7 @@ fn secs(read: Option<u64>, unread: Option<u64>) -> Retention {
     Retention {
         read: read.map(Duration::from_secs),
         unread: unread.map(Duration::from_secs),
+        every: None,
     }
 }
 

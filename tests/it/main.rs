@@ -18,6 +18,7 @@ mod mesh_ops;
 mod names_mesh;
 mod props;
 mod push;
+mod retention;
 mod schemas;
 mod shutdown;
 mod tls;
