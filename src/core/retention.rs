@@ -126,23 +126,21 @@ impl Router {
 pub async fn run(router: Arc<Router>, stop: CancellationToken) {
     let policy = router.limits.retention;
     let every = tick(&policy);
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        let wait = if router.store.fault().is_some() {
-            PROBE_EVERY.min(every)
-        } else {
-            every
-        };
+        // Woken at least every PROBE_EVERY, so a fault that begins meanwhile is probed soon.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(PROBE_EVERY.min(every)) => {}
         }
         if router.store.fault().is_some() {
             router.probe().await;
             continue;
         }
-        if policy.shortest().is_none() {
+        if policy.shortest().is_none() || last_pass.elapsed() < every {
             continue;
         }
+        last_pass = tokio::time::Instant::now();
         match router.prune_pass(policy).await {
             Ok(p) if p.messages > 0 => tracing::debug!(
                 messages = p.messages,

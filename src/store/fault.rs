@@ -2,11 +2,15 @@
 //! it is fixed; the node must say so once (not once per batch: a probe logged 3,913 errors),
 //! show it in `/health` while it lasts, and notice by itself when writes work again.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Fault};
+
+/// How long writes must keep working before a fault counts as over. A nearly full disk takes
+/// some commits and refuses others; without this, each turn would log and flip `/health`.
+const RECOVERED_AFTER: Duration = Duration::from_secs(3);
 
 /// The store's write condition, shared by the writer (which sets and clears it) and everyone
 /// who reports it.
@@ -24,6 +28,8 @@ pub struct Faulted {
     pub detail: String,
     /// When it began.
     pub since: SystemTime,
+    /// Since when writes have worked without a failure, if they have.
+    ok_since: Option<Instant>,
 }
 
 impl Faulted {
@@ -70,7 +76,8 @@ impl Health {
     /// A commit failed with `fault`: logged when it begins (or changes kind), not after.
     pub(crate) fn failed(&self, fault: Fault, detail: &str) {
         let mut f = self.fault.lock();
-        if f.as_ref().is_some_and(|f| f.fault == fault) {
+        if let Some(going) = f.as_mut().filter(|f| f.fault == fault) {
+            going.ok_since = None;
             tracing::debug!(error = %detail, "store commit failed again");
             return;
         }
@@ -78,14 +85,28 @@ impl Health {
             fault,
             detail: detail.to_owned(),
             since: SystemTime::now(),
+            ok_since: None,
         };
         tracing::error!(error = %detail, "{}; reads, presence and connections go on", now.reason());
         *f = Some(now);
     }
 
-    /// A commit that wrote succeeded: a fault is over.
+    /// A commit that wrote succeeded: a fault is over once writes have kept working for a
+    /// while (the node's probe writes every few seconds while it lasts).
     pub(crate) fn wrote(&self) {
         let mut f = self.fault.lock();
+        let Some(going) = f.as_mut() else { return };
+        match going.ok_since {
+            None => going.ok_since = Some(Instant::now()),
+            Some(t) if t.elapsed() >= RECOVERED_AFTER => {}
+            Some(_) => return,
+        }
+        if going
+            .ok_since
+            .is_some_and(|t| t.elapsed() < RECOVERED_AFTER)
+        {
+            return;
+        }
         if let Some(gone) = f.take() {
             let secs = gone.since.elapsed().unwrap_or(Duration::ZERO).as_secs();
             tracing::warn!(

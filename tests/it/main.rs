@@ -4,6 +4,7 @@ mod chaos;
 mod cli;
 mod common;
 mod data_dir_node;
+mod disk_full;
 mod durability;
 mod embedded;
 mod first_minutes;
