@@ -22,6 +22,7 @@ mod push;
 mod retention;
 mod schemas;
 mod shutdown;
+mod soak;
 mod tls;
 mod tls_mesh;
 mod unmeshed;
