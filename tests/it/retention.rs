@@ -23,15 +23,23 @@ async fn search_ids(c: &Client, q: &str) -> Vec<String> {
     r.messages.into_iter().map(|m| m.id).collect()
 }
 
-fn wal_bytes(dir: &Path) -> u64 {
+pub fn wal_bytes(dir: &Path) -> u64 {
     std::fs::metadata(dir.join("switchboard.db-wal")).map_or(0, |m| m.len())
+}
+
+/// A node with no send limit and these retention flags, and alice and bob on it.
+pub async fn alice_and_bob(dir: &Path, retention: &[&str]) -> (NodeProc, Client, Client) {
+    let mut args = vec!["--send-rate", "0"];
+    args.extend_from_slice(retention);
+    let node = NodeProc::start(dir, &args).await;
+    let (alice, bob) = (node.client("alice").await, node.client("bob").await);
+    (node, alice, bob)
 }
 
 #[tokio::test]
 async fn read_mail_goes_after_its_retention_and_threads_and_search_stay_whole() {
     let dir = tempdir();
-    let node = NodeProc::start(dir.path(), &["--send-rate", "0", "--retain-read", "1s"]).await;
-    let (alice, bob) = (node.client("alice").await, node.client("bob").await);
+    let (node, alice, bob) = alice_and_bob(dir.path(), &["--retain-read", "1s"]).await;
     let root = alice
         .send(msg("bob", "zebra question", None))
         .await
@@ -69,16 +77,8 @@ async fn read_mail_goes_after_its_retention_and_threads_and_search_stay_whole() 
 async fn prune_dry_run_counts_what_prune_then_deletes() {
     let dir = tempdir();
     // Passes never come by themselves here, so what is due waits for the command.
-    let args = [
-        "--send-rate",
-        "0",
-        "--retain-read",
-        "1s",
-        "--prune-interval",
-        "1h",
-    ];
-    let node = NodeProc::start(dir.path(), &args).await;
-    let (alice, bob) = (node.client("alice").await, node.client("bob").await);
+    let retention = ["--retain-read", "1s", "--prune-interval", "1h"];
+    let (node, alice, bob) = alice_and_bob(dir.path(), &retention).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let body = format!("okapi number {i} {}", "x".repeat(1000));

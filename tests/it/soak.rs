@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use switchboard::protocol::SendRequest;
 
-use crate::common::{NodeProc, eventually, health, tempdir};
+use crate::common::{eventually, health, tempdir};
+use crate::retention::{alice_and_bob, wal_bytes};
 
 /// Sends in flight at once.
 const WINDOW: usize = 512;
@@ -16,25 +17,13 @@ fn db_bytes(dir: &Path) -> u64 {
     std::fs::metadata(dir.join("switchboard.db")).map_or(0, |m| m.len())
 }
 
-fn wal_bytes(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join("switchboard.db-wal")).map_or(0, |m| m.len())
-}
-
 /// Sends `total` messages alice → bob, bob marking everything read as it goes, under a
 /// one-second retention for read mail (two for unread); checks the database file ends within
 /// twice its size after the first 10,000.
 async fn soak(total: usize) {
     let dir = tempdir();
-    let args = [
-        "--send-rate",
-        "0",
-        "--retain-read",
-        "1s",
-        "--retain-unread",
-        "2s",
-    ];
-    let node = NodeProc::start(dir.path(), &args).await;
-    let (alice, bob) = (node.client("alice").await, node.client("bob").await);
+    let retention = ["--retain-read", "1s", "--retain-unread", "2s"];
+    let (node, alice, bob) = alice_and_bob(dir.path(), &retention).await;
     let started = Instant::now();
     let mut after_10k = None;
     let mut peak = (0, 0);
