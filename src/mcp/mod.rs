@@ -25,9 +25,11 @@ mod tools;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::Client;
 pub use push::{PushMode, PushSettings};
@@ -49,6 +51,8 @@ struct Inner {
     peer: Mutex<Option<Peer<RoleServer>>>,
     /// Whether arriving mail is pushed as channel events (and the capability declared).
     push: push::Push,
+    /// The background tasks (resource notifier, pusher): the server ends only after they do.
+    tasks: TaskTracker,
 }
 
 /// The MCP server of one agent.
@@ -70,6 +74,7 @@ impl McpServer {
                 legacy_subscribed: Mutex::new(HashSet::new()),
                 peer: Mutex::new(None),
                 push: push::Push::new(push),
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -98,4 +103,18 @@ get_inbox) once handled. You need not poll inbox://{agent} or call wait_for_mess
         ));
     }
     text
+}
+
+impl McpServer {
+    /// Waits for the background tasks after `shutdown` was cancelled; they watch it, so this
+    /// is quick, and bounded so that a task stuck writing to a dead stdout cannot hold the exit.
+    async fn stop_tasks(&self) {
+        self.inner.tasks.close();
+        if tokio::time::timeout(Duration::from_millis(300), self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("background MCP tasks still running at exit");
+        }
+    }
 }

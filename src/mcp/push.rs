@@ -240,7 +240,7 @@ impl McpServer {
     /// the handshake names Claude Code), then sends channel events until shutdown.
     pub fn start_push(&self, peer: Peer<RoleServer>) {
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let mut on = inner.push.on.subscribe();
             loop {
                 if *on.borrow_and_update() {

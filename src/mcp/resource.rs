@@ -16,7 +16,7 @@ impl McpServer {
         *self.inner.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
         let inner = self.inner.clone();
         let mut pushes = inner.client.pushes();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             loop {
                 let got = tokio::select! {
                     _ = inner.shutdown.cancelled() => return,

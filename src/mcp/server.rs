@@ -196,6 +196,7 @@ pub async fn serve_stdio(
         }
     };
     shutdown.cancel();
+    server.stop_tasks().await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "MCP service ended with an error");
     }
