@@ -9,6 +9,7 @@
 //! - [`client`] — a reconnecting WebSocket client used by the MCP server, the CLI and bench.
 //! - [`mcp`] — the MCP stdio server (`switchboard mcp`).
 //! - [`mesh`] — peer links between nodes: authentication, log replication, presence.
+//! - [`dashboard`] — the web dashboard the node serves at `/`.
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
 //! - `bench` — the load generator (`switchboard bench`, cargo feature `bench`).
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod embedded;
 pub mod error;
 pub mod mcp;

@@ -4,6 +4,7 @@
 
 mod commands;
 mod connect;
+mod dashboard;
 mod mesh;
 mod prune;
 mod signals;
@@ -96,6 +97,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time login link for the web dashboard of the running node (last line).
+    Dashboard(DashboardArgs),
     /// Load generator: latency percentiles and throughput of a node.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -278,6 +281,9 @@ pub enum TokenCommand {
     Issue {
         /// The agent.
         name: String,
+        /// An operator token: it also logs in to the web dashboard (as NAME).
+        #[arg(long)]
+        operator: bool,
     },
     /// Revoke NAME's token.
     Revoke {
@@ -306,6 +312,20 @@ pub enum AgentCommand {
         /// The agent.
         name: String,
     },
+}
+
+/// `switchboard dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The name the dashboard writes as [default: human; an operator token's own name]
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Open the link in the desktop's browser too.
+    #[arg(long)]
+    pub open: bool,
+    /// How long the link works (e.g. 30s, 5m; at most 10m) [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = wait::parse_timeout)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// `switchboard mesh [forget NODE]`.

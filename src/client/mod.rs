@@ -266,8 +266,29 @@ impl Client {
 
     /// Token management (needs the local secret).
     pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
-        self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
-            .await
+        self.ask(|req| {
+            ClientFrame::Token(TokenRequest {
+                req,
+                action,
+                name,
+                operator: false,
+            })
+        })
+        .await
+    }
+
+    /// Issues an operator token for `name`: an agent token that also logs in to the web
+    /// dashboard (needs the local secret).
+    pub async fn operator_token(&self, name: String) -> Result<TokenResult> {
+        self.ask(|req| {
+            ClientFrame::Token(TokenRequest {
+                req,
+                action: TokenAction::Issue,
+                name: Some(name),
+                operator: true,
+            })
+        })
+        .await
     }
 
     /// Forgets an agent that has no session open (local secret only).

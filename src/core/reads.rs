@@ -119,12 +119,14 @@ impl Router {
             .await
     }
 
-    /// Issues, revokes or lists tokens. `admin`: the connection holds the local secret.
+    /// Issues, revokes or lists tokens. `admin`: the connection holds the local secret;
+    /// `operator`: issue an operator token (it also logs in to the web dashboard).
     pub async fn token(
         &self,
         admin: bool,
         action: TokenAction,
         name: Option<String>,
+        operator: bool,
     ) -> Result<TokenResult> {
         if !admin {
             return Err(Error::refused(
@@ -144,7 +146,11 @@ impl Router {
         match action {
             TokenAction::Issue => {
                 let n = need_name()?;
-                let token = auth::new_token();
+                let token = if operator {
+                    auth::new_operator_token()
+                } else {
+                    auth::new_token()
+                };
                 let (hash, n2, now) = (auth::hash_token(&token), n.clone(), now_ms());
                 self.store
                     .write(move |c| queries::put_token(c, &n2, &hash, now, Some(&origin)))

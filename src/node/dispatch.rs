@@ -113,7 +113,7 @@ impl Conn {
             },
             ClientFrame::Token(t) => ServerFrame::Tokens {
                 req: t.req,
-                result: r.token(self.admin, t.action, t.name).await?,
+                result: r.token(self.admin, t.action, t.name, t.operator).await?,
             },
             ClientFrame::Forget(f) => ServerFrame::Forgotten {
                 req: f.req,

@@ -1,5 +1,6 @@
 //! The node's one port: the accept loop, and the routes `/ws` (clients and peers, see
-//! [`upgrade`](super::upgrade)), `/health` and `/metrics`. hyper and axum do the HTTP.
+//! [`upgrade`](super::upgrade)), `/health`, `/metrics`, and the web dashboard's (`/`, see
+//! [`crate::dashboard`]). hyper and axum do the HTTP.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// The port's TLS, if it speaks TLS.
     pub tls: Option<ServerTls>,
+    /// The web dashboard's logins and sessions.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled: what axum's `serve` does, plus a
@@ -137,6 +140,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/ws", get(super::upgrade::ws))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

@@ -114,6 +114,12 @@ impl Node {
         {
             tracing::warn!(kept = ?m.into, merged = ?m.from, "agent names that differ only in case are one agent now: merged");
         }
+        let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+            secret.clone(),
+            store.clone(),
+            addr.port(),
+            tls.is_some(),
+        ));
         let router = Arc::new(
             Router::load(
                 config.node_id.clone(),
@@ -156,6 +162,7 @@ impl Node {
             mesh,
             connections: Arc::new(tokio::sync::Semaphore::new(router.limits.max_connections)),
             tls: tls.clone(),
+            dashboard,
         });
         let server = tracker.spawn(http::serve(
             listener,

@@ -253,6 +253,9 @@ pub struct TokenRequest {
     /// The agent the token is for (`issue`, `revoke`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `issue`: an operator token, which also logs in to the web dashboard as `name`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 /// `switchboard mesh forget NODE`.

@@ -37,6 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 
 pub use instances::{Bound, bind_peer, holders, release};
+/// For reads of other layers' own (the dashboard's operator views): the one message mapper.
+pub(crate) use rows::{AFTER_MESSAGE, MESSAGE_COLUMNS, message_row};
 pub use rows::{AgentRow, InboxQuery, NewMessage, Stored, TokenRow};
 
 /// The SQL behind every store job, by the name the node has always used for it.

@@ -1,8 +1,12 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
+mod browser;
 mod chaos;
 mod cli;
 mod common;
+mod dashboard;
+mod dashboard_load;
+mod dashboard_login;
 mod data_dir_node;
 mod disk_full;
 mod durability;
