@@ -37,6 +37,7 @@ pub mod message;
 pub mod node;
 pub mod plaintext;
 pub mod protocol;
+pub mod retention;
 pub mod schemas;
 pub mod store;
 pub mod tls;

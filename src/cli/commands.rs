@@ -122,6 +122,7 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
         Command::Mesh(m) => mesh(&g, m).await,
+        Command::Prune { dry_run, json } => crate::cli::prune::prune(&g, dry_run, json).await,
         Command::Dashboard(a) => dashboard(&g, a).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
@@ -239,6 +240,9 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             tls_self_signed: a.tls_self_signed,
             tls_ca: g.tls_ca.clone(),
             allow_plaintext: g.allow_plaintext,
+            retain_read: a.retain_read,
+            retain_unread: a.retain_unread,
+            prune_interval: a.prune_interval,
         },
     )?;
     let node = Node::start(config).await?;

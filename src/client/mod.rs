@@ -78,6 +78,7 @@ answers!(
     TokenResult => Tokens,
     ForgetResult => Forgotten,
     MeshForgetResult => MeshForgot,
+    PruneResult => Pruned,
 );
 
 impl Client {
@@ -299,6 +300,13 @@ impl Client {
     /// Drops a departed peer node from the node's mesh (needs the local secret).
     pub async fn mesh_forget(&self, node: String) -> Result<MeshForgetResult> {
         self.ask(|req| ClientFrame::MeshForget(MeshForgetRequest { req, node }))
+            .await
+    }
+
+    /// Deletes (or counts, `dry_run`) what the node's retention deletes now (needs the local
+    /// secret).
+    pub async fn prune(&self, dry_run: bool) -> Result<PruneResult> {
+        self.ask(|req| ClientFrame::Prune(PruneRequest { req, dry_run }))
             .await
     }
 }

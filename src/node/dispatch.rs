@@ -123,6 +123,10 @@ impl Conn {
                 req: f.req,
                 result: self.mesh_forget(&f.node).await?,
             },
+            ClientFrame::Prune(p) => ServerFrame::Pruned {
+                req: p.req,
+                result: r.prune(self.admin, p.dry_run).await?,
+            },
             ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
         }))
     }

@@ -130,6 +130,10 @@ impl Node {
             )
             .await?,
         );
+        tracker.spawn(crate::core::retention::run(
+            router.clone(),
+            shutdown.clone(),
+        ));
         let mesh = match &config.mesh_secret_file {
             Some(f) => Some(Mesh::start(
                 router.clone(),
@@ -235,6 +239,10 @@ impl Node {
         let _ = tokio::time::timeout_at(deadline, &mut self.server).await;
         // Everything queued before this point is committed when it returns.
         let flushed = self.router.flush().await;
+        // A WAL left behind keeps its size (tens of MB after a burst) until the next start.
+        if let Err(e) = self.router.store.truncate_wal().await {
+            tracing::debug!(error = %e, "could not empty the WAL at shutdown");
+        }
         drop(self.lock.take());
         tracing::info!("node stopped");
         flushed
