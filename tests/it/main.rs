@@ -15,6 +15,7 @@ mod mcp;
 mod mesh;
 mod mesh_links;
 mod mesh_ops;
+mod mesh_presence;
 mod names_mesh;
 mod props;
 mod push;
