@@ -238,6 +238,7 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             tls_self_signed: a.tls_self_signed,
             tls_ca: g.tls_ca.clone(),
             allow_plaintext: g.allow_plaintext,
+            advertise: a.advertise,
         },
     )?;
     let node = Node::start(config).await?;

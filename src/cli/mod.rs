@@ -124,6 +124,11 @@ pub struct NodeArgs {
     /// SHA-256 fingerprint is logged at start and shown in /health.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub tls_self_signed: bool,
+    /// The URL peers should dial for this node [default: the URL they dialed, or the address
+    /// this node dialed from with its port]; `none` for a node nobody can dial (behind NAT):
+    /// it only dials out, and its peers relay its mail and presence.
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE", value_name = "URL|none")]
+    pub advertise: Option<String>,
 }
 
 /// `--sync` values.

@@ -19,6 +19,7 @@ mod mesh_presence;
 mod names_mesh;
 mod props;
 mod push;
+mod relay;
 mod schemas;
 mod shutdown;
 mod tls;
