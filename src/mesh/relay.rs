@@ -389,3 +389,46 @@ impl Mesh {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wants(cursors: &[(&str, u64)], direct: &[&str]) -> Wants {
+        Wants {
+            cursors: cursors
+                .iter()
+                .map(|(o, c)| OriginCursor {
+                    origin: (*o).into(),
+                    cursor: *c,
+                })
+                .collect(),
+            direct: direct.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    fn at(out: &Outbound, origin: &str) -> Option<u64> {
+        out.wanted.as_ref()?.at.get(origin).copied()
+    }
+
+    #[test]
+    fn new_wants_keep_what_was_shipped_of_an_origin_wanted_all_along() {
+        let mut out = Outbound::default();
+        assert!(!out.relays());
+        out.want(wants(&[("a", 3), ("b", 5)], &["b"]));
+        assert!(out.relays());
+        // This link shipped a up to 9 meanwhile; b came from its origin itself.
+        if let Some(w) = &mut out.wanted {
+            w.at.insert("a".into(), 9);
+            w.at.insert("b".into(), 7);
+        }
+        // The peer's cursors lag what is in flight: a goes on from 9. Its link to b ended:
+        // b starts again from the peer's own cursor, not from what this link had.
+        out.want(wants(&[("a", 4), ("b", 6)], &[]));
+        assert_eq!((at(&out, "a"), at(&out, "b")), (Some(9), Some(6)));
+        // An origin the peer now links to is left to that link.
+        out.want(wants(&[("a", 9)], &["a"]));
+        assert_eq!(at(&out, "a"), Some(9));
+        assert!(out.wanted.as_ref().unwrap().direct.contains("a"));
+    }
+}

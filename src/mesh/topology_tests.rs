@@ -176,6 +176,53 @@ fn an_accepted_peer_is_reachable_at_its_address_and_reported_port() {
 }
 
 #[test]
+fn a_peer_that_advertises_none_is_never_told_nor_dialed_and_a_url_replaces_the_address() {
+    let mut t = Topology::new("hub");
+    let ip: IpAddr = "10.0.0.2".parse().unwrap();
+    let l1 = t.join("l1", None, order(1, 1), "i1", ()).unwrap();
+    // No dialer for it, nothing to tell others, and a report of it by an older peer is void.
+    assert_eq!(
+        t.heard_from("l1", l1.id, Some(ip), (9, false), Some("none"), vec![]),
+        Some(vec![])
+    );
+    assert!(t.linked_except("x").is_empty());
+    assert!(t.known()[0].undialable);
+    let c = t.join("c", DIAL, order(1, 1), "ic", ()).unwrap();
+    let report = vec![addr("l1", "ws://10.0.0.2:9")];
+    assert_eq!(
+        t.heard_from("c", c.id, None, (7, false), None, report),
+        Some(vec![])
+    );
+    t.leave("l1", l1.id);
+    assert_eq!(t.look(&Target::Node("l1".into()), None, 0).url, None);
+    // A peer that advertises a URL is told to others at that URL, not at its address.
+    let d = t.join("d", None, order(1, 1), "id", ()).unwrap();
+    let url = "wss://d.example.com:443";
+    assert_eq!(
+        t.heard_from("d", d.id, Some(ip), (9, true), Some(url), vec![]),
+        Some(vec!["d".to_owned()])
+    );
+    assert!(t.linked_except("x").contains(&addr("d", url)));
+    assert_eq!(t.linked_keys(), ["ic", "id"]);
+    // A malformed advertisement is ignored: the address seen stands.
+    assert_eq!(
+        t.heard_from(
+            "d",
+            d.id,
+            Some(ip),
+            (9, true),
+            Some("d.example.com"),
+            vec![]
+        ),
+        Some(vec![])
+    );
+    assert!(
+        t.linked_except("x")
+            .contains(&addr("d", "wss://10.0.0.2:9"))
+    );
+}
+
+#[test]
 fn leaving_withdraws_what_the_peer_reported() {
     let mut t = Topology::new("a");
     let b = t.join("b", DIAL, order(1, 1), "b", ()).unwrap();
