@@ -63,6 +63,8 @@ pub struct FileConfig {
     /// How long messages are kept.
     #[serde(default)]
     pub retention: FileRetention,
+    /// The URL peers should dial for this node, or `none` (see [`Advertise`]).
+    pub advertise: Option<String>,
 }
 
 /// The `[retention]` table: durations as `30d`, `12h`, `90m`, `45s`, or `never`.
@@ -73,6 +75,51 @@ pub struct FileRetention {
     pub read: Option<String>,
     /// Unread messages are deleted this long after they were sent.
     pub unread: Option<String>,
+}
+
+/// What a node tells its peers about dialing it (`--advertise URL|none`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Advertise {
+    /// Nothing said: peers dial the URL they dialed, or the address an accepted link came
+    /// from with the port this node listens on.
+    #[default]
+    Default,
+    /// Peers should dial this URL (a public name, a port forwarded by NAT, a proxy).
+    Url(String),
+    /// This node cannot be dialed (a laptop behind NAT): it only dials out, nobody dials it,
+    /// and its peers relay for it.
+    None,
+}
+
+impl Advertise {
+    /// Reads `--advertise` (or config `advertise`): `none` or a `ws://`/`wss://` URL. A node
+    /// serving TLS that advertises `ws://` would never be reached: refused here.
+    pub fn parse(text: &str, serves_tls: bool) -> Result<Advertise> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("none") {
+            return Ok(Advertise::None);
+        }
+        validate_ws_url(t).map_err(|e| {
+            Error::Config(format!(
+                "--advertise: {e} (or `none` for a node nobody dials)"
+            ))
+        })?;
+        if serves_tls && t.starts_with("ws://") {
+            return Err(Error::Config(format!(
+                "--advertise: this node serves TLS only; advertise wss://, not {t}"
+            )));
+        }
+        Ok(Advertise::Url(t.to_owned()))
+    }
+
+    /// What peers are told: `None` for the default, else `none` or the URL.
+    pub fn wire(&self) -> Option<String> {
+        match self {
+            Advertise::Default => None,
+            Advertise::Url(u) => Some(u.clone()),
+            Advertise::None => Some("none".into()),
+        }
+    }
 }
 
 /// The `[tls]` table.
@@ -227,6 +274,8 @@ pub struct NodeConfig {
     pub tls_ca: Vec<PathBuf>,
     /// Permit plain peer links to and from other machines.
     pub allow_plaintext: bool,
+    /// What peers are told about dialing this node.
+    pub advertise: Advertise,
 }
 
 /// Command-line (and env) overrides for a node; `None` means "not given".
@@ -262,6 +311,8 @@ pub struct NodeOverrides {
     pub retain_unread: Option<String>,
     /// `--prune-interval` (hidden, for tests), as typed.
     pub prune_interval: Option<String>,
+    /// `--advertise`.
+    pub advertise: Option<String>,
 }
 
 /// The platform data dir (e.g. `~/.local/share/switchboard`).
@@ -352,6 +403,10 @@ impl NodeConfig {
             validate_ws_url(p).map_err(|e| Error::Config(format!("peer {e}")))?;
             crate::plaintext::check_peer(p, allow_plaintext)?;
         }
+        let advertise = match o.advertise.or(file.advertise) {
+            Some(a) => Advertise::parse(&a, tls.is_some())?,
+            None => Advertise::Default,
+        };
         Ok(NodeConfig {
             data_dir,
             listen,
@@ -363,6 +418,7 @@ impl NodeConfig {
             tls,
             tls_ca: o.tls_ca.or(file.tls.ca).into_iter().collect(),
             allow_plaintext,
+            advertise,
         })
     }
 
@@ -474,6 +530,28 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.node_id, "flagnode");
         assert_eq!(c.limits.send_per_second, 7);
+    }
+
+    #[test]
+    fn advertise_is_a_url_or_none() {
+        assert_eq!(Advertise::parse("none", false).unwrap(), Advertise::None);
+        assert_eq!(
+            Advertise::parse("NONE", true).unwrap().wire().unwrap(),
+            "none"
+        );
+        assert_eq!(
+            Advertise::parse("wss://hub.example.com:8765", true).unwrap(),
+            Advertise::Url("wss://hub.example.com:8765".into())
+        );
+        assert_eq!(Advertise::Default.wire(), None);
+        let e = Advertise::parse("hub.example.com", false).unwrap_err();
+        assert!(e.to_string().contains("--advertise"), "{e}");
+        let e = Advertise::parse("ws://hub.example.com:8765", true).unwrap_err();
+        assert!(e.to_string().contains("wss://"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "advertise = \"none\"\n").unwrap();
+        let c = NodeConfig::resolve(dir.path().into(), NodeOverrides::default()).unwrap();
+        assert_eq!(c.advertise, Advertise::None);
     }
 
     #[test]

@@ -87,9 +87,13 @@ fn fields(f: &PeerFrame) {
                 time(a.connected_since);
             }
         }
-        PeerFrame::Events { events } => events.iter().for_each(|e| event(&e.body)),
-        PeerFrame::Delivered { ids } => {
+        PeerFrame::Events { events } | PeerFrame::Relay { events, .. } => {
+            events.iter().for_each(|e| event(&e.body))
+        }
+        PeerFrame::Routes { nodes } => nodes.iter().for_each(|b| check_name(&b.node)),
+        PeerFrame::Delivered { ids, to, .. } => {
             let _ = ids.len();
+            to.iter().for_each(|n| check_name(n));
         }
         PeerFrame::Sync { .. }
         | PeerFrame::Ack { .. }

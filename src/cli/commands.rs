@@ -243,6 +243,7 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             retain_read: a.retain_read,
             retain_unread: a.retain_unread,
             prune_interval: a.prune_interval,
+            advertise: a.advertise,
         },
     )?;
     let node = Node::start(config).await?;

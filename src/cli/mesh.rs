@@ -111,16 +111,22 @@ pub fn forgot_text(r: &MeshForgetResult) -> String {
 /// The table for people.
 pub fn text(r: &Report) -> String {
     let named = r.nodes.iter().filter(|n| n.node.is_some());
+    let up = |n: &&NodeView| n.state == crate::mesh::LinkState::Up;
     let linked = named
         .clone()
-        .filter(|n| n.state == crate::mesh::LinkState::Up)
+        .filter(up)
+        .filter(|n| n.route == Route::Direct)
         .count();
+    let relayed = named.clone().filter(up).count() - linked;
     let mut out = format!(
         "{} (instance {}): {linked} of {} known nodes linked",
         r.node_id,
         r.instance.as_deref().unwrap_or("?"),
         named.count()
     );
+    if relayed > 0 {
+        out.push_str(&format!(", {relayed} reached through others"));
+    }
     let silent = r.nodes.iter().filter(|n| n.node.is_none()).count();
     if silent > 0 {
         out.push_str(&format!(
@@ -165,7 +171,11 @@ pub fn text(r: &Report) -> String {
                 n.lag
                     .applied_seconds_ago
                     .map_or("-".into(), |s| format!("{s}s ago")),
-                n.url.clone().unwrap_or_else(|| "-".into()),
+                match (&n.url, n.undialable) {
+                    (_, true) => "none (dials out)".into(),
+                    (Some(u), false) => u.clone(),
+                    (None, false) => "-".into(),
+                },
             ]);
         }
         out.push('\n');

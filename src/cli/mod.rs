@@ -150,6 +150,11 @@ pub struct NodeArgs {
     /// 30 s]. For tests.
     #[arg(long, value_name = "DURATION", hide = true)]
     pub prune_interval: Option<String>,
+    /// The URL peers should dial for this node [default: the URL they dialed, or the address
+    /// this node dialed from with its port]; `none` for a node nobody can dial (behind NAT):
+    /// it only dials out, and its peers relay its mail and presence.
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE", value_name = "URL|none")]
+    pub advertise: Option<String>,
 }
 
 /// `--sync` values.

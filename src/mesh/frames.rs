@@ -68,13 +68,28 @@ pub enum PeerFrame {
         /// The entries.
         events: Vec<Event>,
     },
+    /// Entries of another origin's log that the sender has applied, in order, for a receiver
+    /// that asked for them (its `peers` frame's `relay`): how nodes that are not linked to
+    /// each other replicate through the nodes between them.
+    Relay {
+        /// The origin's log key (its instance id).
+        origin: String,
+        /// The entry of the origin's log the sender applied just before the first of these:
+        /// a receiver that has not applied that far would skip entries, and takes none.
+        after: u64,
+        /// The entries.
+        events: Vec<Event>,
+    },
     /// Entries applied up to here.
     Ack {
         /// Last seq applied.
         cursor: u64,
     },
-    /// The sender's online agents (also the heartbeat).
+    /// The online agents of the sender, or of a node it relays for (`node`).
     Presence {
+        /// The node whose agents these are; absent: the sender's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
         /// Increases on every restart of the node.
         incarnation: u64,
         /// Increases on every change within an incarnation.
@@ -100,11 +115,35 @@ pub enum PeerFrame {
         tls: bool,
         /// The sender's live links, except to the receiver.
         nodes: Vec<PeerAddr>,
+        /// What the sender advertises (`--advertise`): a URL to dial it at, or `none` when
+        /// it cannot be dialed (it is then never reported to others nor dialed). Absent: dial
+        /// the URL dialed, or the address the link came from with `port`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        advertise: Option<String>,
+        /// The sender relays and wants relayed: what it has applied of each origin, and the
+        /// origins it is linked to itself (nothing of theirs is relayed to it). Absent from
+        /// nodes that do not relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<Wants>,
+    },
+    /// Every node the sender reaches (itself, its links and nodes it reaches through them),
+    /// each with the newest heartbeat the sender has from that node itself. Sent every
+    /// second and when a node is lost, to nodes that relay.
+    Routes {
+        /// The nodes.
+        nodes: Vec<Beat>,
     },
     /// A session of a recipient on the sender's node holds these messages.
     Delivered {
         /// Message ids.
         ids: Vec<String>,
+        /// The origin the notice is for, when the receiver is to pass it on (it is not
+        /// linked to the sender); absent: the receiver is the origin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// Nodes it has passed through: a notice is dropped past [`MAX_HOPS`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        hops: u8,
     },
     /// The link is refused.
     Error {
@@ -113,6 +152,48 @@ pub enum PeerFrame {
         /// Explanation.
         message: String,
     },
+}
+
+/// Most nodes a relayed notice passes through.
+pub const MAX_HOPS: u8 = 16;
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+/// What a node asks its peer to relay (see [`PeerFrame::Peers`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Wants {
+    /// How far the sender has applied each origin's log; an origin not listed: not at all.
+    pub cursors: Vec<OriginCursor>,
+    /// Origins the sender is linked to: it gets their logs from them.
+    pub direct: Vec<String>,
+}
+
+/// How far one origin's log is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OriginCursor {
+    /// The origin's log key (its instance id).
+    pub origin: String,
+    /// The last entry applied.
+    pub cursor: u64,
+}
+
+/// A node's heartbeat as relayed: it proves the node was alive and reachable when it beat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Beat {
+    /// Node id.
+    pub node: String,
+    /// Its log key (instance id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Increases with every heartbeat of one incarnation.
+    pub beat: u64,
+    /// Its log head at that beat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
 }
 
 /// A node and a URL it can be dialed at.

@@ -1,9 +1,7 @@
 //! One authenticated link, from joining the topology to leaving it: the loop that streams
-//! this node's log and presence to the peer and takes in the peer's, and the tasks that finish
-//! the peer's applies off the loop — one pushes each apply's new messages to local sessions as
-//! soon as the apply has run (before its commit), one takes the commits in order, hands their
-//! directory changes to the router and publishes the cursor the link acks. Neither runs on the
-//! store's writer thread, which only applies.
+//! this node's log and presence to the peer and takes in the peer's — and, for a peer that
+//! relays, what this node has of other nodes (`relay`). The peer's applies are finished off
+//! the loop (`applying`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,17 +9,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::frames::{PeerAddr, PeerError, PeerFrame, events_frame};
+use super::applying::Source;
+use super::frames::{PeerAddr, PeerError, PeerFrame, Wants, events_frame};
+use super::relay::Outbound;
 use super::status::{LinkOrigin, LinkState};
 use super::topology::{Order, Refused};
 use super::{LinkHandle, Mesh};
-use crate::core::Router;
-use crate::error::Result;
-use crate::store::replication::{self, Applied};
-use crate::store::{Bound, Stored};
+use crate::store::Bound;
+use crate::store::replication;
 use crate::transport::{TextSink, TextStream};
 
 /// Events per `events` frame.
@@ -33,10 +31,6 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const PRESENCE_COALESCE: Duration = Duration::from_millis(20);
 /// A link silent this long is dead.
 const SILENCE: Duration = Duration::from_secs(10);
-/// `events` frames being applied at once per link. The link queues each apply and reads on;
-/// a completer takes the results in order. Waiting for each commit before reading the next
-/// frame made one slow disk write delay every frame queued behind it by a commit each.
-const APPLYING: usize = 64;
 
 /// How long a refused peer has to read the refusal and close.
 const REFUSAL_READ: Duration = Duration::from_secs(2);
@@ -148,7 +142,7 @@ impl Mesh {
             Err(end) => return end,
         };
         let (out_tx, mut out_rx) = mpsc::channel::<String>(1024);
-        let (link_id, replaced) = match self.join(&peer, &via, order, out_tx) {
+        let (link_id, replaced) = match self.join(&peer, &via, order, &log_key, out_tx) {
             Ok(joined) => joined,
             Err(Refused::OlderRun) => {
                 // Two live nodes with one id would corrupt each other's replication.
@@ -177,18 +171,16 @@ impl Mesh {
         let mut commits = store.commits();
         let mut presence = router.presence_watch();
         let mut topology = self.changed.subscribe();
-        let mut told: Option<Vec<PeerAddr>> = None;
+        let mut relayed = self.relays.watch();
+        let mut routes = self.routes_version.subscribe();
+        let mut told: Option<(Vec<PeerAddr>, Vec<String>)> = None;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut silence = Box::pin(tokio::time::sleep(SILENCE));
         let mut sent_upto: Option<u64> = None;
-        // Send a first snapshot right away; later ones when presence changes.
-        let mut presence_due = Some(tokio::time::Instant::now());
-        let Completer {
-            pushes,
-            applying,
-            mut applied_upto,
-            mut failed,
-        } = self.completer(&peer);
+        let mut presence_due = None;
+        let mut routes_due = None;
+        let mut out = Outbound::default();
+        let (completer, mut applied_upto, mut failed) = self.completer(&peer, &log_key);
         let p = log_key.clone();
         let cursor = store
             .read(move |c| replication::cursor(c, &p))
@@ -205,25 +197,30 @@ impl Mesh {
             Via::Dialed(_) => None,
         };
         let ended: LinkEnd = 'link: {
-            if let Err(e) = sink.send(PeerFrame::Sync { cursor }.text()).await {
-                break 'link LinkEnd::Write(e.to_string());
+            // Every new link starts with this node's presence, whatever the peer saw before
+            // (a restarted peer has nothing): later snapshots go when presence changes.
+            let first = [PeerFrame::Sync { cursor }, self.presence_frame()];
+            for f in first {
+                if let Err(e) = sink.send(f.text()).await {
+                    break 'link LinkEnd::Write(e.to_string());
+                }
             }
-            let mut pump = false;
-            let mut tell = true;
+            let (mut pump, mut relay_pump, mut tell) = (false, false, true);
             loop {
                 if tell {
                     tell = false;
-                    let nodes = self.topology.lock().linked_except(&peer);
-                    if told.as_ref() != Some(&nodes) {
-                        let f = PeerFrame::Peers {
-                            port: self.reach.port,
-                            tls: self.reach.serves_tls,
-                            nodes: nodes.clone(),
-                        };
+                    // The nodes this node is linked to and where, and (for the peer's relay)
+                    // which logs it gets from their origins.
+                    let current = {
+                        let t = self.topology.lock();
+                        (t.linked_except(&peer), t.linked_keys())
+                    };
+                    if told.as_ref() != Some(&current) {
+                        let f = self.peers_frame(current.0.clone()).await;
                         if let Err(e) = sink.send(f.text()).await {
                             break 'link LinkEnd::Write(e.to_string());
                         }
-                        told = Some(nodes);
+                        told = Some(current);
                     }
                 }
                 if pump && let Some(after) = sent_upto {
@@ -261,6 +258,15 @@ impl Mesh {
                         continue;
                     }
                 }
+                if relay_pump {
+                    relay_pump = match out.pump(&self, &log_key, &mut sink).await {
+                        Ok(more) => more,
+                        Err(end) => break 'link end,
+                    };
+                    if relay_pump {
+                        continue;
+                    }
+                }
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break 'link LinkEnd::ShuttingDown,
                     // Also cancelled by shutdown (a child token): say which.
@@ -276,18 +282,38 @@ impl Mesh {
                         if r.is_err() { break 'link LinkEnd::MeshClosed; }
                         tell = true;
                     }
+                    r = relayed.changed(), if out.relays() => {
+                        if r.is_err() { break 'link LinkEnd::MeshClosed; }
+                        relay_pump = true;
+                    }
                     r = presence.changed() => {
                         if r.is_err() { break 'link LinkEnd::RouterClosed; }
                         presence_due.get_or_insert(tokio::time::Instant::now() + PRESENCE_COALESCE);
                     }
+                    r = routes.changed(), if out.relays() => {
+                        if r.is_err() { break 'link LinkEnd::MeshClosed; }
+                        routes_due.get_or_insert(tokio::time::Instant::now() + PRESENCE_COALESCE);
+                    }
                     _ = tokio::time::sleep_until(presence_due.unwrap_or_else(far_future)), if presence_due.is_some() => {
                         presence_due = None;
-                        let version = self.presence_version.fetch_add(1, Ordering::Relaxed) + 1;
-                        let f = PeerFrame::Presence { incarnation: router.incarnation, version, agents: router.local_presence() };
-                        if let Err(e) = sink.send(f.text()).await { break 'link LinkEnd::Write(e.to_string()); }
+                        if let Err(e) = sink.send(self.presence_frame().text()).await { break 'link LinkEnd::Write(e.to_string()); }
+                    }
+                    _ = tokio::time::sleep_until(routes_due.unwrap_or_else(far_future)), if routes_due.is_some() => {
+                        routes_due = None;
+                        for f in out.routes_frames(&self, &peer) {
+                            if let Err(e) = sink.send(f).await { break 'link LinkEnd::Write(e.to_string()); }
+                        }
                     }
                     _ = heartbeat.tick() => {
-                        if let Err(e) = sink.send(PeerFrame::Heartbeat { head: Some(store.log_head()) }.text()).await { break 'link LinkEnd::Write(e.to_string()); }
+                        // A peer that relays hears this node's beat (and those it passes on)
+                        // in a `routes` frame instead.
+                        let frames = match out.routes_frames(&self, &peer) {
+                            f if f.is_empty() => vec![PeerFrame::Heartbeat { head: Some(store.log_head()) }.text()],
+                            f => f,
+                        };
+                        for f in frames {
+                            if let Err(e) = sink.send(f).await { break 'link LinkEnd::Write(e.to_string()); }
+                        }
                     }
                     r = applied_upto.changed() => {
                         if r.is_err() { break 'link LinkEnd::CompleterStopped; }
@@ -324,13 +350,15 @@ impl Mesh {
                                 self.progress.update(&peer, |p| p.acked = Some(cursor));
                             }
                             PeerFrame::Events { events } => {
-                                let (pushed, answer) = match submit_apply(&router, &log_key, events).await {
-                                    Ok(a) => a,
-                                    Err(e) => break 'link LinkEnd::Store(e.to_string()),
-                                };
-                                // Full: the disk is behind; stop reading until it catches up.
-                                if pushes.send(pushed).await.is_err() || applying.send(answer).await.is_err() {
-                                    break 'link LinkEnd::CompleterStopped;
+                                if let Err(end) = completer.submit(&router, &log_key, Source::Peer, 0, events).await {
+                                    break 'link end;
+                                }
+                            }
+                            // Its own entries come as `events`; this node's are its own.
+                            PeerFrame::Relay { origin, .. } if origin == log_key || origin == store.instance() => {}
+                            PeerFrame::Relay { origin, after, events } => {
+                                if let Err(end) = completer.submit(&router, &log_key, Source::Relayed(origin), after, events).await {
+                                    break 'link end;
                                 }
                             }
                             PeerFrame::Ack { cursor } => {
@@ -338,16 +366,24 @@ impl Mesh {
                                 self.progress.update(&peer, |p| p.acked = Some(cursor));
                             }
                             PeerFrame::Heartbeat { head: Some(head) } => self.progress.update(&peer, |p| p.head = Some(head)),
-                            PeerFrame::Presence { incarnation, version, agents } => {
-                                // A cheap filter; the router itself ignores a report from a link
-                                // that has ended (see `Router::remote_presence`).
-                                let live = self.topology.lock().is_live(&peer, link_id);
-                                if live {
-                                    router.remote_presence(&peer, link_id, incarnation, version, agents);
+                            PeerFrame::Routes { nodes } => {
+                                if let Some(head) = nodes.iter().find(|b| b.node == peer).and_then(|b| b.head) {
+                                    self.progress.update(&peer, |p| p.head = Some(head));
+                                }
+                                self.heard_routes(&peer, link_id, nodes);
+                            }
+                            PeerFrame::Presence { node, incarnation, version, agents } => {
+                                self.presence_heard(&peer, link_id, node, (incarnation, version), agents);
+                            }
+                            PeerFrame::Peers { port, tls, nodes, advertise, relay } => {
+                                self.heard_from(&peer, link_id, accepted_from, (port, tls), advertise.as_deref(), nodes);
+                                if let Some(w) = relay {
+                                    out.want(w);
+                                    relay_pump = true;
+                                    routes_due.get_or_insert(tokio::time::Instant::now());
                                 }
                             }
-                            PeerFrame::Peers { port, tls, nodes } => self.heard_from(&peer, link_id, accepted_from, (port, tls), nodes),
-                            PeerFrame::Delivered { ids } => router.remote_delivered(&ids),
+                            PeerFrame::Delivered { ids, to, hops } => self.delivered(ids, to, hops),
                             PeerFrame::Error { message, .. } => break 'link LinkEnd::Refused(message),
                             _ => {}
                         }
@@ -414,6 +450,7 @@ impl Mesh {
         peer: &str,
         via: &Via,
         order: Order,
+        key: &str,
         tx: mpsc::Sender<String>,
     ) -> std::result::Result<(u64, CancellationToken), Refused> {
         let cancel = self.shutdown.child_token();
@@ -425,10 +462,16 @@ impl Mesh {
             cancel: cancel.clone(),
             tx,
         };
-        let joined = self.topology.lock().join(peer, dialed, order, handle)?;
+        let joined = self
+            .topology
+            .lock()
+            .join(peer, dialed, order, key, handle)?;
         if let Some(old) = joined.replaced {
             old.cancel.cancel();
         }
+        // Linked itself now: a route through a peer to it ends.
+        let ended = self.routes.lock().linked(peer);
+        self.routes_changed(ended);
         self.bump();
         Ok((joined.id, cancel))
     }
@@ -440,6 +483,9 @@ impl Mesh {
         let unlinked = self.topology.lock().leave(peer, id);
         if unlinked {
             self.router.peer_gone(peer, id);
+            // Nodes reached through it are not, now (until another peer brings them).
+            let lost = self.routes.lock().link_gone(peer);
+            self.routes_changed(lost);
         }
         self.bump();
     }
@@ -451,12 +497,13 @@ impl Mesh {
         id: u64,
         accepted_from: Option<IpAddr>,
         listens: (u16, bool),
+        advertise: Option<&str>,
         nodes: Vec<PeerAddr>,
     ) {
-        let Some(fresh) = self
-            .topology
-            .lock()
-            .heard_from(peer, id, accepted_from, listens, nodes)
+        let Some(fresh) =
+            self.topology
+                .lock()
+                .heard_from(peer, id, accepted_from, listens, advertise, nodes)
         else {
             return;
         };
@@ -466,97 +513,32 @@ impl Mesh {
             self.spawn_discovery(node);
         }
     }
+}
 
-    /// Starts the tasks that finish a link's applies (in the node's task tracker). They drain
-    /// what is queued even after the link ends: those commits happen anyway.
-    fn completer(&self, peer: &str) -> Completer {
-        let (pushes, mut push_rx) = mpsc::channel::<oneshot::Receiver<Vec<Stored>>>(APPLYING);
-        let router = self.router.clone();
-        self.tracker.spawn(async move {
-            while let Some(messages) = push_rx.recv().await {
-                // Dropped unsent: the apply failed, and the completer reports it.
-                if let Ok(messages) = messages.await {
-                    router.push_remote(&messages);
-                }
-            }
-        });
-        let (applying, mut rx) = mpsc::channel::<ApplyAnswer>(APPLYING);
-        let (cursor_tx, applied_upto) = watch::channel(0u64);
-        let (fail_tx, failed) = oneshot::channel();
-        let (router, peer) = (self.router.clone(), peer.to_owned());
-        let progress = self.progress.clone();
-        self.tracker.spawn(async move {
-            while let Some(answer) = rx.recv().await {
-                let (applied, pushed) = match answer.await {
-                    Ok(Ok(a)) => a,
-                    Ok(Err(e)) => {
-                        tracing::warn!(?peer, error = ?e.to_string(), "applying a peer's events failed");
-                        let _ = fail_tx.send(LinkEnd::Store(e.to_string()));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = fail_tx.send(LinkEnd::StoreStopped);
-                        return;
-                    }
-                };
-                let m = &router.metrics;
-                m.deduplicated_total
-                    .fetch_add(applied.duplicates, Ordering::Relaxed);
-                m.replicated_total
-                    .fetch_add(pushed as u64, Ordering::Relaxed);
-                let cursor = applied.cursor;
-                router.apply_remote(applied);
-                progress.applied(&peer, cursor);
-                cursor_tx.send_replace(cursor);
-            }
-        });
-        Completer {
-            pushes,
-            applying,
-            applied_upto,
-            failed,
+impl Mesh {
+    /// This node's presence snapshot, numbered after every one sent on any link (a link that
+    /// replaces another continues the sequence the peer has seen).
+    fn presence_frame(&self) -> PeerFrame {
+        PeerFrame::Presence {
+            node: None,
+            incarnation: self.router.incarnation,
+            version: self.presence_version.fetch_add(1, Ordering::Relaxed) + 1,
+            agents: self.router.local_presence(),
         }
     }
-}
 
-/// One queued apply: its answer (the apply, without its messages, and how many it brought)
-/// arrives once it has committed.
-type ApplyAnswer = oneshot::Receiver<Result<(Applied, usize)>>;
-
-/// A link's end of its completer tasks.
-struct Completer {
-    /// Each apply's new messages, sent as soon as the apply has run: pushed in order.
-    pushes: mpsc::Sender<oneshot::Receiver<Vec<Stored>>>,
-    /// Each apply's answer: taken in order as they commit.
-    applying: mpsc::Sender<ApplyAnswer>,
-    /// The peer's log applied and committed up to here.
-    applied_upto: watch::Receiver<u64>,
-    /// Why applying stopped, if it failed.
-    failed: oneshot::Receiver<LinkEnd>,
-}
-
-/// Queues an apply of a peer's events on the store. The job only touches the store: it hands
-/// the new messages back over a oneshot as soon as they are applied, and the link side pushes
-/// them, off the writer thread and before the commit (a peer's message reaches local sessions
-/// without waiting for the disk; see `Router::push_remote` for why that is safe).
-async fn submit_apply(
-    router: &Router,
-    peer: &str,
-    events: Vec<replication::Event>,
-) -> Result<(oneshot::Receiver<Vec<Stored>>, ApplyAnswer)> {
-    let (pushed_tx, pushed_rx) = oneshot::channel();
-    let p = peer.to_owned();
-    let answer = router
-        .store
-        .submit_isolated(move |c| {
-            let mut applied = replication::apply(c, &p, events)?;
-            let messages = std::mem::take(&mut applied.messages);
-            let n = messages.len();
-            let _ = pushed_tx.send(messages);
-            Ok((applied, n))
-        })
-        .await?;
-    Ok((pushed_rx, answer))
+    /// The `peers` frame: `nodes` (this node's links with their URLs), what this node
+    /// advertises, and what it wants relayed.
+    async fn peers_frame(&self, nodes: Vec<PeerAddr>) -> PeerFrame {
+        let relay: Option<Wants> = self.wants().await;
+        PeerFrame::Peers {
+            port: self.reach.port,
+            tls: self.reach.serves_tls,
+            nodes,
+            advertise: self.reach.advertise.wire(),
+            relay,
+        }
+    }
 }
 
 pub(super) fn far_future() -> tokio::time::Instant {

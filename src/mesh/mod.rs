@@ -35,12 +35,15 @@
 //! link higher than the last, every presence report reaches the router with its link's id,
 //! and `peer_gone(node, id)` makes the router ignore reports from that link and older ones.
 
+mod applying;
 mod conflicts;
 mod dialer;
 pub mod frames;
 pub mod handshake;
 mod link;
 pub mod nodes;
+mod relay;
+pub mod routes;
 pub mod status;
 pub mod topology;
 
@@ -66,6 +69,7 @@ use conflicts::Conflicts;
 use handshake::{Accepted, Us};
 use link::{Opened, Via};
 use nodes::Progresses;
+use routes::Routes;
 use status::Statuses;
 use topology::Topology;
 
@@ -80,6 +84,8 @@ pub struct Reach {
     pub serves_tls: bool,
     /// Plain links to and from other machines are permitted (`--allow-plaintext`).
     pub allow_plaintext: bool,
+    /// What peers are told about dialing this node (`--advertise`).
+    pub advertise: crate::config::Advertise,
 }
 
 /// What an accepted link's connection is.
@@ -119,6 +125,13 @@ pub struct Mesh {
     conflicts: Conflicts,
     /// What this run has learned of each peer's log and cursor (`switchboard mesh`).
     progress: Arc<Progresses>,
+    /// Nodes reached through peers, and the presence snapshot of every node (see `routes`).
+    /// Locked after `topology` when both are.
+    routes: Mutex<Routes>,
+    /// Bumped when routes or snapshots change: links tell peers that relay.
+    routes_version: tokio::sync::watch::Sender<u64>,
+    /// How far each origin's log is applied here: what links relay (see `relay`).
+    relays: Arc<relay::Heads>,
 }
 
 /// Reads the mesh secret file.
@@ -146,6 +159,7 @@ impl Mesh {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Arc<Mesh> {
+        let router_id = router.node_id.clone();
         let mesh = Arc::new(Mesh {
             topology: Mutex::new(Topology::new(&router.node_id)),
             router,
@@ -159,8 +173,12 @@ impl Mesh {
             presence_version: AtomicU64::new(0),
             conflicts: Conflicts::default(),
             progress: Arc::default(),
+            routes: Mutex::new(Routes::new(&router_id)),
+            routes_version: tokio::sync::watch::channel(0).0,
+            relays: Arc::default(),
         });
         tracker.spawn(mesh.clone().load_instances());
+        tracker.spawn(mesh.clone().expire_routes());
         let (notices, notice_rx) = mpsc::channel::<DeliveryNotice>(1024);
         mesh.router.set_delivery_notices(notices);
         tracker.spawn(mesh.clone().route_notices(notice_rx));
@@ -170,19 +188,15 @@ impl Mesh {
         mesh
     }
 
-    /// Sends each delivery notice on the live link to the message's origin (dropped if there
-    /// is none, or its queue is full: the origin learns of the delivery when it syncs).
+    /// Sends each delivery notice towards the message's origin: on its live link, or to the
+    /// peer it is reached through (see `relay`).
     async fn route_notices(self: Arc<Self>, mut rx: mpsc::Receiver<DeliveryNotice>) {
         loop {
             let n = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 n = rx.recv() => match n { Some(n) => n, None => return },
             };
-            let tx = self.topology.lock().handle(&n.origin).map(|l| l.tx.clone());
-            if let Some(tx) = tx {
-                let f = PeerFrame::Delivered { ids: vec![n.id] };
-                let _ = tx.try_send(f.text());
-            }
+            self.send_notice(&n.origin, vec![n.id], 0);
         }
     }
 

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::message::{now_ms, rfc3339};
 use crate::protocol::MeshForgetResult;
 
-/// How a node is reached. Every node is reached directly today; a node reached through
-/// another (relaying) will say which.
+/// How a node is reached: over its own link, or through a peer that relays for it (a node
+/// neither side can dial, say two laptops behind NAT that share a hub).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "route", content = "via", rename_all = "lowercase")]
 pub enum Route {
@@ -68,8 +68,30 @@ pub struct NodeView {
     pub error: Option<String>,
     /// Linked peers that report being linked to it.
     pub reported_by: Vec<String>,
+    /// It advertises `none`: nobody dials it; it dials out, and is relayed for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undialable: bool,
     /// How far behind each side is.
     pub lag: Lag,
+}
+
+impl NodeView {
+    /// A node reached by `route`, in `state`, with nothing else known of it yet.
+    fn bare(node: Option<String>, route: Route, state: LinkState) -> NodeView {
+        NodeView {
+            node,
+            instance: None,
+            route,
+            state,
+            since: None,
+            origin: None,
+            url: None,
+            error: None,
+            reported_by: Vec::new(),
+            undialable: false,
+            lag: Lag::default(),
+        }
+    }
 }
 
 /// What this run has learned of one peer's log and of its cursor of this node's.
@@ -161,6 +183,7 @@ impl Mesh {
                         .or_else(|| status.as_ref().and_then(|s| s.url.clone())),
                     error: status.and_then(|s| s.error).filter(|_| !k.linked),
                     reported_by: k.reported_by,
+                    undialable: k.undialable,
                     lag: Lag {
                         to_peer: p.acked.map(|a| head.saturating_sub(a)),
                         from_peer,
@@ -172,29 +195,58 @@ impl Mesh {
             })
             .collect();
         for s in statuses.into_iter().filter(|s| s.node.is_none()) {
+            let state = if s.state == LinkState::Down {
+                LinkState::Down
+            } else {
+                LinkState::Connecting
+            };
             out.push(NodeView {
-                node: None,
-                instance: None,
-                route: Route::Direct,
-                state: if s.state == LinkState::Down {
-                    LinkState::Down
-                } else {
-                    LinkState::Connecting
-                },
                 since: Some(s.since),
                 origin: Some(s.origin),
                 url: s.url,
                 error: s.error,
-                reported_by: Vec::new(),
-                lag: Lag::default(),
+                ..NodeView::bare(None, Route::Direct, state)
             });
         }
+        self.add_relayed(&mut out);
         out
     }
 
-    /// Fills in the instance each node id is bound to, from the store, for nodes not linked
-    /// yet in this run (a link that comes first has already said its own).
+    /// Nodes reached through a peer: up, `via` it, with the lag this node can know (the head
+    /// of their latest beat against its cursor of their log).
+    fn add_relayed(&self, out: &mut Vec<NodeView>) {
+        for r in self.routes.lock().relayed() {
+            let from_peer = r
+                .head
+                .map(|h| h.saturating_sub(self.relays.of(&r.instance).unwrap_or(0)));
+            if let Some(v) = out.iter_mut().find(|v| v.node.as_deref() == Some(&r.node)) {
+                if v.state != LinkState::Up {
+                    v.route = Route::Via(r.via);
+                    v.state = LinkState::Up;
+                    v.lag.from_peer = from_peer;
+                }
+                continue;
+            }
+            let mut v = NodeView::bare(Some(r.node), Route::Via(r.via), LinkState::Up);
+            v.instance = Some(r.instance).filter(|i| !i.is_empty());
+            v.lag.from_peer = from_peer;
+            out.push(v);
+        }
+        out.sort_by(|a, b| (a.node.is_none(), &a.node).cmp(&(b.node.is_none(), &b.node)));
+    }
+
+    /// Fills in what the store knows before links say it: how far each origin's log is
+    /// applied (what links relay from), and the instance each node id is bound to, for nodes
+    /// not linked yet in this run (a link that comes first has already said its own).
     pub(super) async fn load_instances(self: Arc<Self>) {
+        let cursors = self
+            .router
+            .store
+            .read(|c| crate::store::replication::cursors(c))
+            .await;
+        for (origin, cursor) in cursors.unwrap_or_default() {
+            self.relays.advance(&origin, cursor);
+        }
         let holders = self.router.store.read(|c| crate::store::holders(c)).await;
         for (node, instance) in holders.unwrap_or_default() {
             self.progress.update(&node, |p| {
@@ -235,6 +287,8 @@ impl Mesh {
             )));
         }
         self.progress.forget(node);
+        let lost = self.routes.lock().forget(node);
+        self.routes_changed(lost);
         let (mut was_linked, mut configured) = (false, false);
         if let Some(d) = dropped {
             if let Some((_, link)) = d.link {
@@ -268,19 +322,7 @@ mod tests {
     #[test]
     fn a_route_shows_as_direct_or_via_a_node() {
         let v = |r: Route| {
-            serde_json::to_value(NodeView {
-                node: Some("n2".into()),
-                instance: None,
-                route: r,
-                state: LinkState::Up,
-                since: None,
-                origin: None,
-                url: None,
-                error: None,
-                reported_by: Vec::new(),
-                lag: Lag::default(),
-            })
-            .unwrap()
+            serde_json::to_value(NodeView::bare(Some("n2".into()), r, LinkState::Up)).unwrap()
         };
         let direct = v(Route::Direct);
         assert_eq!(direct["route"], "direct");

@@ -90,6 +90,8 @@ pub struct Known {
     pub configured: bool,
     /// Linked peers that report being linked to it.
     pub reported_by: Vec<String>,
+    /// It advertises `none`: it cannot be dialed, only dials out.
+    pub undialable: bool,
 }
 
 /// The one live link to a peer node.
@@ -101,6 +103,8 @@ struct Live<H> {
     /// Where the peer can be reached, as far as this node knows: the URL dialed, or the
     /// peer's address and the port it reports.
     url: Option<String>,
+    /// The peer's log key (its instance id): what it is linked to, for its peers' relays.
+    key: String,
     handle: H,
 }
 
@@ -122,6 +126,8 @@ pub struct Topology<H> {
     discovering: HashSet<String>,
     /// Nodes dropped by an operator, until they link or are reported again.
     dropped: HashSet<String>,
+    /// Nodes that advertise `none`: never dialed, never reported to others.
+    undialable: HashSet<String>,
     last_link: u64,
 }
 
@@ -136,6 +142,7 @@ impl<H> Topology<H> {
             configured: HashSet::new(),
             discovering: HashSet::new(),
             dropped: HashSet::new(),
+            undialable: HashSet::new(),
             last_link: 0,
         }
     }
@@ -162,6 +169,7 @@ impl<H> Topology<H> {
         peer: &str,
         dialed: Option<&str>,
         order: Order,
+        key: &str,
         handle: H,
     ) -> Result<Joined<H>, Refused> {
         let is_dialed = dialed.is_some();
@@ -181,8 +189,7 @@ impl<H> Topology<H> {
                 }
             }
         }
-        self.last_link += 1;
-        let id = self.last_link;
+        let id = self.next_id();
         // A dropped node that links again is back.
         self.dropped.remove(peer);
         let url = dialed.map(str::to_owned);
@@ -194,10 +201,35 @@ impl<H> Topology<H> {
             dialed: is_dialed,
             order,
             url,
+            key: key.to_owned(),
             handle,
         };
         let replaced = self.live.insert(peer.to_owned(), live).map(|l| l.handle);
         Ok(Joined { id, replaced })
+    }
+
+    /// A new number from the counter of link ids (routes through peers take theirs from it
+    /// too, so the router can order both).
+    pub fn next_id(&mut self) -> u64 {
+        self.last_link += 1;
+        self.last_link
+    }
+
+    /// Whether `node` is linked now.
+    pub fn is_linked(&self, node: &str) -> bool {
+        self.live.contains_key(node)
+    }
+
+    /// The nodes linked now.
+    pub fn linked_nodes(&self) -> HashSet<String> {
+        self.live.keys().cloned().collect()
+    }
+
+    /// The log keys of every live link (what a peer need not relay to this node).
+    pub fn linked_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.live.values().map(|l| l.key.clone()).collect();
+        keys.sort();
+        keys
     }
 
     /// Link `id` to `peer` ended. True if it was the live one: the peer is unlinked now, and
@@ -215,7 +247,8 @@ impl<H> Topology<H> {
 
     /// A `peers` frame that link `id` to `peer` brought: the port the peer listens on and
     /// whether it speaks TLS there (where it can be reached, when it dialed from
-    /// `accepted_from`), and the nodes it is linked to.
+    /// `accepted_from`), what it advertises (a URL to dial it at, or `none`), and the nodes
+    /// it is linked to.
     /// Returns the nodes first heard of, which need a dialer; `None` if the link is not the
     /// live one (a replaced link's last report says nothing the live link will not say).
     pub fn heard_from(
@@ -224,21 +257,47 @@ impl<H> Topology<H> {
         id: u64,
         accepted_from: Option<IpAddr>,
         (port, tls): (u16, bool),
+        advertise: Option<&str>,
         nodes: Vec<PeerAddr>,
     ) -> Option<Vec<String>> {
         if !self.is_live(peer, id) {
             return None;
         }
         let mut fresh = Vec::new();
-        if let Some(ip) = accepted_from
+        let advertised = advertise.filter(|a| {
+            a.eq_ignore_ascii_case("none")
+                || (a.len() <= URL_MAX && crate::config::validate_ws_url(a).is_ok())
+        });
+        let url = match advertised {
+            Some(a) if a.eq_ignore_ascii_case("none") => None,
+            Some(a) => Some(a.to_owned()),
+            None => accepted_from.map(|ip| {
+                let scheme = if tls { "wss" } else { "ws" };
+                format!("{scheme}://{}", SocketAddr::new(ip.to_canonical(), port))
+            }),
+        };
+        if advertised.is_some_and(|a| a.eq_ignore_ascii_case("none")) {
+            // Never dialed: not told to others, not looked for when its link ends (it dials
+            // again itself).
+            self.undialable.insert(peer.to_owned());
+            self.heard.remove(peer);
+            if let Some(live) = self.live.get_mut(peer) {
+                live.url = None;
+            }
+            if accepted_from.is_some() {
+                self.remembered.remove(peer);
+            }
+        } else if let Some(url) = url
             && let Some(live) = self.live.get_mut(peer)
         {
-            let scheme = if tls { "wss" } else { "ws" };
-            let url = format!("{scheme}://{}", SocketAddr::new(ip.to_canonical(), port));
+            self.undialable.remove(peer);
+            // What others are told: the advertised URL, else the one dialed or seen.
             live.url = Some(url.clone());
-            self.remembered.insert(peer.to_owned(), url);
-            if self.discover(peer) {
-                fresh.push(peer.to_owned());
+            if accepted_from.is_some() {
+                self.remembered.insert(peer.to_owned(), url);
+                if self.discover(peer) {
+                    fresh.push(peer.to_owned());
+                }
             }
         }
         for by in self.heard.values_mut() {
@@ -247,6 +306,7 @@ impl<H> Topology<H> {
         for n in nodes {
             if n.node == self.me
                 || n.node == peer
+                || self.undialable.contains(&n.node)
                 || crate::message::validate_name(&n.node).is_err()
                 || n.url.len() > URL_MAX
                 || crate::config::validate_ws_url(&n.url).is_err()
@@ -371,6 +431,7 @@ impl<H> Topology<H> {
                         .get(n)
                         .map(|by| by.keys().cloned().collect())
                         .unwrap_or_default(),
+                    undialable: self.undialable.contains(n),
                 }
             })
             .collect()

@@ -144,6 +144,7 @@ impl Node {
                     tls: ClientTls::mesh(&config.tls_ca, Vec::new())?,
                     serves_tls: tls.is_some(),
                     allow_plaintext: config.allow_plaintext,
+                    advertise: config.advertise.clone(),
                 },
                 shutdown.clone(),
                 &tracker,

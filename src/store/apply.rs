@@ -14,6 +14,7 @@ use crate::store::forget::{apply_forget, forgotten_at, tombstones};
 use crate::store::log::{Event, EventBody, append, append_message, cursor, load_message};
 use crate::store::messages::insert_message;
 use crate::store::names::Spellings;
+use crate::store::relayed::record;
 use crate::store::rows::{AgentRow, Stored};
 use crate::store::stamps::{Stamped, stamp_of, stamp_wins};
 
@@ -47,6 +48,8 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
             continue;
         }
         let body = fold_names(conn, &mut names, e.body)?;
+        // Kept to relay to peers not linked to the origin (see `relayed`).
+        record(conn, origin, e.seq, at, &body)?;
         // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
         // the same data dir); the origin always ships everything after our cursor, in order.
         match body {
@@ -144,6 +147,21 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
     .execute(params![origin, at as i64])?;
     out.cursor = at;
     Ok(out)
+}
+
+/// Applies `origin`'s entries relayed by a peer that applied them after entry `after`; `None`
+/// (nothing applied) if this node has not applied that far, since taking them would skip the
+/// entries between.
+pub fn apply_relayed(
+    conn: &Tx<'_>,
+    origin: &str,
+    after: u64,
+    events: Vec<Event>,
+) -> Result<Option<Applied>> {
+    if after > cursor(conn, origin)? {
+        return Ok(None);
+    }
+    apply(conn, origin, events).map(Some)
 }
 
 /// The event with every agent name in this node's spelling. A message's `to` stays as its

@@ -248,7 +248,7 @@ pub fn append_message(
     if !log.enabled.get() {
         return Ok(());
     }
-    let payload = format!("{{\"event\":\"{MESSAGE_REF}\",\"id\":\"{id}\"}}");
+    let payload = message_ref(id);
     let seq = log.next_seq(tx)?;
     tx.prepare_cached("INSERT INTO events (seq, origin, payload) VALUES (?2, ?1, ?3)")?
         .execute(params![origin, seq as i64, payload])?;
@@ -342,33 +342,54 @@ fn events_in(conn: &Connection, after: u64, limit: u32) -> Result<(Vec<Event>, O
         .flatten();
     let mut events = Vec::with_capacity(rows.len());
     for (seq, p) in rows {
-        if let Ok(r) = serde_json::from_str::<StoredRef>(&p)
-            && r.event == MESSAGE_REF
-        {
-            match load_message(conn, &r.id)? {
-                Some(m) => events.push(Event {
-                    seq: seq as u64,
-                    body: EventBody::Message(m),
-                }),
-                // Retention deleted it here; a peer that has not had it by now goes without
-                // (it was past this node's retention), and the entries after it still flow.
-                None => tracing::debug!(seq, id = %r.id, "a logged message was pruned"),
-            }
-            continue;
-        }
-        match serde_json::from_str(&p) {
-            Ok(body) => events.push(Event {
+        match decode(conn, &p)? {
+            Decoded::Body(body) => events.push(Event {
                 seq: seq as u64,
-                body,
+                body: *body,
             }),
-            Err(e) => {
-                // Shipping past it would leave a gap peers never fill; stop here loudly.
+            // Retention deleted it here; a peer that has not had it by now goes without (it
+            // was past this node's retention), and the entries after it still flow.
+            Decoded::MissingMessage(id) => {
+                tracing::debug!(seq, %id, "a logged message was pruned");
+            }
+            Decoded::Unreadable(e) => {
                 tracing::error!(seq, error = %e, "unreadable replication log entry");
                 return Ok((events, None));
             }
         }
     }
     Ok((events, read))
+}
+
+/// The stored form of a message entry: a reference to the message.
+pub(crate) fn message_ref(id: &str) -> String {
+    format!("{{\"event\":\"{MESSAGE_REF}\",\"id\":\"{id}\"}}")
+}
+
+/// What a stored log payload holds.
+pub(crate) enum Decoded {
+    /// The entry, a message loaded from the store.
+    Body(Box<EventBody>),
+    /// A message entry whose message is not in the store (by its id).
+    MissingMessage(String),
+    /// Not an entry this version can read.
+    Unreadable(serde_json::Error),
+}
+
+/// Reads a stored payload (this node's log or an entry it relays).
+pub(crate) fn decode(conn: &Connection, payload: &str) -> Result<Decoded> {
+    if let Ok(r) = serde_json::from_str::<StoredRef>(payload)
+        && r.event == MESSAGE_REF
+    {
+        return Ok(match load_message(conn, &r.id)? {
+            Some(m) => Decoded::Body(Box::new(EventBody::Message(m))),
+            None => Decoded::MissingMessage(r.id),
+        });
+    }
+    Ok(match serde_json::from_str(payload) {
+        Ok(body) => Decoded::Body(Box::new(body)),
+        Err(e) => Decoded::Unreadable(e),
+    })
 }
 
 /// The last seq of `origin` applied here.

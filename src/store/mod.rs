@@ -19,6 +19,7 @@ mod log;
 mod messages;
 pub mod names;
 pub mod retention;
+mod relayed;
 mod rows;
 pub(crate) mod schema;
 mod stamps;
@@ -52,11 +53,12 @@ pub mod queries {
 /// The replication log, its stamps and the apply of a peer's events, by the name the node has
 /// always used for them.
 pub mod replication {
-    pub use super::apply::{Applied, apply};
+    pub use super::apply::{Applied, apply, apply_relayed};
     pub use super::log::{
         Event, EventBody, ReplicatedMessage, TailBody, append, append_message, configure, cursor,
         events_after, head,
     };
+    pub use super::relayed::{RelayBatch, cursors, relayed_after};
     pub use super::stamps::{Stamp, Stamped, stamp_local, stamp_of, stamp_wins};
 }
 

@@ -137,6 +137,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX inbox_by_message ON inbox(msg_id);
     "#,
+    // 10: other origins' entries as applied here, so this node can relay them to peers that
+    // are not linked to their origin (nodes behind NAT meeting at a hub). A message entry is
+    // a reference, like this node's own log; `prev` is the entry of the same origin applied
+    // just before, so a receiver can tell a gap (entries applied before this table existed).
+    r#"
+    CREATE TABLE relayed (
+        origin  TEXT NOT NULL,      -- the origin's log key (its instance id)
+        seq     INTEGER NOT NULL,   -- the entry's number in the origin's log
+        prev    INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.

@@ -15,6 +15,8 @@ pub struct Mesh {
     pub secret: PathBuf,
     /// Every node dials only n1 (and the nodes find each other), instead of every earlier node.
     pub hub: bool,
+    /// More arguments for node i's `switchboard node`.
+    pub extra: Vec<Vec<String>>,
     _secret_dir: tempfile::TempDir,
 }
 
@@ -32,6 +34,15 @@ impl Mesh {
 
     /// `n` nodes n1..nN; with `hub`, every node dials only n1.
     pub async fn start_with(n: usize, hub: bool) -> Mesh {
+        let mut m = Self::prepare(n, hub, Vec::new());
+        m.spawn_nodes().await;
+        m.wait_linked().await;
+        m
+    }
+
+    /// `n` nodes as [`Mesh::start_with`], not started yet; `extra[i]`: more arguments for
+    /// node i (the ports are chosen, so they may name them).
+    pub fn prepare(n: usize, hub: bool, extra: Vec<Vec<String>>) -> Mesh {
         let secret_dir = tempdir();
         let secret = secret_file(secret_dir.path(), "correct horse battery staple");
         let dirs: Vec<_> = (0..n).map(|_| tempdir()).collect();
@@ -42,14 +53,19 @@ impl Mesh {
             nodes: Vec::new(),
             secret,
             hub,
+            extra,
             _secret_dir: secret_dir,
         };
-        for i in 0..n {
-            let node = m.spawn(i).await;
-            m.nodes.push(Some(node));
-        }
-        m.wait_linked().await;
+        m.extra.resize(n, Vec::new());
         m
+    }
+
+    /// Starts every node of a prepared mesh.
+    pub async fn spawn_nodes(&mut self) {
+        for i in 0..self.ports.len() {
+            let node = self.spawn(i).await;
+            self.nodes.push(Some(node));
+        }
     }
 
     pub async fn spawn(&self, i: usize) -> NodeProc {
@@ -64,6 +80,7 @@ impl Mesh {
             args.push("--peer".into());
             args.push(format!("ws://127.0.0.1:{}", self.ports[j]));
         }
+        args.extend(self.extra[i].iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         NodeProc::start_named(
             self.dirs[i].path(),

@@ -11,6 +11,7 @@ use switchboard::mcp::params::{
     InboxArgs, MarkArgs, PresenceArgs, SearchArgs, SendArgs, StatusArgs, ThreadArgs, TopicArgs,
     WaitArgs,
 };
+use switchboard::mesh::frames::{OriginCursor, Wants};
 use switchboard::mesh::{PeerAddr, PeerFrame};
 use switchboard::message::{MessageType, Priority, Target, rfc3339, validate_name};
 use switchboard::protocol::{
@@ -249,9 +250,15 @@ proptest! {
     fn peer_frames_round_trip(
         port in any::<u16>(), nodes in prop::collection::vec((".{0,8}", ".{0,16}"), 0..4),
         cursor in any::<u64>(), code in ".{0,8}", message in ".{0,16}", tls in any::<bool>(),
+        advertise in prop::option::of(".{0,16}"), hops in any::<u8>(),
     ) {
         let nodes = nodes.into_iter().map(|(node, url)| PeerAddr { node, url }).collect();
-        encodes_back(&PeerFrame::Peers { port, tls, nodes });
+        let relay = Some(Wants {
+            cursors: vec![OriginCursor { origin: message.clone(), cursor }],
+            direct: vec![code.clone()],
+        });
+        encodes_back(&PeerFrame::Peers { port, tls, nodes, advertise, relay });
+        encodes_back(&PeerFrame::Delivered { ids: vec![code.clone()], to: Some(message.clone()), hops });
         encodes_back(&PeerFrame::Sync { cursor });
         encodes_back(&PeerFrame::Error { code, message });
     }
