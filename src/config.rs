@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+pub mod backbone;
+pub use backbone::BackboneConfig;
+
 /// Where a node listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
 /// The node clients use when nothing says otherwise.
@@ -58,6 +61,9 @@ pub struct FileConfig {
     /// Permit credentials and peer links over plain `ws://` to other machines.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Replicate through NATS JetStream instead of direct peer links.
+    #[serde(default)]
+    pub backbone: backbone::FileBackbone,
 }
 
 /// The `[tls]` table.
@@ -208,6 +214,8 @@ pub struct NodeConfig {
     pub tls_ca: Vec<PathBuf>,
     /// Permit plain peer links to and from other machines.
     pub allow_plaintext: bool,
+    /// The NATS JetStream backbone, if the node replicates through one.
+    pub backbone: Option<BackboneConfig>,
 }
 
 /// Command-line (and env) overrides for a node; `None` means "not given".
@@ -237,6 +245,10 @@ pub struct NodeOverrides {
     pub tls_ca: Option<PathBuf>,
     /// `--allow-plaintext`.
     pub allow_plaintext: bool,
+    /// `--backbone`, repeatable; replaces the config's list when given.
+    pub backbone: Vec<String>,
+    /// `--backbone-creds`.
+    pub backbone_creds: Option<PathBuf>,
 }
 
 /// The platform data dir (e.g. `~/.local/share/switchboard`).
@@ -305,7 +317,17 @@ impl NodeConfig {
             validate_ws_url(p).map_err(|e| Error::Config(format!("peer {e}")))?;
             crate::plaintext::check_peer(p, allow_plaintext)?;
         }
+        let backbone =
+            backbone::resolve(o.backbone, o.backbone_creds, file.backbone, allow_plaintext)?;
+        if backbone.is_some() && !peers.is_empty() {
+            return Err(Error::Config(
+                "--backbone replaces --peer: a node replicates through NATS or through direct \
+                 links, not both (drop the peers, or the backbone)"
+                    .into(),
+            ));
+        }
         Ok(NodeConfig {
+            backbone,
             data_dir,
             listen,
             node_id,

@@ -238,6 +238,8 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             tls_self_signed: a.tls_self_signed,
             tls_ca: g.tls_ca.clone(),
             allow_plaintext: g.allow_plaintext,
+            backbone: a.backbone,
+            backbone_creds: a.backbone_creds,
         },
     )?;
     let node = Node::start(config).await?;

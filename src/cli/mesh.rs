@@ -155,6 +155,7 @@ pub fn text(r: &Report) -> String {
                 match &n.route {
                     Route::Direct => "direct".into(),
                     Route::Via(v) => format!("via {v}"),
+                    Route::Backbone => "backbone".into(),
                 },
                 word(&n.state),
                 n.since.clone().unwrap_or_else(|| "-".into()),

@@ -105,6 +105,13 @@ pub struct NodeArgs {
     /// File holding the shared mesh secret.
     #[arg(long, value_name = "FILE")]
     pub mesh_secret_file: Option<PathBuf>,
+    /// Replicate through this NATS JetStream server (nats:// or tls://; repeatable seed URLs)
+    /// instead of direct peer links.
+    #[arg(long = "backbone", value_name = "URL")]
+    pub backbone: Vec<String>,
+    /// A NATS credentials file for the backbone.
+    #[arg(long, value_name = "FILE")]
+    pub backbone_creds: Option<PathBuf>,
     /// Largest accepted frame in bytes [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,

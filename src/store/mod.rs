@@ -15,6 +15,7 @@ mod directory;
 mod forget;
 mod instances;
 mod log;
+pub mod marks;
 mod messages;
 pub mod names;
 mod rows;
