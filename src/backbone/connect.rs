@@ -59,9 +59,14 @@ pub(super) async fn connect(
             async move {
                 match event {
                     Event::Connected => {
+                        tracing::info!("backbone connected");
                         events.send_replace(true);
                     }
                     Event::Disconnected | Event::Closed => {
+                        tracing::warn!(
+                            "backbone disconnected: other nodes' agents count as offline and \
+                             sends to them answer queued until it is back"
+                        );
                         events.send_replace(false);
                     }
                     _ => {}

@@ -52,7 +52,6 @@ pub(super) const GAP: &str = "backbone:gap:";
 
 /// Consumes until the node stops.
 pub(super) async fn run(s: Arc<Shared>) {
-    load_gaps(&s).await;
     let mut attempt = 0u32;
     loop {
         if !super::until_connected(&s).await {
@@ -73,8 +72,8 @@ pub(super) async fn run(s: Arc<Shared>) {
     }
 }
 
-/// Gaps recorded by earlier runs, for `/health`.
-async fn load_gaps(s: &Shared) {
+/// Gaps recorded by earlier runs, for `/health` from the node's first answer on.
+pub(super) async fn load_gaps(s: &Shared) {
     let marks = s
         .router
         .store

@@ -117,6 +117,7 @@ impl Backbone {
             status: status::Status::default(),
             connected,
         });
+        consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
         tracker.spawn(consume::run(shared.clone()));
         presence::start(&shared).await;

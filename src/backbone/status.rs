@@ -39,7 +39,7 @@ pub(super) struct Publisher {
 }
 
 /// The consumer's state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Consumer {
     /// Its durable name.
     pub name: Option<String>,
@@ -52,7 +52,7 @@ pub struct Consumer {
 }
 
 /// One origin's log as this node has applied it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OriginStatus {
     /// Its node id.
     pub node: String,
@@ -176,7 +176,7 @@ impl Status {
 }
 
 /// The backbone in `/health`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackboneStatus {
     /// The seed URLs.
     pub urls: Vec<String>,
@@ -293,4 +293,45 @@ pub(super) fn nodes(s: &Shared) -> Vec<NodeView> {
         .collect();
     out.sort_by(|a, b| a.node.cmp(&b.node));
     out
+}
+
+impl BackboneStatus {
+    /// The lines `switchboard mesh` prints about the backbone, above its table of nodes.
+    pub fn text(&self) -> String {
+        let num = |n: Option<u64>| n.map_or("?".to_owned(), |n| n.to_string());
+        let mut out = match (&self.server, self.connected) {
+            (Some(server), true) => format!("backbone: connected to {server}"),
+            _ => format!(
+                "backbone: NOT connected (seeds {}); sends to other nodes' agents answer queued",
+                self.urls.join(", ")
+            ),
+        };
+        out.push_str(&format!(
+            "; this node's log published {}/{}; consumer {} pending",
+            num(self.published),
+            self.log_head,
+            num(self.consumer.pending)
+        ));
+        for e in [&self.publish_error, &self.consumer.error]
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("\n  last error: {e}"));
+        }
+        for g in &self.gaps {
+            out.push_str(&format!(
+                "\n  GAP: entries {}..{} of {}'s log (instance {}) were dropped by the stream \
+                 before this node read them; this node lacks them (catch-up from a snapshot is \
+                 not built yet)",
+                g.from, g.to, g.node, g.instance
+            ));
+        }
+        if let Some(other) = &self.node_id_conflict {
+            out.push_str(&format!(
+                "\n  another data dir ({other}) announces this node's id: restart one of them \
+                 with another --node-id"
+            ));
+        }
+        out
+    }
 }

@@ -32,7 +32,12 @@ impl Nats {
     }
 
     async fn spawn(&mut self) {
-        let child = tokio::process::Command::new("nats-server")
+        // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = tokio::process::Command::new(bin)
             .args([
                 "-js",
                 "-a",
@@ -362,6 +367,83 @@ async fn wait_for_traffic(b: &Backbone, i: usize, n: u64) {
         || async move { metric(port, "messages_accepted_total").await >= base + n },
     )
     .await;
+}
+
+/// A node that was away while the stream's size limit dropped the oldest entries of another
+/// node's log finds the gap when that node's next batch arrives, and says so: `/health` is
+/// `degraded` with the missing range, also after a restart; the entries after the gap flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_the_stream_dropped_before_a_node_read_them_are_reported_as_a_gap() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let (d1, d2) = (tempdir(), tempdir());
+    // The first node makes the stream, with a 1 MiB limit.
+    std::fs::write(
+        d1.path().join("config.toml"),
+        "[backbone]\nmax_bytes = 1048576\n",
+    )
+    .unwrap();
+    let n1 = NodeProc::start_named(d1.path(), free_port(), "n1", &["--backbone", &url]).await;
+    n1.cli(&["agent", "add", "big"]).await;
+    let alice = n1.client("alice").await;
+    let big = "x".repeat(300_000);
+    for _ in 0..5 {
+        alice.send(msg("big", &big)).await.unwrap();
+    }
+    let published = |port| async move {
+        let h = health(port).await;
+        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
+    };
+    eventually(20, "n1's log published", || published(n1.port)).await;
+    // n2 joins now: the stream no longer has n1's first entries.
+    let port2 = free_port();
+    let n2 = NodeProc::start_named(d2.path(), port2, "n2", &["--backbone", &url]).await;
+    let last = alice.send(msg("big", "after the gap")).await.unwrap();
+    let gap = poll(20, "n2 reports a gap in n1's log", || async move {
+        let h = health(port2).await;
+        let g = h["backbone"]["gaps"].as_array()?.first()?.clone();
+        (h["status"] == "degraded").then_some(g)
+    })
+    .await;
+    assert_eq!(
+        (gap["node"].as_str(), gap["from"].as_u64()),
+        (Some("n1"), Some(1))
+    );
+    assert!(gap["to"].as_u64() > Some(1), "{gap}");
+    // What came after the gap is here.
+    let id = last.id.clone();
+    eventually(20, "the message after the gap at n2", || {
+        let (d, id) = (d2.path().to_owned(), id.clone());
+        async move {
+            let out = run_ok(
+                &d,
+                &[
+                    "--node",
+                    &format!("ws://127.0.0.1:{port2}"),
+                    "inbox",
+                    "--as",
+                    "big",
+                    "--peek",
+                    "--json",
+                ],
+            )
+            .await;
+            out.contains(&id)
+        }
+    })
+    .await;
+    // The gap is remembered: a restarted n2 still says it lacks those entries.
+    n2.terminate().await;
+    let _n2 = NodeProc::start_named(d2.path(), port2, "n2", &["--backbone", &url]).await;
+    let h = health(port2).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["backbone"]["gaps"][0]["node"], "n1");
+    let out = run_ok(
+        d2.path(),
+        &["--node", &format!("ws://127.0.0.1:{port2}"), "mesh"],
+    )
+    .await;
+    assert!(out.contains("dropped by the stream"), "{out}");
 }
 
 /// Chaos over the backbone: random nodes are killed (-9) and restarted every 1–3 s for
