@@ -109,7 +109,19 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         .read(|c| marks::get(c, POSITION))
         .await
         .map_err(|e| format!("reading the stream position: {e}"))?;
+    let last = info.state.last_sequence;
     let start = match parse_position(mark) {
+        // A server that lost its last writes (an R1 stream after a power loss) numbers new
+        // batches again from its last one: read from there.
+        Some((c, seq)) if c == created && seq > last => {
+            tracing::warn!(
+                position = seq,
+                last,
+                "the stream ends before the position this node had read: the NATS server \
+                 lost its last writes; reading from its end"
+            );
+            last + 1
+        }
         Some((c, seq)) if c == created => seq + 1,
         // A new stream (or the first run): from its start.
         _ => 1,

@@ -8,9 +8,10 @@
 //! the same bytes and message id, so the stream stores it once however often it is sent
 //! (within the duplicate window; a later duplicate is skipped by every consumer's cursor).
 //!
-//! Where to start is the stream's own word: the last batch on this data dir's subject. A
-//! stream that has none (new, or recreated empty) gets the whole log again, which consumers
-//! apply idempotently.
+//! Where to start is the stream's own word: the last batch on this data dir's subject, asked
+//! again after every lost connection (a server that restarts may have lost its last writes,
+//! see JetStream's fsync interval in the README). A stream that has none (new, or recreated
+//! empty) gets the whole log again, which consumers apply idempotently.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,7 @@ async fn resume_point(s: &Shared) -> Result<u64, String> {
 async fn ship_from(s: &Shared, mut after: u64) -> Result<(), String> {
     let store = &s.router.store;
     let mut commits = store.commits();
+    let mut connected = s.connected.clone();
     let (node, instance) = (s.router.node_id.clone(), store.instance().to_owned());
     let subject = super::events_subject(&node, &instance);
     loop {
@@ -164,6 +166,8 @@ async fn ship_from(s: &Shared, mut after: u64) -> Result<(), String> {
             tokio::select! {
                 _ = s.shutdown.cancelled() => return Ok(()),
                 r = commits.changed() => if r.is_err() { return Ok(()) },
+                // A server that comes back may have lost its last writes: ask it again.
+                _ = connected.wait_for(|up| !*up) => return Err("the connection was lost".into()),
             }
             continue;
         };
@@ -213,7 +217,12 @@ async fn publish_acked(
             },
             Err(e) => e.to_string(),
         };
-        if outcome.contains("no stream") || outcome.contains("stream not found") {
+        // Without the stream, or without the server (which may come back without its last
+        // writes), start over from the stream's word.
+        if outcome.contains("no stream")
+            || outcome.contains("stream not found")
+            || !*s.connected.borrow()
+        {
             return Err(format!("publishing: {outcome}"));
         }
         s.status
