@@ -106,7 +106,10 @@ impl Backbone {
         tracker: &TaskTracker,
     ) -> Result<Backbone> {
         let (client, connected) = connect::connect(&config, tls_ca, &router.node_id).await?;
-        let js = async_nats::jetstream::new(client.clone());
+        let js = match &config.domain {
+            Some(d) => async_nats::jetstream::with_domain(client.clone(), d),
+            None => async_nats::jetstream::new(client.clone()),
+        };
         let shared = Arc::new(Shared {
             router,
             config,

@@ -29,6 +29,9 @@ pub struct FileBackbone {
     pub max_age: Option<String>,
     /// How many bytes the stream keeps.
     pub max_bytes: Option<u64>,
+    /// The JetStream domain of the servers that hold the stream (a hub reached through a
+    /// leaf node runs JetStream in its own domain).
+    pub domain: Option<String>,
 }
 
 /// The backbone a node replicates through, resolved.
@@ -44,6 +47,8 @@ pub struct BackboneConfig {
     pub max_age: Duration,
     /// The stream's size limit.
     pub max_bytes: u64,
+    /// The JetStream domain, if the stream lives in a named one.
+    pub domain: Option<String>,
     /// Plain `nats://` to another machine is permitted (`--allow-plaintext`); otherwise such a
     /// connection must upgrade to TLS.
     pub allow_plaintext: bool,
@@ -99,7 +104,16 @@ pub fn resolve(
             c.display()
         )));
     }
+    if let Some(d) = &file.domain
+        && (d.is_empty()
+            || d.contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace()))
+    {
+        return Err(Error::Config(format!(
+            "backbone domain '{d}' must be one NATS subject token (no '.', '*', '>' or spaces)"
+        )));
+    }
     Ok(Some(BackboneConfig {
+        domain: file.domain,
         urls,
         creds,
         replicas,
