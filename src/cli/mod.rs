@@ -357,6 +357,10 @@ pub struct BenchArgs {
     /// With --tls compare: how many plain + TLS pairs to run.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Mesh mode: the nodes replicate through a nats-server -js the bench starts (--backbone)
+    /// instead of linking every pair.
+    #[arg(long)]
+    pub backbone: bool,
 }
 
 /// `bench --tls` values.
@@ -392,6 +396,7 @@ impl BenchArgs {
                 BenchTls::Compare => crate::bench::TlsMode::Compare,
             },
             rounds: self.rounds,
+            backbone: self.backbone,
         }
     }
 }
