@@ -20,6 +20,10 @@ pub const SECRET_FILE: &str = "local.secret";
 pub const LOCK_FILE: &str = "node.lock";
 /// Tokens start with this so they are recognisable in config files and leak scanners.
 pub const TOKEN_PREFIX: &str = "sbt_";
+/// Operator tokens (`token issue --operator`) start with this instead: an agent token that also
+/// logs in to the dashboard. The prefix is part of what is hashed, so it cannot be added to an
+/// agent token.
+pub const OPERATOR_PREFIX: &str = "sbo_";
 
 /// 256 random bits as hex.
 pub fn random_hex() -> String {
@@ -31,6 +35,11 @@ pub fn random_hex() -> String {
 /// A fresh agent token.
 pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", random_hex())
+}
+
+/// A fresh operator token.
+pub fn new_operator_token() -> String {
+    format!("{OPERATOR_PREFIX}{}", random_hex())
 }
 
 /// Hex SHA-256, the form tokens are stored and looked up in.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::retention::retention_of;
+pub use crate::retention::{Retention, parse_retention};
 
 pub mod backbone;
 pub use backbone::BackboneConfig;
@@ -64,6 +66,19 @@ pub struct FileConfig {
     /// Replicate through NATS JetStream instead of direct peer links.
     #[serde(default)]
     pub backbone: backbone::FileBackbone,
+    /// How long messages are kept.
+    #[serde(default)]
+    pub retention: FileRetention,
+}
+
+/// The `[retention]` table: durations as `30d`, `12h`, `90m`, `45s`, or `never`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetention {
+    /// Read messages are deleted this long after every recipient read them.
+    pub read: Option<String>,
+    /// Unread messages are deleted this long after they were sent.
+    pub unread: Option<String>,
 }
 
 /// The `[tls]` table.
@@ -136,6 +151,8 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Connection cap.
     pub max_connections: usize,
+    /// How long messages are kept.
+    pub retention: Retention,
 }
 
 impl Default for Limits {
@@ -149,6 +166,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(15),
             outbound_queue: 1024,
             max_connections: 16_384,
+            retention: Retention::default(),
         }
     }
 }
@@ -169,6 +187,7 @@ impl Limits {
                 .map_or(d.ping_interval, Duration::from_secs),
             outbound_queue: file.outbound_queue.unwrap_or(d.outbound_queue),
             max_connections: file.max_connections.unwrap_or(d.max_connections),
+            retention: d.retention,
         };
         if l.max_frame_bytes < 1024 {
             return Err(Error::Config(
@@ -249,6 +268,12 @@ pub struct NodeOverrides {
     pub backbone: Vec<String>,
     /// `--backbone-creds`.
     pub backbone_creds: Option<PathBuf>,
+    /// `--retain-read`, as typed.
+    pub retain_read: Option<String>,
+    /// `--retain-unread`, as typed.
+    pub retain_unread: Option<String>,
+    /// `--prune-interval` (hidden, for tests), as typed.
+    pub prune_interval: Option<String>,
 }
 
 /// The platform data dir (e.g. `~/.local/share/switchboard`).
@@ -296,6 +321,28 @@ impl NodeConfig {
         if let Some(r) = o.send_per_second {
             limits.send_per_second = r;
         }
+        let d = Retention::default();
+        let every = match o.prune_interval.as_deref() {
+            Some(t) => {
+                parse_retention(t).map_err(|e| Error::Config(format!("--prune-interval: {e}")))?
+            }
+            None => None,
+        };
+        limits.retention = Retention {
+            every,
+            read: retention_of(
+                o.retain_read.as_deref(),
+                file.retention.read.as_deref(),
+                "read",
+                d.read,
+            )?,
+            unread: retention_of(
+                o.retain_unread.as_deref(),
+                file.retention.unread.as_deref(),
+                "unread",
+                d.unread,
+            )?,
+        };
         let listen = o
             .listen
             .or(file.listen)

@@ -73,8 +73,13 @@ pub enum Error {
         limit: u32,
     },
     /// The store's transaction did not commit; the job's effect is gone.
-    #[error("the store could not commit: {0}")]
-    NotCommitted(String),
+    #[error("the store could not commit: {reason}")]
+    NotCommitted {
+        /// What kind of failure it was, for the wire code.
+        fault: Fault,
+        /// Why (SQLite's text, for the node's log).
+        reason: String,
+    },
     /// The node refused a request with an error frame.
     #[error("{message} [{code}]", code = code.as_str())]
     Remote {
@@ -119,6 +124,10 @@ impl Error {
                 ErrorCode::StorageFull
             }
             Error::Store(_) => ErrorCode::StorageError,
+            Error::NotCommitted {
+                fault: Fault::Full, ..
+            } => ErrorCode::StorageFull,
+            Error::NotCommitted { .. } => ErrorCode::StorageError,
             _ => ErrorCode::Internal,
         }
     }
@@ -136,6 +145,15 @@ impl Error {
             _ => self.to_string(),
         }
     }
+}
+
+/// Why the store could not write: what decides `storage_full` or `storage_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Out of disk space (SQLITE_FULL).
+    Full,
+    /// Any other failure to write.
+    Failed,
 }
 
 /// Shorthand used across the library.

@@ -10,6 +10,7 @@
 //! - [`mcp`] — the MCP stdio server (`switchboard mcp`).
 //! - [`mesh`] — peer links between nodes: authentication, log replication, presence.
 //! - [`backbone`] — replication, presence and delivery notices through NATS JetStream.
+//! - [`dashboard`] — the web dashboard the node serves at `/`.
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
 //! - `bench` — the load generator (`switchboard bench`, cargo feature `bench`).
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod embedded;
 pub mod error;
 pub mod mcp;
@@ -37,6 +39,7 @@ pub mod message;
 pub mod node;
 pub mod plaintext;
 pub mod protocol;
+pub mod retention;
 pub mod schemas;
 pub mod store;
 pub mod tls;

@@ -82,7 +82,10 @@ async fn linked(node: &Node, want: usize) -> bool {
 }
 
 /// Links per node (peer links up, or 1: the NATS connection) and resident memory per node.
-async fn footprint(nodes: &[Node], nats: Option<&super::nats::Nats>) -> (String, serde_json::Value) {
+async fn footprint(
+    nodes: &[Node],
+    nats: Option<&super::nats::Nats>,
+) -> (String, serde_json::Value) {
     let (mut links, mut rss) = (Vec::new(), Vec::new());
     for n in nodes {
         let h = health(&n.url(), n.tls.as_ref()).await.unwrap_or_default();
@@ -466,7 +469,11 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
     let _ = writeln!(
         out,
         "switchboard bench --mesh {n}{} — {} agents per node, {}",
-        if nats.is_some() { " --backbone (nats-server -js, R1)" } else { " (full mesh)" },
+        if nats.is_some() {
+            " --backbone (nats-server -js, R1)"
+        } else {
+            " (full mesh)"
+        },
         a.agents,
         if tls {
             "TLS (wss://, self-signed)"

@@ -24,8 +24,8 @@ mod channel;
 mod cost;
 mod load;
 mod mesh;
-mod ports;
 mod nats;
+mod ports;
 mod procs;
 mod stats;
 

@@ -122,6 +122,8 @@ async fn dispatch(cli: Cli) -> Step {
         Command::Agent(AgentCommand::Add { name }) => agent_add(&g, &name).await,
         Command::Agent(AgentCommand::Forget { name }) => agent_forget(&g, &name).await,
         Command::Mesh(m) => mesh(&g, m).await,
+        Command::Prune { dry_run, json } => crate::cli::prune::prune(&g, dry_run, json).await,
+        Command::Dashboard(a) => dashboard(&g, a).await,
         Command::Status { json } => {
             let r = crate::cli::status::report(connect::data_dir(&g)?).await?;
             if json {
@@ -240,6 +242,9 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             allow_plaintext: g.allow_plaintext,
             backbone: a.backbone,
             backbone_creds: a.backbone_creds,
+            retain_read: a.retain_read,
+            retain_unread: a.retain_unread,
+            prune_interval: a.prune_interval,
         },
     )?;
     let node = Node::start(config).await?;
@@ -441,16 +446,20 @@ async fn follow(conn: &connect::Connection, a: &TailArgs, signals: &mut Signals)
 }
 
 async fn token(g: &crate::cli::Global, t: TokenCommand) -> Step {
-    let (action, name, as_json) = match t {
-        TokenCommand::Issue { name } => (TokenAction::Issue, Some(name), false),
-        TokenCommand::Revoke { name } => (TokenAction::Revoke, Some(name), false),
-        TokenCommand::List { json } => (TokenAction::List, None, json),
+    let (action, name, as_json, operator) = match t {
+        TokenCommand::Issue { name, operator } => (TokenAction::Issue, Some(name), false, operator),
+        TokenCommand::Revoke { name } => (TokenAction::Revoke, Some(name), false, false),
+        TokenCommand::List { json } => (TokenAction::List, None, json, false),
     };
     if let Some(n) = &name {
         validate_name(n).map_err(|e| Error::Config(format!("NAME: agent name {e}")))?;
     }
     let conn = connect(g, CLI_AGENT, Role::Cli, false).await?;
-    let r = conn.client.token(action, name).await;
+    let r = if operator {
+        conn.client.operator_token(name.unwrap_or_default()).await
+    } else {
+        conn.client.token(action, name).await
+    };
     conn.close().await;
     let r = r?;
     match action {
@@ -459,6 +468,20 @@ async fn token(g: &crate::cli::Global, t: TokenCommand) -> Step {
         TokenAction::List if as_json => json(&r.names)?,
         TokenAction::List if r.names.is_empty() => out("No tokens issued.")?,
         TokenAction::List => out(&r.names.join("\n"))?,
+    }
+    Ok(())
+}
+
+/// `switchboard dashboard`: the link is the last line of stdout, for scripts.
+async fn dashboard(g: &crate::cli::Global, a: crate::cli::DashboardArgs) -> Step {
+    let (answer, link) = crate::cli::dashboard::mint(g, &a).await?;
+    out(&format!(
+        "Open this link to log in to the dashboard as {} (it works once, for {} s):",
+        answer.agent, answer.expires_in_seconds
+    ))?;
+    out(&link)?;
+    if a.open {
+        crate::cli::dashboard::open(&link);
     }
     Ok(())
 }

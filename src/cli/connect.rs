@@ -37,7 +37,7 @@ pub fn data_dir(g: &Global) -> Result<PathBuf> {
     }
 }
 
-fn token(g: &Global, dir: &std::path::Path, may_create: bool) -> Result<String> {
+pub(super) fn token(g: &Global, dir: &std::path::Path, may_create: bool) -> Result<String> {
     if let Some(t) = &g.token {
         return Ok(t.trim().to_owned());
     }

@@ -30,9 +30,12 @@ pub struct Report {
     pub backbone: Option<crate::backbone::BackboneStatus>,
 }
 
+const MESH_ASKS: &str = "`switchboard mesh` asks the running node what it knows";
+
 /// The URL of the node to ask: `--node` (or `node` in config.toml), else the data dir's node,
-/// which must be running (a node hosted just to answer would know no other node).
-async fn node_url(g: &Global) -> Result<String> {
+/// which must be running (a node hosted just to answer would know no other node, and a link
+/// to it would die with this command). `why` says why to the person, after "not running".
+pub(super) async fn node_url(g: &Global, why_running: &str) -> Result<String> {
     let dir = connect::data_dir(g)?;
     if let Some(url) = g
         .node
@@ -51,15 +54,15 @@ async fn node_url(g: &Global) -> Result<String> {
         None => format!("nothing answers at {}", status.url),
     };
     Err(Error::Connection(format!(
-        "the data dir's node ({}) is not running ({why}); `switchboard mesh` asks the running \
-         node what it knows: start it with `switchboard node`, or pass --node URL",
+        "the data dir's node ({}) is not running ({why}); {why_running}: start it with \
+         `switchboard node`, or pass --node URL",
         status.node_id
     )))
 }
 
 /// `switchboard mesh`.
 pub async fn report(g: &Global) -> Result<Report> {
-    let url = node_url(g).await?;
+    let url = node_url(g, MESH_ASKS).await?;
     let dir = super::connect::data_dir(g)?;
     let file = crate::config::read_file_config(&dir)?;
     let tls = super::connect::client_tls(g, &dir, &file)?;
@@ -76,7 +79,7 @@ pub async fn report(g: &Global) -> Result<Report> {
 
 /// `switchboard mesh forget NODE`.
 pub async fn forget(g: &Global, node: &str) -> Result<MeshForgetResult> {
-    let url = node_url(g).await?;
+    let url = node_url(g, MESH_ASKS).await?;
     let g = Global {
         node: Some(url),
         ..g.clone()

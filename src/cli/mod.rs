@@ -4,7 +4,9 @@
 
 mod commands;
 mod connect;
+mod dashboard;
 mod mesh;
+mod prune;
 mod signals;
 mod status;
 mod wait;
@@ -85,6 +87,18 @@ pub enum Command {
     Agent(AgentCommand),
     /// The mesh as the data dir's node sees it: every node, how it is reached, link state, lag.
     Mesh(MeshArgs),
+    /// Delete now what the node's retention deletes (--dry-run: only count it); needs the
+    /// local secret.
+    Prune {
+        /// Count what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a one-time login link for the web dashboard of the running node (last line).
+    Dashboard(DashboardArgs),
     /// Load generator: latency percentiles and throughput of a node.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -131,6 +145,18 @@ pub struct NodeArgs {
     /// SHA-256 fingerprint is logged at start and shown in /health.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub tls_self_signed: bool,
+    /// Delete read messages this long after every recipient read them (30d, 12h, 90m, 45s,
+    /// or never) [default: config `[retention] read`, else 30d]
+    #[arg(long, value_name = "DURATION")]
+    pub retain_read: Option<String>,
+    /// Delete unread messages this long after they were sent [default: config
+    /// `[retention] unread`, else never]
+    #[arg(long, value_name = "DURATION")]
+    pub retain_unread: Option<String>,
+    /// How often retention passes run [default: a quarter of the shortest retention, at most
+    /// 30 s]. For tests.
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub prune_interval: Option<String>,
 }
 
 /// `--sync` values.
@@ -262,6 +288,9 @@ pub enum TokenCommand {
     Issue {
         /// The agent.
         name: String,
+        /// An operator token: it also logs in to the web dashboard (as NAME).
+        #[arg(long)]
+        operator: bool,
     },
     /// Revoke NAME's token.
     Revoke {
@@ -290,6 +319,20 @@ pub enum AgentCommand {
         /// The agent.
         name: String,
     },
+}
+
+/// `switchboard dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The name the dashboard writes as [default: human; an operator token's own name]
+    #[arg(long = "as", value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Open the link in the desktop's browser too.
+    #[arg(long)]
+    pub open: bool,
+    /// How long the link works (e.g. 30s, 5m; at most 10m) [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = wait::parse_timeout)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// `switchboard mesh [forget NODE]`.

@@ -449,6 +449,7 @@ fn answer_req(frame: &ServerFrame) -> Option<u64> {
         | ServerFrame::Tokens { req, .. }
         | ServerFrame::Forgotten { req, .. }
         | ServerFrame::MeshForgot { req, .. }
+        | ServerFrame::Pruned { req, .. }
         | ServerFrame::Pong { req } => Some(*req),
         // Named one by one, so that a new answer cannot be left out unnoticed.
         ServerFrame::Welcome(_)

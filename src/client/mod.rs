@@ -78,6 +78,7 @@ answers!(
     TokenResult => Tokens,
     ForgetResult => Forgotten,
     MeshForgetResult => MeshForgot,
+    PruneResult => Pruned,
 );
 
 impl Client {
@@ -265,8 +266,29 @@ impl Client {
 
     /// Token management (needs the local secret).
     pub async fn token(&self, action: TokenAction, name: Option<String>) -> Result<TokenResult> {
-        self.ask(|req| ClientFrame::Token(TokenRequest { req, action, name }))
-            .await
+        self.ask(|req| {
+            ClientFrame::Token(TokenRequest {
+                req,
+                action,
+                name,
+                operator: false,
+            })
+        })
+        .await
+    }
+
+    /// Issues an operator token for `name`: an agent token that also logs in to the web
+    /// dashboard (needs the local secret).
+    pub async fn operator_token(&self, name: String) -> Result<TokenResult> {
+        self.ask(|req| {
+            ClientFrame::Token(TokenRequest {
+                req,
+                action: TokenAction::Issue,
+                name: Some(name),
+                operator: true,
+            })
+        })
+        .await
     }
 
     /// Forgets an agent that has no session open (local secret only).
@@ -278,6 +300,13 @@ impl Client {
     /// Drops a departed peer node from the node's mesh (needs the local secret).
     pub async fn mesh_forget(&self, node: String) -> Result<MeshForgetResult> {
         self.ask(|req| ClientFrame::MeshForget(MeshForgetRequest { req, node }))
+            .await
+    }
+
+    /// Deletes (or counts, `dry_run`) what the node's retention deletes now (needs the local
+    /// secret).
+    pub async fn prune(&self, dry_run: bool) -> Result<PruneResult> {
+        self.ask(|req| ClientFrame::Prune(PruneRequest { req, dry_run }))
             .await
     }
 }

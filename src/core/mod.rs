@@ -11,6 +11,7 @@
 //! - [`acks`]: waiting for the first ack, which makes a send `delivered`;
 //! - [`reads`]: inbox, read marks, threads, search and tokens;
 //! - [`forget`]: forgetting an agent that is gone for good;
+//! - [`retention`]: when old messages are deleted, and probing a store that cannot write;
 //! - [`rate`], [`suggest`], [`metrics`]: the rate limit, "did you mean", counters.
 
 pub mod acks;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod presence;
 pub mod rate;
 pub mod reads;
+pub mod retention;
 pub mod send;
 pub mod suggest;
 
@@ -79,7 +81,9 @@ impl Frame {
 /// The error frame a client gets for `e`; failures of the node itself are logged here, with
 /// what the client is not told.
 pub fn error_frame(req: Option<u64>, e: &Error) -> ServerFrame {
-    if matches!(e, Error::Store(_) | Error::Io { .. }) {
+    // A full or failing disk is logged once by the store, not once per refused request.
+    if matches!(e, Error::Store(_) | Error::Io { .. }) && crate::store::fault::fault_in(e).is_none()
+    {
         tracing::warn!(error = %e, "a request failed inside the node");
     }
     ServerFrame::error(req, e.code(), e.client_message())

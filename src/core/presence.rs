@@ -87,7 +87,8 @@ impl Router {
         if let Some((row, introduced)) = persist {
             self.presence_changed();
             let origin = self.node_id.clone();
-            self.store
+            let stored = self
+                .store
                 .write(move |c| {
                     if introduced {
                         queries::introduce_agent(c, &row, now, Some(&origin))
@@ -95,7 +96,15 @@ impl Router {
                         queries::upsert_agent(c, &row, now, Some(&origin))
                     }
                 })
-                .await?;
+                .await;
+            match stored {
+                // A full disk must not keep agents from connecting: the row is in memory (and
+                // in peers' presence); it is stored with the agent's next change.
+                Err(e) if crate::store::fault::fault_in(&e).is_some() => {
+                    tracing::debug!(error = %e, agent, "could not store the agent's row now");
+                }
+                other => other?,
+            }
         }
         Ok(session)
     }
@@ -124,6 +133,7 @@ impl Router {
             if let Err(e) = store
                 .write(move |c| queries::upsert_agent(c, &row, now, Some(&origin)))
                 .await
+                && crate::store::fault::fault_in(&e).is_none()
             {
                 tracing::warn!(error = %e, "could not record last seen");
             }

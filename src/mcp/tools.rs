@@ -39,6 +39,26 @@ fn err(e: crate::Error) -> String {
     e.to_string()
 }
 
+/// Marks what a tool returns read. A node whose disk takes no writes cannot store the marks:
+/// the messages are returned all the same (they stay unread, and come again), with a line that
+/// says so — a full disk must not hide mail that is there to read.
+async fn mark_returned(c: &crate::client::Client, ids: Vec<String>) -> Result<String, String> {
+    if ids.is_empty() {
+        return Ok(String::new());
+    }
+    match c.mark_read(ids, false).await {
+        Ok(_) => Ok(String::new()),
+        Err(
+            e @ crate::Error::Remote {
+                code:
+                    crate::protocol::ErrorCode::StorageFull | crate::protocol::ErrorCode::StorageError,
+                ..
+            },
+        ) => Ok(format!("\n(Not marked read: {e}; they stay unread.)")),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// The shape of most tools: one client call, its result rendered.
 async fn reply<T: Serialize>(
     call: impl Future<Output = crate::Result<T>>,
@@ -99,6 +119,7 @@ impl McpServer {
             })
             .await
             .map_err(err)?;
+        let mut note = String::new();
         if a.mark_read.unwrap_or(true) {
             let ids: Vec<String> = r
                 .messages
@@ -106,15 +127,13 @@ impl McpServer {
                 .filter(|m| !m.read)
                 .map(|m| m.id.clone())
                 .collect();
-            if !ids.is_empty() {
-                c.mark_read(ids, false).await.map_err(err)?;
-            }
+            note = mark_returned(c, ids).await?;
         }
         let heading = match r.messages.len() {
             0 => "No messages.".to_owned(),
             n => format!("{n} message(s); {} more unread.", r.unread_remaining),
         };
-        let text = render::messages(&heading, &r.messages);
+        let text = render::messages(&heading, &r.messages) + &note;
         ok(&r, text)
     }
 
@@ -183,7 +202,7 @@ impl McpServer {
 
     async fn take(&self, messages: Vec<Message>) -> Result<CallToolResult, String> {
         let ids = messages.iter().map(|m| m.id.clone()).collect();
-        self.inner.client.mark_read(ids, false).await.map_err(err)?;
+        let note = mark_returned(&self.inner.client, ids).await?;
         let r = WaitResult {
             messages,
             timed_out: false,
@@ -191,7 +210,7 @@ impl McpServer {
         let text = render::messages(
             &format!("{} new message(s).", r.messages.len()),
             &r.messages,
-        );
+        ) + &note;
         ok(&r, text)
     }
 

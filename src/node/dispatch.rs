@@ -113,7 +113,7 @@ impl Conn {
             },
             ClientFrame::Token(t) => ServerFrame::Tokens {
                 req: t.req,
-                result: r.token(self.admin, t.action, t.name).await?,
+                result: r.token(self.admin, t.action, t.name, t.operator).await?,
             },
             ClientFrame::Forget(f) => ServerFrame::Forgotten {
                 req: f.req,
@@ -122,6 +122,10 @@ impl Conn {
             ClientFrame::MeshForget(f) => ServerFrame::MeshForgot {
                 req: f.req,
                 result: self.mesh_forget(&f.node).await?,
+            },
+            ClientFrame::Prune(p) => ServerFrame::Pruned {
+                req: p.req,
+                result: r.prune(self.admin, p.dry_run).await?,
             },
             ClientFrame::Ping(p) => ServerFrame::Pong { req: p.req },
         }))

@@ -1,5 +1,6 @@
 //! The node's one port: the accept loop, and the routes `/ws` (clients and peers, see
-//! [`upgrade`](super::upgrade)), `/health` and `/metrics`. hyper and axum do the HTTP.
+//! [`upgrade`](super::upgrade)), `/health`, `/metrics`, and the web dashboard's (`/`, see
+//! [`crate::dashboard`]). hyper and axum do the HTTP.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// The port's TLS, if it speaks TLS.
     pub tls: Option<ServerTls>,
+    /// The web dashboard's logins and sessions.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled: what axum's `serve` does, plus a
@@ -139,6 +142,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/ws", get(super::upgrade::ws))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 
@@ -153,15 +157,30 @@ pub fn rss_bytes() -> Option<u64> {
 async fn health(State(s): State<AppState>) -> Response {
     let (online, sessions) = s.router.counts();
     let conflicts = s.mesh.as_ref().map(|m| m.conflicts()).unwrap_or_default();
+    let fault = s.router.store.fault().map(|f| f.reason());
     let status = if s.shutdown.is_cancelled() {
         "stopping"
-    } else if !conflicts.is_empty() || s.backbone.as_ref().is_some_and(|b| b.degraded()) {
+    } else if !conflicts.is_empty()
+        || fault.is_some()
+        || s.backbone.as_ref().is_some_and(|b| b.degraded())
+    {
         // Another data dir claims a peer's node id: its mail is held back until one is renamed.
-        // Or the backbone's stream dropped entries this node never read.
+        // Or the store cannot write: sends are refused until it can. Or the backbone's stream
+        // dropped entries this node never read.
         "degraded"
     } else {
         "ok"
     };
+    let mut reasons: Vec<String> = fault.iter().cloned().collect();
+    if !conflicts.is_empty() {
+        reasons.push("another data dir claims a peer's node id (see conflicts)".into());
+    }
+    if s.backbone.as_ref().is_some_and(|b| b.degraded()) {
+        reasons.push(
+            "the backbone's stream dropped entries this node never read (see backbone.gaps)".into(),
+        );
+    }
+    let size = store_size(&s).await;
     let body = serde_json::json!({
         "node_id": s.router.node_id,
         "instance": s.router.store.instance(),
@@ -179,6 +198,13 @@ async fn health(State(s): State<AppState>) -> Response {
         },
         "backbone": s.backbone.as_ref().map(|b| b.status()),
         "conflicts": conflicts,
+        "store": {
+            "bytes": size.bytes,
+            "messages": size.messages,
+            "log_entries": size.log_entries,
+            "fault": fault,
+        },
+        "reasons": reasons,
         "tls": s.tls.as_ref().map(|t| serde_json::json!({
             "fingerprint_sha256": t.fingerprint,
             "self_signed": t.self_signed,
@@ -188,7 +214,19 @@ async fn health(State(s): State<AppState>) -> Response {
     axum::Json(body).into_response()
 }
 
+/// The store's size; on a failed count (the store stopping) the file size alone.
+async fn store_size(s: &AppState) -> crate::store::Size {
+    match s.router.store.size().await {
+        Ok(size) => size,
+        Err(_) => crate::store::Size {
+            bytes: s.router.store.file_bytes(),
+            ..Default::default()
+        },
+    }
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
+    let size = store_size(&s).await;
     let r = &s.router;
     let (online, sessions) = r.counts();
     let stats = r.store.stats();
@@ -223,6 +261,22 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "store_jobs",
             "Store jobs run (group commit packs many per transaction).",
             stats.jobs.load(Ordering::Relaxed),
+        ),
+        (
+            "store_bytes",
+            "The store's database and WAL files on disk.",
+            size.bytes,
+        ),
+        ("store_messages", "Messages stored.", size.messages),
+        (
+            "store_log_entries",
+            "Entries in this node's replication log.",
+            size.log_entries,
+        ),
+        (
+            "store_degraded",
+            "1 while the store cannot write (full disk, I/O errors): sends are refused.",
+            u64::from(r.store.fault().is_some()),
         ),
         ("rss_bytes", "Resident memory.", rss_bytes().unwrap_or(0)),
         (

@@ -117,6 +117,12 @@ impl Node {
         {
             tracing::warn!(kept = ?m.into, merged = ?m.from, "agent names that differ only in case are one agent now: merged");
         }
+        let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+            secret.clone(),
+            store.clone(),
+            addr.port(),
+            tls.is_some(),
+        ));
         let router = Arc::new(
             Router::load(
                 config.node_id.clone(),
@@ -127,6 +133,10 @@ impl Node {
             )
             .await?,
         );
+        tracker.spawn(crate::core::retention::run(
+            router.clone(),
+            shutdown.clone(),
+        ));
         let mesh = match &config.mesh_secret_file {
             Some(f) => Some(Mesh::start(
                 router.clone(),
@@ -169,6 +179,7 @@ impl Node {
             mesh,
             connections: Arc::new(tokio::sync::Semaphore::new(router.limits.max_connections)),
             tls: tls.clone(),
+            dashboard,
         });
         let server = tracker.spawn(http::serve(
             listener,
@@ -245,6 +256,10 @@ impl Node {
         let _ = tokio::time::timeout_at(deadline, &mut self.server).await;
         // Everything queued before this point is committed when it returns.
         let flushed = self.router.flush().await;
+        // A WAL left behind keeps its size (tens of MB after a burst) until the next start.
+        if let Err(e) = self.router.store.truncate_wal().await {
+            tracing::debug!(error = %e, "could not empty the WAL at shutdown");
+        }
         drop(self.lock.take());
         tracing::info!("node stopped");
         flushed

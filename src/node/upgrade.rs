@@ -1,6 +1,6 @@
 //! From an HTTP request on `/ws` to a running connection: the WebSocket upgrade, then the
 //! first frame decides what the connection is — a client's `hello` starts a session, a peer's
-//! `peer_hello` a mesh link.
+//! `peer_hello` a mesh link, `dashboard`/`dashboard_login` a web dashboard's connection.
 
 use std::net::SocketAddr;
 
@@ -59,6 +59,8 @@ pub async fn ws(
     };
     let token = bearer(req.headers());
     let transport = req.extensions().get::<Transport>().copied();
+    let browser =
+        crate::dashboard::live::Browser::of(&s, req.headers(), transport.is_some_and(|t| t.tls));
     let upgrade = hyper::upgrade::on(&mut req);
     let max = s.router.limits.max_frame_bytes;
     // Small buffers: an idle connection should cost a few KiB, not the 128 KiB defaults.
@@ -78,7 +80,13 @@ pub async fn ws(
                     Some(config),
                 )
                 .await;
-                run(ws, s, token, remote, transport, permit).await;
+                let how = How {
+                    token,
+                    remote,
+                    transport,
+                    browser,
+                };
+                run(ws, s, how, permit).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
         }
@@ -92,16 +100,25 @@ enum First {
     Client(Hello),
     /// A peer node's `peer_hello` with its nonce.
     Peer(String),
+    /// A dashboard's page or login command.
+    Dashboard(crate::dashboard::login::First),
 }
 
-async fn run(
-    ws: WebSocketStream<Socket>,
-    s: AppState,
+/// How a connection came in: what its upgrade request carried.
+struct How {
     token: Option<String>,
     remote: SocketAddr,
     transport: Option<Transport>,
-    _permit: OwnedSemaphorePermit,
-) {
+    browser: crate::dashboard::live::Browser,
+}
+
+async fn run(ws: WebSocketStream<Socket>, s: AppState, how: How, _permit: OwnedSemaphorePermit) {
+    let How {
+        token,
+        remote,
+        transport,
+        browser,
+    } = how;
     let metrics = &s.router.metrics;
     Metrics::inc(&metrics.connections_total);
     metrics
@@ -111,6 +128,9 @@ async fn run(
     let first = first_frame(&mut reader, s.router.limits.handshake_timeout, &s.shutdown).await;
     match first {
         Ok(First::Client(hello)) => session::run(writer, reader, hello, token, &s).await,
+        Ok(First::Dashboard(first)) => {
+            crate::dashboard::live::run(writer, reader, first, browser, &s).await
+        }
         Ok(First::Peer(nonce)) => match s.mesh.clone() {
             Some(mesh) => {
                 let binding = transport.and_then(|t| t.binding);
@@ -187,6 +207,9 @@ async fn first_frame(
     };
     if let Ok(PeerFrame::PeerHello { nonce, .. }) = serde_json::from_str::<PeerFrame>(&text) {
         return Ok(First::Peer(nonce));
+    }
+    if let Ok(d) = serde_json::from_str::<crate::dashboard::login::First>(&text) {
+        return Ok(First::Dashboard(d));
     }
     match serde_json::from_str::<ClientFrame>(&text) {
         Ok(ClientFrame::Hello(h)) => Ok(First::Client(h)),

@@ -49,6 +49,9 @@ pub enum ClientFrame {
     /// Drop a departed peer node now instead of dialing it for an hour (local-secret
     /// connections only); answered by `mesh_forgot`.
     MeshForget(MeshForgetRequest),
+    /// Delete (or, with `dry_run`, count) what retention deletes now (local-secret
+    /// connections only); answered by `pruned`.
+    Prune(PruneRequest),
     /// Application-level liveness check; answered by `pong`.
     Ping(Ping),
 }
@@ -250,6 +253,9 @@ pub struct TokenRequest {
     /// The agent the token is for (`issue`, `revoke`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `issue`: an operator token, which also logs in to the web dashboard as `name`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 /// `switchboard mesh forget NODE`.
@@ -260,6 +266,17 @@ pub struct MeshForgetRequest {
     pub req: u64,
     /// The node id to drop.
     pub node: String,
+}
+
+/// `switchboard prune [--dry-run]`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Correlates the answer with this request.
+    pub req: u64,
+    /// Only count what would go.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// What to do with tokens.
@@ -383,6 +400,14 @@ pub enum ServerFrame {
         /// The result.
         #[serde(flatten)]
         result: MeshForgetResult,
+    },
+    /// Answer to `prune`.
+    Pruned {
+        /// The request this answers.
+        req: u64,
+        /// The result.
+        #[serde(flatten)]
+        result: PruneResult,
     },
     /// Answer to `ping`.
     Pong {
@@ -517,6 +542,7 @@ impl ClientFrame {
             ClientFrame::Token(r) => Some(r.req),
             ClientFrame::Forget(r) => Some(r.req),
             ClientFrame::MeshForget(r) => Some(r.req),
+            ClientFrame::Prune(r) => Some(r.req),
             ClientFrame::Ping(r) => Some(r.req),
         }
     }

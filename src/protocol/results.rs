@@ -123,3 +123,25 @@ pub struct MeshForgetResult {
     /// dir to link under it holds it.
     pub released: bool,
 }
+
+/// What `prune` deleted (or, in a dry run, would delete).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PruneResult {
+    /// Nothing was deleted: these are the counts of what would go.
+    pub dry_run: bool,
+    /// Messages.
+    pub messages: u64,
+    /// Their inbox rows (one per recipient).
+    pub inbox_rows: u64,
+    /// The bytes of their subjects, bodies and data.
+    pub bytes: u64,
+    /// The store's files (database + WAL) on disk before.
+    pub store_bytes_before: u64,
+    /// And after (the same in a dry run).
+    pub store_bytes_after: u64,
+    /// The retention in force: read messages go this many seconds after their last read
+    /// (none: kept).
+    pub retain_read_seconds: Option<u64>,
+    /// Unread messages go this many seconds after they were sent (none: kept).
+    pub retain_unread_seconds: Option<u64>,
+}

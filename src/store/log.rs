@@ -317,7 +317,19 @@ struct StoredRef {
 /// This data dir's log after `after`, oldest first. The log is only ever this data dir's own,
 /// whatever node ids it ran under: a node renamed (say, to end a node-id conflict) still ships
 /// everything it logged before, since peers follow its instance, not its node id.
-pub fn events_after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Event>> {
+pub fn events_after(conn: &Connection, mut after: u64, limit: u32) -> Result<Vec<Event>> {
+    loop {
+        let (events, read) = events_in(conn, after, limit)?;
+        // A page of nothing but pruned messages is no end of the log: look further.
+        match read {
+            Some(last) if events.is_empty() => after = last,
+            _ => return Ok(events),
+        }
+    }
+}
+
+/// One page of the log after `after`, and the last seq it read when the page was full.
+fn events_in(conn: &Connection, after: u64, limit: u32) -> Result<(Vec<Event>, Option<u64>)> {
     let mut stmt = conn
         .prepare_cached("SELECT seq, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
     let rows = stmt
@@ -325,6 +337,9 @@ pub fn events_after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Eve
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let read = (rows.len() as u32 == limit)
+        .then(|| rows.last().map(|r| r.0 as u64))
+        .flatten();
     let mut events = Vec::with_capacity(rows.len());
     for (seq, p) in rows {
         if let Ok(r) = serde_json::from_str::<StoredRef>(&p)
@@ -335,10 +350,9 @@ pub fn events_after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Eve
                     seq: seq as u64,
                     body: EventBody::Message(m),
                 }),
-                None => {
-                    tracing::error!(seq, id = %r.id, "a logged message is missing");
-                    break;
-                }
+                // Retention deleted it here; a peer that has not had it by now goes without
+                // (it was past this node's retention), and the entries after it still flow.
+                None => tracing::debug!(seq, id = %r.id, "a logged message was pruned"),
             }
             continue;
         }
@@ -350,11 +364,11 @@ pub fn events_after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Eve
             Err(e) => {
                 // Shipping past it would leave a gap peers never fill; stop here loudly.
                 tracing::error!(seq, error = %e, "unreadable replication log entry");
-                break;
+                return Ok((events, None));
             }
         }
     }
-    Ok(events)
+    Ok((events, read))
 }
 
 /// The last seq of `origin` applied here.

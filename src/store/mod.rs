@@ -12,12 +12,14 @@
 mod apply;
 mod checkpoint;
 mod directory;
+pub mod fault;
 mod forget;
 mod instances;
 mod log;
 pub mod marks;
 mod messages;
 pub mod names;
+pub mod retention;
 mod rows;
 pub(crate) mod schema;
 mod stamps;
@@ -36,6 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 
 pub use instances::{Bound, bind_peer, holders, release};
+/// For reads of other layers' own (the dashboard's operator views): the one message mapper.
+pub(crate) use rows::{AFTER_MESSAGE, MESSAGE_COLUMNS, message_row};
 pub use rows::{AgentRow, InboxQuery, NewMessage, Stored, TokenRow};
 
 /// The SQL behind every store job, by the name the node has always used for it.
@@ -122,6 +126,23 @@ pub struct Store {
     instance: Arc<str>,
     /// The last committed seq of this data dir's log, for peers' lag (see [`Store::log_head`]).
     log_head: Arc<AtomicU64>,
+    /// Whether writes work now (a full disk, a failing one).
+    health: Arc<fault::Health>,
+    /// Asks the checkpointer to empty the WAL (clean shutdown).
+    truncate: std::sync::mpsc::SyncSender<checkpoint::TruncateNow>,
+    /// The database file; its `-wal` beside it.
+    path: Arc<std::path::PathBuf>,
+}
+
+/// How big the store is, for `/health` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Size {
+    /// The database and WAL files on disk.
+    pub bytes: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// Entries in this node's replication log.
+    pub log_entries: u64,
 }
 
 impl Store {
@@ -129,6 +150,7 @@ impl Store {
     /// ends when every handle is dropped, after committing what was queued.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
         let mut conn = Connection::open(path)?;
+        retention::enable_incremental_vacuum(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -173,6 +195,8 @@ impl Store {
         let writer_head = log_head.clone();
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let still_running = running.clone();
+        let health = Arc::new(fault::Health::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("switchboard-store".into())
             .spawn(move || {
@@ -183,15 +207,17 @@ impl Store {
                     &commit_tx,
                     &writer_tail,
                     &writer_head,
+                    &writer_health,
                 );
                 still_running.store(false, Ordering::Relaxed);
             })
             .map_err(|e| Error::io("starting the store thread", e))?;
+        let (truncate, requests) = std::sync::mpsc::sync_channel(4);
         std::thread::Builder::new()
             .name("switchboard-checkpoint".into())
             .spawn({
                 let wal = checkpoint::WalPrefetch::new(path);
-                move || checkpoint::checkpoints(checkpointer, wal, &running)
+                move || checkpoint::checkpoints(checkpointer, wal, &running, &requests)
             })
             .map_err(|e| Error::io("starting the checkpoint thread", e))?;
         Ok(Store {
@@ -202,7 +228,57 @@ impl Store {
             reads,
             instance,
             log_head,
+            health,
+            truncate,
+            path: Arc::new(path.to_owned()),
         })
+    }
+
+    /// The fault that keeps the store from writing now, if any.
+    pub fn fault(&self) -> Option<fault::Faulted> {
+        self.health.current()
+    }
+
+    /// Bytes on disk (database + WAL), messages and log entries. The counts are read on the
+    /// reader thread, off the writer.
+    pub async fn size(&self) -> Result<Size> {
+        let (messages, log_entries) = self
+            .read_committed(|c| {
+                let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, u64>(0));
+                Ok((
+                    count("SELECT count(*) FROM messages")?,
+                    count("SELECT count(*) FROM events")?,
+                ))
+            })
+            .await?;
+        Ok(Size {
+            bytes: self.file_bytes(),
+            messages,
+            log_entries,
+        })
+    }
+
+    /// The database and WAL files' sizes on disk.
+    pub fn file_bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Copies the WAL into the database and empties the WAL file; for a clean shutdown, once
+    /// everything is committed (it waits for the writer's transaction).
+    pub async fn truncate_wal(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        // A request already queued does the same work, so a full queue only waits for it.
+        if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = self.truncate.try_send(reply) {
+            return Err(Error::ShuttingDown);
+        }
+        done.await.map_err(|_| Error::ShuttingDown)??;
+        Ok(())
     }
 
     /// The last committed seq of this data dir's log (0 while it has none): how far a peer

@@ -132,6 +132,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX agents_folded ON agents(lower(name));
     "#,
+    // 9: a message's inbox rows by message: retention deletes them with it (and finds whether
+    // all are read) without scanning every inbox.
+    r#"
+    CREATE INDEX inbox_by_message ON inbox(msg_id);
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Fault, Result};
+use crate::store::fault::{Health, fault_in, fault_of};
 use crate::store::log::LogState;
 use crate::store::{StoreStats, TAIL_LEN, Tail, Tx, schema};
 
@@ -23,8 +24,29 @@ const MAX_BATCH: usize = 2048;
 /// How often new messages are added to the full-text index.
 const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Why a batch did not commit.
+pub(crate) struct CommitError {
+    /// For the wire code.
+    fault: Fault,
+    /// The disk failed (not, say, a constraint in one job): the store is degraded.
+    disk: bool,
+    /// SQLite's text, for the log.
+    reason: String,
+}
+
+impl CommitError {
+    fn sqlite(e: &rusqlite::Error) -> CommitError {
+        let disk = fault_of(e);
+        CommitError {
+            fault: disk.unwrap_or(Fault::Failed),
+            disk: disk.is_some(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// What a job hands back once it ran: called with the commit's error, if any, to answer.
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+type Finish = Box<dyn FnOnce(Option<&CommitError>) + Send>;
 type Job = Box<dyn FnOnce(&Tx<'_>, &mut Batch) -> Finish + Send>;
 
 /// What the jobs of one transaction did.
@@ -32,6 +54,8 @@ type Job = Box<dyn FnOnce(&Tx<'_>, &mut Batch) -> Finish + Send>;
 pub(crate) struct Batch {
     /// A hot-path write failed: roll everything back.
     poisoned: bool,
+    /// It failed because of the disk (full, or another I/O failure).
+    poison_fault: Option<Fault>,
     /// Some job may have written: tell the commit watchers.
     wrote: bool,
 }
@@ -72,15 +96,21 @@ where
             Guard::Unguarded => {
                 batch.wrote = true;
                 let r = f(tx);
-                if matches!(r, Err(Error::Store(_))) {
+                if let Err(e @ Error::Store(_)) = &r {
                     batch.poisoned = true;
+                    batch.poison_fault = batch.poison_fault.or(fault_in(e));
                 }
                 r
             }
         };
-        Box::new(move |commit_error: Option<&str>| {
+        Box::new(move |commit_error: Option<&CommitError>| {
             let result = match commit_error {
-                Some(e) if result.is_ok() => Err(Error::NotCommitted(e.to_owned())),
+                // A read's answer stands: it read the transaction, whatever became of it.
+                Some(_) if matches!(guard, Guard::ReadOnly) => result,
+                Some(e) if result.is_ok() => Err(Error::NotCommitted {
+                    fault: e.fault,
+                    reason: e.reason.clone(),
+                }),
                 _ => result,
             };
             let _ = reply.send(result);
@@ -124,6 +154,7 @@ pub(crate) fn run(
     commits: &tokio::sync::watch::Sender<u64>,
     tail: &Tail,
     head: &AtomicU64,
+    health: &Health,
 ) {
     let log = LogState::default();
     let mut last_index = std::time::Instant::now();
@@ -138,13 +169,18 @@ pub(crate) fn run(
             }
         }
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let changes_before = conn.total_changes();
         let mut state = Batch::default();
         let tx = Tx::new(&conn, &log);
         for job in batch.drain(..) {
             finishes.push(job(&tx, &mut state));
         }
-        let commit = match begun {
-            Ok(()) if state.poisoned => Err("a write failed inside the batch".to_owned()),
+        let commit: std::result::Result<(), CommitError> = match begun {
+            Ok(()) if state.poisoned => Err(CommitError {
+                fault: state.poison_fault.unwrap_or(Fault::Failed),
+                disk: state.poison_fault.is_some(),
+                reason: "a write failed inside the batch".to_owned(),
+            }),
             Ok(()) => {
                 // Full-text indexing writes a new FTS segment each time; at low load that was
                 // half the pages of every commit. Index every 100 ms (or per big batch);
@@ -159,14 +195,24 @@ pub(crate) fn run(
                 };
                 index
                     .and_then(|()| conn.execute_batch("COMMIT"))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| CommitError::sqlite(&e))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(CommitError::sqlite(&e)),
         };
+        let wrote_rows = conn.total_changes() != changes_before;
         let error = commit.err().inspect(|e| {
-            tracing::error!(error = %e, "store commit failed; the batch was rolled back");
+            if e.disk {
+                // Logged once while it lasts (a full disk fails every batch), not per batch.
+                health.failed(e.fault, &e.reason);
+            } else {
+                tracing::error!(error = %e.reason, "store commit failed; the batch was rolled back");
+            }
             let _ = conn.execute_batch("ROLLBACK");
         });
+        if error.is_none() && wrote_rows {
+            // Only a commit that wrote pages proves the disk takes writes again.
+            health.wrote();
+        }
         let logged = log.take_pending(error.is_none());
         if let Some((last, _)) = logged.last() {
             head.store(*last, Ordering::Relaxed);
@@ -184,7 +230,7 @@ pub(crate) fn run(
             .jobs
             .fetch_add(finishes.len() as u64, Ordering::Relaxed);
         for finish in finishes.drain(..) {
-            finish(error.as_deref());
+            finish(error.as_ref());
         }
     }
     if let Err(e) = conn.execute_batch(&format!("BEGIN; {} COMMIT;", schema::INDEX_NEW_MESSAGES)) {

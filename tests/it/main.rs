@@ -1,10 +1,15 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
 mod backbone;
+mod browser;
 mod chaos;
 mod cli;
 mod common;
+mod dashboard;
+mod dashboard_load;
+mod dashboard_login;
 mod data_dir_node;
+mod disk_full;
 mod durability;
 mod embedded;
 mod first_minutes;
@@ -19,8 +24,10 @@ mod mesh_ops;
 mod names_mesh;
 mod props;
 mod push;
+mod retention;
 mod schemas;
 mod shutdown;
+mod soak;
 mod tls;
 mod tls_mesh;
 mod unmeshed;
