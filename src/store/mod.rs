@@ -16,7 +16,6 @@ pub mod fault;
 mod forget;
 mod instances;
 mod log;
-pub mod marks;
 mod messages;
 pub mod names;
 pub mod retention;
