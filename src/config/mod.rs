@@ -13,6 +13,8 @@ pub use crate::retention::{Retention, parse_retention};
 
 mod advertise;
 pub use advertise::Advertise;
+pub mod backbone;
+pub use backbone::BackboneConfig;
 
 /// Where a node listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
@@ -63,6 +65,9 @@ pub struct FileConfig {
     /// Permit credentials and peer links over plain `ws://` to other machines.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Replicate through NATS JetStream instead of direct peer links.
+    #[serde(default)]
+    pub backbone: backbone::FileBackbone,
     /// How long messages are kept.
     #[serde(default)]
     pub retention: FileRetention,
@@ -234,6 +239,8 @@ pub struct NodeConfig {
     pub allow_plaintext: bool,
     /// What peers are told about dialing this node.
     pub advertise: Advertise,
+    /// The NATS JetStream backbone, if the node replicates through one.
+    pub backbone: Option<BackboneConfig>,
 }
 
 /// Command-line (and env) overrides for a node; `None` means "not given".
@@ -263,6 +270,10 @@ pub struct NodeOverrides {
     pub tls_ca: Option<PathBuf>,
     /// `--allow-plaintext`.
     pub allow_plaintext: bool,
+    /// `--backbone`, repeatable; replaces the config's list when given.
+    pub backbone: Vec<String>,
+    /// `--backbone-creds`.
+    pub backbone_creds: Option<PathBuf>,
     /// `--retain-read`, as typed.
     pub retain_read: Option<String>,
     /// `--retain-unread`, as typed.
@@ -365,7 +376,17 @@ impl NodeConfig {
             Some(a) => Advertise::parse(&a, tls.is_some())?,
             None => Advertise::Default,
         };
+        let backbone =
+            backbone::resolve(o.backbone, o.backbone_creds, file.backbone, allow_plaintext)?;
+        if backbone.is_some() && !peers.is_empty() {
+            return Err(Error::Config(
+                "--backbone replaces --peer: a node replicates through NATS or through direct \
+                 links, not both (drop the peers, or the backbone)"
+                    .into(),
+            ));
+        }
         Ok(NodeConfig {
+            backbone,
             data_dir,
             listen,
             node_id,

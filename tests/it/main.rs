@@ -1,5 +1,6 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
+mod backbone;
 mod browser;
 mod chaos;
 mod cli;
