@@ -282,6 +282,7 @@ pub(super) fn nodes(s: &Shared) -> Vec<NodeView> {
                 url: None,
                 error: error.or_else(|| (!h.live).then(|| format!("not heard for {silent}s"))),
                 reported_by: Vec::new(),
+                undialable: false,
                 lag: Lag {
                     to_peer: None,
                     from_peer: Some(h.head.max(o.head.unwrap_or(0)).saturating_sub(o.applied.unwrap_or(0))),
