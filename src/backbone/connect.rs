@@ -15,14 +15,23 @@ use crate::error::{Error, Result};
 /// retry comes well within it, and a later one is skipped by the consumers' cursors anyway.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// The client (connecting in the background) and a watch of whether it is connected.
+/// Why the client last failed to reach a server, until it connects again.
+pub(crate) type LastError = std::sync::Arc<parking_lot::Mutex<Option<String>>>;
+
+/// The client (connecting in the background), a watch of whether it is connected, and why it
+/// last failed to connect.
 pub(super) async fn connect(
     config: &BackboneConfig,
     tls_ca: &[std::path::PathBuf],
     node: &str,
-) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<bool>)> {
+) -> Result<(
+    async_nats::Client,
+    tokio::sync::watch::Receiver<bool>,
+    LastError,
+)> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let tx = std::sync::Arc::new(tx);
+    let last_error = LastError::default();
     let mut options = ConnectOptions::new();
     if let Some(creds) = &config.creds {
         options = options.credentials_file(creds).await.map_err(|e| {
@@ -44,7 +53,10 @@ pub(super) async fn connect(
     if remote_plain && !config.allow_plaintext {
         options = options.require_tls(true);
     }
+    let tls = (remote_plain && !config.allow_plaintext)
+        || config.urls.iter().any(|u| u.starts_with("tls://"));
     let events = tx.clone();
+    let failures = last_error.clone();
     let options = options
         .name(format!("switchboard {node}"))
         .retry_on_initial_connect()
@@ -56,12 +68,16 @@ pub(super) async fn connect(
         })
         .event_callback(move |event| {
             let events = events.clone();
+            let failures = failures.clone();
             async move {
                 match event {
                     Event::Connected => {
                         tracing::info!("backbone connected");
+                        *failures.lock() = None;
                         events.send_replace(true);
                     }
+                    Event::ClientError(e) => failed(&failures, tls, &e.to_string()),
+                    Event::ServerError(e) => failed(&failures, tls, &e.to_string()),
                     Event::Disconnected | Event::Closed => {
                         tracing::warn!(
                             "backbone disconnected: other nodes' agents count as offline and \
@@ -85,7 +101,33 @@ pub(super) async fn connect(
         .connect(addrs.as_slice())
         .await
         .map_err(|e| Error::Config(format!("backbone: {e}")))?;
-    Ok((client, rx))
+    Ok((client, rx, last_error))
+}
+
+/// Records why connecting failed, logged once per reason (the client retries every half
+/// second; one line each time would bury everything else).
+fn failed(last: &LastError, tls: bool, reason: &str) {
+    let why = match reason {
+        // A certificate that does not verify fails inside the TLS handshake, which the client
+        // reports as an I/O error with the cause dropped.
+        r if tls && r.contains("IO error") => format!(
+            "{r}: the NATS server is not answering, or its certificate did not verify (a CA \
+             of your own is trusted with --tls-ca)"
+        ),
+        r if r.contains("TLS") => format!(
+            "{r}: the NATS server's certificate did not verify, or TLS is required on one side \
+             only (a CA of your own is trusted with --tls-ca)"
+        ),
+        r if r.contains("authorization") || r.contains("signing nonce") => {
+            format!("{r}: the NATS server refused this node's credentials (--backbone-creds)")
+        }
+        r => r.to_owned(),
+    };
+    let mut last = last.lock();
+    if last.as_deref() != Some(why.as_str()) {
+        tracing::warn!("backbone: cannot connect: {why}");
+        *last = Some(why);
+    }
 }
 
 /// The stream's settings from the node's.

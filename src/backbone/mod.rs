@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) status: status::Status,
     /// `true` while the client is connected (from the client's events).
     pub(crate) connected: tokio::sync::watch::Receiver<bool>,
+    /// Why the client last failed to connect, until it connects.
+    pub(crate) connect_error: connect::LastError,
 }
 
 impl Backbone {
@@ -105,7 +107,8 @@ impl Backbone {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Backbone> {
-        let (client, connected) = connect::connect(&config, tls_ca, &router.node_id).await?;
+        let (client, connected, connect_error) =
+            connect::connect(&config, tls_ca, &router.node_id).await?;
         let js = match &config.domain {
             Some(d) => async_nats::jetstream::with_domain(client.clone(), d),
             None => async_nats::jetstream::new(client.clone()),
@@ -119,6 +122,7 @@ impl Backbone {
             tracker: tracker.clone(),
             status: status::Status::default(),
             connected,
+            connect_error,
         });
         consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
@@ -138,9 +142,28 @@ impl Backbone {
         status::nodes(&self.shared)
     }
 
-    /// Whether something needs an operator (origin entries lost to the stream's retention).
-    pub fn degraded(&self) -> bool {
-        self.shared.status.has_gaps()
+    /// What needs an operator: origin entries lost to the stream's retention, or no NATS
+    /// server reachable (with the reason the client gave).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.shared.status.has_gaps() {
+            out.push(
+                "the backbone's stream dropped entries this node never read (see backbone.gaps)"
+                    .to_owned(),
+            );
+        }
+        let connected =
+            self.shared.client.connection_state() == async_nats::connection::State::Connected;
+        if let Some(e) = self
+            .shared
+            .connect_error
+            .lock()
+            .clone()
+            .filter(|_| !connected)
+        {
+            out.push(format!("the backbone is not connected: {e}"));
+        }
+        out
     }
 
     /// (nodes heard now, nodes known), as `/metrics` counts peers.

@@ -184,6 +184,9 @@ pub struct BackboneStatus {
     pub connected: bool,
     /// The server connected to (`host:port`), once connected.
     pub server: Option<String>,
+    /// Why the node last failed to reach a NATS server, while it is not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_error: Option<String>,
     /// The stream.
     pub stream: serde_json::Value,
     /// This node's log head.
@@ -225,6 +228,7 @@ pub(super) fn report(s: &Shared) -> BackboneStatus {
         connected,
         server: (connected && !info.host.is_empty())
             .then(|| format!("{}:{}", info.host, info.port)),
+        connect_error: s.connect_error.lock().clone().filter(|_| !connected),
         stream: serde_json::json!({
             "name": super::STREAM,
             "replicas": s.config.replicas,
@@ -313,6 +317,9 @@ impl BackboneStatus {
             self.log_head,
             num(self.consumer.pending)
         ));
+        if let Some(e) = &self.connect_error {
+            out.push_str(&format!("\n  cannot connect: {e}"));
+        }
         for e in [&self.publish_error, &self.consumer.error]
             .into_iter()
             .flatten()

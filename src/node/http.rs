@@ -158,15 +158,17 @@ async fn health(State(s): State<AppState>) -> Response {
     let (online, sessions) = s.router.counts();
     let conflicts = s.mesh.as_ref().map(|m| m.conflicts()).unwrap_or_default();
     let fault = s.router.store.fault().map(|f| f.reason());
+    let backbone_problems = s
+        .backbone
+        .as_ref()
+        .map(|b| b.problems())
+        .unwrap_or_default();
     let status = if s.shutdown.is_cancelled() {
         "stopping"
-    } else if !conflicts.is_empty()
-        || fault.is_some()
-        || s.backbone.as_ref().is_some_and(|b| b.degraded())
-    {
+    } else if !conflicts.is_empty() || fault.is_some() || !backbone_problems.is_empty() {
         // Another data dir claims a peer's node id: its mail is held back until one is renamed.
         // Or the store cannot write: sends are refused until it can. Or the backbone's stream
-        // dropped entries this node never read.
+        // dropped entries this node never read, or no NATS server can be reached.
         "degraded"
     } else {
         "ok"
@@ -175,11 +177,7 @@ async fn health(State(s): State<AppState>) -> Response {
     if !conflicts.is_empty() {
         reasons.push("another data dir claims a peer's node id (see conflicts)".into());
     }
-    if s.backbone.as_ref().is_some_and(|b| b.degraded()) {
-        reasons.push(
-            "the backbone's stream dropped entries this node never read (see backbone.gaps)".into(),
-        );
-    }
+    reasons.extend(backbone_problems);
     let size = store_size(&s).await;
     let body = serde_json::json!({
         "node_id": s.router.node_id,

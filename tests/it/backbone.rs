@@ -17,15 +17,23 @@ use crate::mesh::{msg, online_at, unread};
 pub struct Nats {
     child: Option<tokio::process::Child>,
     pub port: u16,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    /// More arguments (TLS, a config file).
+    args: Vec<String>,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A server also given `args`.
+    pub async fn start_with(args: Vec<String>) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             dir: tempdir(),
+            args,
         };
         n.spawn().await;
         n
@@ -47,6 +55,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
