@@ -34,6 +34,8 @@ pub struct Applied {
     pub duplicates: u64,
     /// The cursor after applying.
     pub cursor: u64,
+    /// The cursors a snapshot's end moved: (log key, seq).
+    pub cursors: Vec<(String, u64)>,
 }
 
 /// Applies events from `origin` that are newer than its cursor, in order, and advances it.

@@ -102,7 +102,6 @@ fn producer() -> Db {
     queries::put_token(&tx, "carol", "hash-c", 1000, Some("n1")).unwrap();
     queries::delete_token(&tx, "carol", Some("n1")).unwrap();
     queries::forget_agent(&tx, "dave", 2000, "n1").unwrap();
-    drop(tx);
     db
 }
 
