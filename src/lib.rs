@@ -9,6 +9,7 @@
 //! - [`client`] — a reconnecting WebSocket client used by the MCP server, the CLI and bench.
 //! - [`mcp`] — the MCP stdio server (`switchboard mcp`).
 //! - [`mesh`] — peer links between nodes: authentication, log replication, presence.
+//! - [`backbone`] — replication, presence and delivery notices through NATS JetStream.
 //! - [`dashboard`] — the web dashboard the node serves at `/`.
 //! - [`embedded`] — "use the local node, or host it": the embedded default and takeover.
 //! - [`cli`] — the command line: parsing, settings, the human-facing commands.
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backbone;
 pub mod backoff;
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -16,9 +16,10 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "bench"))]
     let bench = false;
     let default = if bench {
-        "info,rmcp=warn,switchboard::client=warn"
+        "info,rmcp=warn,switchboard::client=warn,async_nats=warn"
     } else {
-        "info,rmcp=warn"
+        // async-nats logs every reconnect attempt at info; the backbone says what matters.
+        "info,rmcp=warn,async_nats=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -43,7 +43,17 @@ impl Node {
     }
 }
 
-fn node_args(secret_file: &std::path::Path, earlier: &[u16], tls: bool) -> Vec<String> {
+/// How the nodes replicate: linked in pairs with this secret, or through this NATS server.
+enum Via<'a> {
+    Mesh(&'a std::path::Path),
+    Backbone(String),
+}
+
+fn node_args(via: &Via<'_>, earlier: &[u16], tls: bool) -> Vec<String> {
+    let secret_file = match via {
+        Via::Backbone(url) => return vec!["--backbone".into(), url.clone()],
+        Via::Mesh(f) => f,
+    };
     let mut v = vec![
         "--mesh-secret-file".to_owned(),
         secret_file.display().to_string(),
@@ -59,15 +69,47 @@ fn node_args(secret_file: &std::path::Path, earlier: &[u16], tls: bool) -> Vec<S
     v
 }
 
+/// Whether `node` is linked to (or hears, over a backbone) `want` others.
 async fn linked(node: &Node, want: usize) -> bool {
     health(&node.url(), node.tls.as_ref())
         .await
         .is_some_and(|h| {
-            h["peers"]
+            h["nodes"]
                 .as_array()
                 .map(|p| p.iter().filter(|p| p["state"] == "up").count() >= want)
                 .unwrap_or(false)
         })
+}
+
+/// Links per node (peer links up, or 1: the NATS connection) and resident memory per node.
+async fn footprint(
+    nodes: &[Node],
+    nats: Option<&super::nats::Nats>,
+) -> (String, serde_json::Value) {
+    let (mut links, mut rss) = (Vec::new(), Vec::new());
+    for n in nodes {
+        let h = health(&n.url(), n.tls.as_ref()).await.unwrap_or_default();
+        links.push(match nats {
+            Some(_) => 1,
+            None => h["peers"]
+                .as_array()
+                .map_or(0, |p| p.iter().filter(|p| p["state"] == "up").count()),
+        });
+        rss.push(h["rss_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64);
+    }
+    let avg = rss.iter().sum::<f64>() / rss.len().max(1) as f64;
+    let max = rss.iter().cloned().fold(0.0, f64::max);
+    let nats_mib = nats
+        .and_then(|n| n.pid())
+        .and_then(super::nats::rss_of)
+        .map(|b| b as f64 / (1 << 20) as f64);
+    let line = format!(
+        "per node                    {} links, RSS avg {avg:>6.1} MiB  max {max:>6.1} MiB{}",
+        links.iter().max().unwrap_or(&0),
+        nats_mib.map_or(String::new(), |m| format!(";  nats-server RSS {m:.1} MiB"))
+    );
+    let json = serde_json::json!({"links": links, "rss_mib_avg": avg, "rss_mib_max": max, "nats_rss_mib": nats_mib});
+    (line, json)
 }
 
 async fn wait_linked(nodes: &[Node]) -> Result<()> {
@@ -141,6 +183,14 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
     let secret_file = secret_dir.path().join("mesh.secret");
     std::fs::write(&secret_file, auth::random_hex())
         .map_err(|e| Error::io("writing the mesh secret", e))?;
+    let nats = match a.backbone {
+        true => Some(super::nats::Nats::start().await?),
+        false => None,
+    };
+    let via = match &nats {
+        Some(n) => Via::Backbone(n.url()),
+        None => Via::Mesh(&secret_file),
+    };
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
@@ -150,7 +200,7 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
             dir.path(),
             port,
             &format!("n{}", i + 1),
-            &node_args(&secret_file, &earlier, tls),
+            &node_args(&via, &earlier, tls),
         )
         .await?;
         let secret =
@@ -249,9 +299,11 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
         "cross-node latency: {total} messages at {} msg/s",
         a.rate
     ));
+    // With a backbone, the NATS server's CPU counts with the nodes'.
     let pids: Vec<u32> = nodes
         .iter()
         .filter_map(|n| n.child.as_ref().and_then(|c| c.id()))
+        .chain(nats.as_ref().and_then(|n| n.pid()))
         .collect();
     let probe = WakeupProbe::start();
     let paced_cpu = CpuMeter::start(pids.clone());
@@ -305,6 +357,10 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
         serde_json::json!({"p50": d.pct(50.0), "p99": d.pct(99.0), "p999": d.pct(99.9), "messages": total, "received": d.0.len()}),
     );
     probe.finish(&mut table, &mut report).await;
+
+    let (line, json) = footprint(&nodes, nats.as_ref()).await;
+    table.push(line);
+    report.insert("per_node".into(), json);
 
     // Cross-node throughput: senders on every node keep `window` sends in flight to agents on
     // the next node. Every message is stored on every node (full replicas).
@@ -369,7 +425,7 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
         nodes[victim].dir.path(),
         nodes[victim].port,
         &format!("n{}", victim + 1),
-        &node_args(&secret_file, &earlier, tls),
+        &node_args(&via, &earlier, tls),
     )
     .await?;
     let restarted = Instant::now();
@@ -412,7 +468,12 @@ async fn run_once(a: &Options, tls: bool) -> Result<Figures> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "switchboard bench --mesh {n} — {} agents per node, {}",
+        "switchboard bench --mesh {n}{} — {} agents per node, {}",
+        if nats.is_some() {
+            " --backbone (nats-server -js, R1)"
+        } else {
+            " (full mesh)"
+        },
         a.agents,
         if tls {
             "TLS (wss://, self-signed)"

@@ -24,6 +24,7 @@ mod channel;
 mod cost;
 mod load;
 mod mesh;
+mod nats;
 mod ports;
 mod procs;
 mod stats;
@@ -57,6 +58,9 @@ pub struct Options {
     pub tls: TlsMode,
     /// With `TlsMode::Compare`: how many plain + TLS pairs to run.
     pub rounds: usize,
+    /// Mesh mode: replicate through a NATS JetStream server the bench starts (`--backbone`)
+    /// instead of a full mesh of peer links.
+    pub backbone: bool,
 }
 
 /// Whether the mesh bench's nodes and clients speak TLS.
@@ -91,6 +95,9 @@ impl Options {
     pub fn check(&self) -> Result<()> {
         if self.agents < 2 {
             return Err(Error::Config("--agents: at least 2".into()));
+        }
+        if self.backbone && self.mesh == 0 {
+            return Err(Error::Config("--backbone: with --mesh N".into()));
         }
         if self.tls != TlsMode::Off && self.mesh == 0 {
             return Err(Error::Config(

@@ -240,6 +240,8 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             tls_self_signed: a.tls_self_signed,
             tls_ca: g.tls_ca.clone(),
             allow_plaintext: g.allow_plaintext,
+            backbone: a.backbone,
+            backbone_creds: a.backbone_creds,
             retain_read: a.retain_read,
             retain_unread: a.retain_unread,
             prune_interval: a.prune_interval,

@@ -25,6 +25,9 @@ pub struct Report {
     /// Node ids claimed by two instances, refused there.
     #[serde(default)]
     pub conflicts: Vec<Conflict>,
+    /// The NATS backbone, when the node replicates through one.
+    #[serde(default)]
+    pub backbone: Option<crate::backbone::BackboneStatus>,
 }
 
 const MESH_ASKS: &str = "`switchboard mesh` asks the running node what it knows";
@@ -134,7 +137,13 @@ pub fn text(r: &Report) -> String {
             if silent == 1 { "" } else { "s" }
         ));
     }
-    if r.nodes.is_empty() {
+    if let Some(b) = &r.backbone {
+        out.push('\n');
+        out.push_str(&b.text());
+    }
+    if r.nodes.is_empty() && r.backbone.is_some() {
+        out.push_str("\nNo other node heard on the backbone yet.");
+    } else if r.nodes.is_empty() {
         out.push_str(
             "\nNo other node is known: no --peer has answered and no peer has dialed in (a node \
              links only with a mesh secret, --mesh-secret-file).",
@@ -164,6 +173,7 @@ pub fn text(r: &Report) -> String {
                 match &n.route {
                     Route::Direct => "direct".into(),
                     Route::Via(v) => format!("via {v}"),
+                    Route::Backbone => "backbone".into(),
                 },
                 word(&n.state),
                 n.since.clone().unwrap_or_else(|| "-".into()),

@@ -119,6 +119,13 @@ pub struct NodeArgs {
     /// File holding the shared mesh secret.
     #[arg(long, value_name = "FILE")]
     pub mesh_secret_file: Option<PathBuf>,
+    /// Replicate through this NATS JetStream server (nats:// or tls://; repeatable seed URLs)
+    /// instead of direct peer links.
+    #[arg(long = "backbone", value_name = "URL")]
+    pub backbone: Vec<String>,
+    /// A NATS credentials file for the backbone.
+    #[arg(long, value_name = "FILE")]
+    pub backbone_creds: Option<PathBuf>,
     /// Largest accepted frame in bytes [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -406,6 +413,10 @@ pub struct BenchArgs {
     /// With --tls compare: how many plain + TLS pairs to run.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Mesh mode: the nodes replicate through a nats-server -js the bench starts (--backbone)
+    /// instead of linking every pair.
+    #[arg(long)]
+    pub backbone: bool,
 }
 
 /// `bench --tls` values.
@@ -441,6 +452,7 @@ impl BenchArgs {
                 BenchTls::Compare => crate::bench::TlsMode::Compare,
             },
             rounds: self.rounds,
+            backbone: self.backbone,
         }
     }
 }

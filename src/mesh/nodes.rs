@@ -29,6 +29,8 @@ pub enum Route {
     Direct,
     /// Through this node.
     Via(String),
+    /// Over the NATS backbone (`--backbone`).
+    Backbone,
 }
 
 /// How far behind each side is, in log entries; `None` where this run has not learned it.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Peer links, when the node is part of a mesh.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// The NATS backbone, when the node replicates through one.
+    pub backbone: Option<Arc<crate::backbone::Backbone>>,
     /// One permit per open WebSocket: the connection cap.
     pub connections: Arc<tokio::sync::Semaphore>,
     /// The port's TLS, if it speaks TLS.
@@ -156,11 +158,17 @@ async fn health(State(s): State<AppState>) -> Response {
     let (online, sessions) = s.router.counts();
     let conflicts = s.mesh.as_ref().map(|m| m.conflicts()).unwrap_or_default();
     let fault = s.router.store.fault().map(|f| f.reason());
+    let backbone_problems = s
+        .backbone
+        .as_ref()
+        .map(|b| b.problems())
+        .unwrap_or_default();
     let status = if s.shutdown.is_cancelled() {
         "stopping"
-    } else if !conflicts.is_empty() || fault.is_some() {
+    } else if !conflicts.is_empty() || fault.is_some() || !backbone_problems.is_empty() {
         // Another data dir claims a peer's node id: its mail is held back until one is renamed.
-        // Or the store cannot write: sends are refused until it can.
+        // Or the store cannot write: sends are refused until it can. Or the backbone's stream
+        // dropped entries this node never read, or no NATS server can be reached.
         "degraded"
     } else {
         "ok"
@@ -169,6 +177,7 @@ async fn health(State(s): State<AppState>) -> Response {
     if !conflicts.is_empty() {
         reasons.push("another data dir claims a peer's node id (see conflicts)".into());
     }
+    reasons.extend(backbone_problems);
     let size = store_size(&s).await;
     let body = serde_json::json!({
         "node_id": s.router.node_id,
@@ -180,7 +189,12 @@ async fn health(State(s): State<AppState>) -> Response {
         "connections": s.router.metrics.connections_active.load(Ordering::Relaxed),
         "rss_bytes": rss_bytes(),
         "peers": s.mesh.as_ref().map(|m| m.status()).unwrap_or_default(),
-        "nodes": s.mesh.as_ref().map(|m| m.nodes()).unwrap_or_default(),
+        "nodes": match (&s.mesh, &s.backbone) {
+            (Some(m), _) => m.nodes(),
+            (None, Some(b)) => b.nodes(),
+            (None, None) => Vec::new(),
+        },
+        "backbone": s.backbone.as_ref().map(|b| b.status()),
         "conflicts": conflicts,
         "store": {
             "bytes": size.bytes,
@@ -214,7 +228,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let r = &s.router;
     let (online, sessions) = r.counts();
     let stats = r.store.stats();
-    let (linked, known) = s.mesh.as_ref().map(|m| m.counts()).unwrap_or_default();
+    let (linked, known) = match (&s.mesh, &s.backbone) {
+        (Some(m), _) => m.counts(),
+        (None, Some(b)) => b.counts(),
+        (None, None) => (0, 0),
+    };
     let text = r.metrics.render(&[
         (
             "peers_linked",

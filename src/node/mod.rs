@@ -102,7 +102,10 @@ impl Node {
             )?),
             None => None,
         };
-        let (origin, meshed) = (config.node_id.clone(), config.mesh_secret_file.is_some());
+        let (origin, meshed) = (
+            config.node_id.clone(),
+            config.mesh_secret_file.is_some() || config.backbone.is_some(),
+        );
         store
             .write(move |c| crate::store::replication::configure(c, &origin, meshed))
             .await?;
@@ -156,7 +159,21 @@ impl Node {
             }
             None => None,
         };
+        let backbone = match config.backbone.clone() {
+            Some(b) => Some(Arc::new(
+                crate::backbone::Backbone::start(
+                    router.clone(),
+                    b,
+                    &config.tls_ca,
+                    shutdown.clone(),
+                    &tracker,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let app = http::app(http::AppState {
+            backbone,
             router: router.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

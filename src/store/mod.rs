@@ -17,6 +17,7 @@ pub mod fault;
 mod forget;
 mod instances;
 mod log;
+pub mod marks;
 mod messages;
 pub mod names;
 mod relayed;

@@ -46,48 +46,7 @@ async fn chaos(seconds: u64, extra: &[&str]) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for i in 0..3 {
-        let node = mesh.node(i);
-        let client = node
-            .client_opts(&format!("sender{i}"), |o| {
-                o.reconnect = true;
-                o.request_timeout = std::time::Duration::from_secs(2);
-                o.max_backoff = std::time::Duration::from_millis(300);
-            })
-            .await;
-        let stop = stop.clone();
-        senders.push(tokio::spawn(async move {
-            // The sink must be known at this node before the first send.
-            poll(20, "the sink known at this node", || async {
-                client.presence(Some("sink".into())).await.ok()
-            })
-            .await;
-            let mut ids = ulid::Generator::new();
-            let mut acked: Vec<(u32, String)> = Vec::new();
-            let mut seq = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let id = ids.generate().unwrap().to_string();
-                let req = SendRequest {
-                    id: Some(id.clone()),
-                    to: "sink".into(),
-                    body: format!("{i}:{seq}"),
-                    ..Default::default()
-                };
-                // Retry the same id until the node acknowledges it: never a duplicate.
-                loop {
-                    match client.send(req.clone()).await {
-                        Ok(_) => break,
-                        Err(_) if !stop.load(Ordering::Relaxed) => {
-                            // The node is down or restarting: try again shortly.
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        }
-                        Err(_) => return acked,
-                    }
-                }
-                acked.push((seq, id));
-                seq += 1;
-            }
-            acked
-        }));
+        senders.push(numbered_sender(mesh.node(i), i, stop.clone()).await);
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let mut kills = 0;
@@ -107,14 +66,75 @@ async fn chaos(seconds: u64, extra: &[&str]) {
         acked.push(s.await.unwrap());
     }
     mesh.wait_linked().await;
-    let total: usize = acked.iter().map(Vec::len).sum();
+    let total = check_exactly_once(&mesh.client(0, "sink").await, &acked).await;
     assert!(kills >= 3 && total > 100, "kills {kills}, messages {total}");
-    let sink = mesh.client(0, "sink").await;
+    eprintln!("chaos: {kills} kills, {total} messages, all exactly once and in order");
+}
+
+/// A client on `node` that sends `sink` numbered messages (`i:seq`, each with its own id,
+/// retried with that id until the node acknowledges it, so never twice) until `stop`; it
+/// returns the (seq, id) of every acknowledged one.
+pub async fn numbered_sender(
+    node: &NodeProc,
+    i: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u32, String)>> {
+    use std::sync::atomic::Ordering;
+    let client = node
+        .client_opts(&format!("sender{i}"), |o| {
+            o.reconnect = true;
+            o.request_timeout = std::time::Duration::from_secs(2);
+            o.max_backoff = std::time::Duration::from_millis(300);
+        })
+        .await;
+    tokio::spawn(async move {
+        // The sink must be known at this node before the first send.
+        poll(30, "the sink known at this node", || async {
+            client.presence(Some("sink".into())).await.ok()
+        })
+        .await;
+        let mut ids = ulid::Generator::new();
+        let mut acked: Vec<(u32, String)> = Vec::new();
+        let mut seq = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let id = ids.generate().unwrap().to_string();
+            let req = SendRequest {
+                id: Some(id.clone()),
+                to: "sink".into(),
+                body: format!("{i}:{seq}"),
+                ..Default::default()
+            };
+            // Retry the same id until the node acknowledges it: never a duplicate.
+            loop {
+                match client.send(req.clone()).await {
+                    Ok(_) => break,
+                    Err(_) if !stop.load(Ordering::Relaxed) => {
+                        // The node is down or restarting: try again shortly.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Err(_) => return acked,
+                }
+            }
+            acked.push((seq, id));
+            seq += 1;
+        }
+        acked
+    })
+}
+
+/// Reads the sink's whole inbox and checks that every acknowledged message of every sender
+/// (`acked[i]` for `sender{i}`) is in it exactly once, in its sender's order (a send that was
+/// committed but not answered may be there too, once). Returns how many were acknowledged.
+pub async fn check_exactly_once(
+    sink: &switchboard::client::Client,
+    acked: &[Vec<(u32, String)>],
+) -> usize {
+    let total: usize = acked.iter().map(Vec::len).sum();
     // Drain page by page; an empty page means the rest is still on its way, so wait a little
     // (see `poll`) before asking again.
     let got = std::sync::Mutex::new(Vec::new());
     poll(
-        30,
+        60,
         "every acknowledged message at the sink's node",
         || async {
             let page = sink.inbox(unread(200)).await.unwrap().messages;
@@ -131,7 +151,7 @@ async fn chaos(seconds: u64, extra: &[&str]) {
     .await;
     let got = got.into_inner().unwrap();
     // Exactly once: a bitset per sender.
-    let mut seen = vec![vec![false; 1 << 20]; 3];
+    let mut seen = vec![vec![false; 1 << 20]; acked.len()];
     for m in &got {
         let (s, q) = m.body.split_once(':').unwrap();
         let (s, q): (usize, usize) = (s.parse().unwrap(), q.parse().unwrap());
@@ -155,5 +175,5 @@ async fn chaos(seconds: u64, extra: &[&str]) {
             "sender{s} out of order"
         );
     }
-    eprintln!("chaos: {kills} kills, {total} messages, all exactly once and in order");
+    total
 }

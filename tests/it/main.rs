@@ -1,5 +1,7 @@
 //! Integration tests: real node processes, real sockets, real SQLite files, real MCP clients.
 
+mod backbone;
+mod backbone_auth;
 mod browser;
 mod chaos;
 mod cli;
