@@ -111,7 +111,6 @@ async fn a_mesh_under_load_keeps_its_log_bounded_and_a_late_node_gets_the_state_
     mesh.nodes[0].take().unwrap().terminate().await;
     mesh.nodes[0] = Some(mesh.spawn(0).await);
     mesh.wait_linked().await;
-    let alice = mesh.client(0, "alice").await;
     let started = std::time::Instant::now();
     let n3 = mesh.spawn(2).await;
     mesh.nodes.push(Some(n3));
@@ -195,7 +194,6 @@ async fn a_peer_away_past_the_retained_log_catches_up_from_a_snapshot() {
     // however compacted the store is, is gone.
     mesh.nodes[0].take().unwrap().terminate().await;
     mesh.nodes[0] = Some(mesh.spawn(0).await);
-    let alice = mesh.client(0, "alice").await;
     let bob1 = mesh.client(0, "bob").await;
     mesh.nodes[1] = Some(mesh.spawn(1).await);
     mesh.wait_linked().await;
