@@ -40,6 +40,48 @@ impl Retention {
     }
 }
 
+/// How long the replication log is kept for peers, and how often it is compacted. Entries
+/// every peer has applied go at the next pass; a peer not heard from for `keep_absent` stops
+/// holding entries back and, when it returns past what is kept, catches up from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// How long a known peer that is away keeps its backlog (`--retain-log`); `None`: until it
+    /// returns or is forgotten (`switchboard mesh forget`).
+    pub keep_absent: Option<Duration>,
+    /// Time between passes (`--compact-interval`, hidden: tests).
+    pub every: Duration,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            keep_absent: Some(Duration::from_secs(7 * 86_400)),
+            every: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Compaction {
+    /// From `--retain-log` (else `[retention] log`, else 7 days) and `--compact-interval`.
+    pub(crate) fn resolve(
+        flag: Option<&str>,
+        file: Option<&str>,
+        every: Option<&str>,
+    ) -> Result<Compaction> {
+        let d = Compaction::default();
+        let every = match every {
+            Some(t) => parse_retention(t)
+                .map_err(|e| Error::Config(format!("--compact-interval: {e}")))?
+                .unwrap_or(d.every),
+            None => d.every,
+        };
+        Ok(Compaction {
+            keep_absent: retention_of(flag, file, "log", d.keep_absent)?,
+            every,
+        })
+    }
+}
+
 /// Parses a retention duration: `never`, or a number with a unit (`30d`, `12h`, `90m`, `45s`,
 /// combinations like `1h30m`). A bare number is refused: seconds or days would both be a
 /// plausible reading, and a wrong guess deletes mail.

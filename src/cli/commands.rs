@@ -245,6 +245,8 @@ async fn node(g: &crate::cli::Global, a: NodeArgs) -> Step {
             retain_read: a.retain_read,
             retain_unread: a.retain_unread,
             prune_interval: a.prune_interval,
+            retain_log: a.retain_log,
+            compact_interval: a.compact_interval,
             advertise: a.advertise,
         },
     )?;

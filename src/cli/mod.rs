@@ -157,6 +157,14 @@ pub struct NodeArgs {
     /// 30 s]. For tests.
     #[arg(long, value_name = "DURATION", hide = true)]
     pub prune_interval: Option<String>,
+    /// Keep the replication log this long for a peer that is away (7d, 12h, or never); past
+    /// it the peer catches up from a snapshot of the current state [default: config
+    /// `[retention] log`, else 7d]
+    #[arg(long, value_name = "DURATION")]
+    pub retain_log: Option<String>,
+    /// How often the replication log is compacted [default: 30s]. For tests.
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub compact_interval: Option<String>,
     /// The URL peers should dial for this node [default: the URL they dialed, or the address
     /// this node dialed from with its port]; `none` for a node nobody can dial (behind NAT):
     /// it only dials out, and its peers relay its mail and presence.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::retention::retention_of;
-pub use crate::retention::{Retention, parse_retention};
+pub use crate::retention::{Compaction, Retention, parse_retention};
 
 mod advertise;
 pub use advertise::Advertise;
@@ -83,6 +83,8 @@ pub struct FileRetention {
     pub read: Option<String>,
     /// Unread messages are deleted this long after they were sent.
     pub unread: Option<String>,
+    /// A peer that is away keeps its replication backlog this long.
+    pub log: Option<String>,
 }
 
 /// The `[tls]` table.
@@ -157,6 +159,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long messages are kept.
     pub retention: Retention,
+    /// How long the replication log is kept for peers.
+    pub compaction: Compaction,
 }
 
 impl Default for Limits {
@@ -171,6 +175,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             max_connections: 16_384,
             retention: Retention::default(),
+            compaction: Compaction::default(),
         }
     }
 }
@@ -192,6 +197,7 @@ impl Limits {
             outbound_queue: file.outbound_queue.unwrap_or(d.outbound_queue),
             max_connections: file.max_connections.unwrap_or(d.max_connections),
             retention: d.retention,
+            compaction: d.compaction,
         };
         if l.max_frame_bytes < 1024 {
             return Err(Error::Config(
@@ -280,6 +286,10 @@ pub struct NodeOverrides {
     pub retain_unread: Option<String>,
     /// `--prune-interval` (hidden, for tests), as typed.
     pub prune_interval: Option<String>,
+    /// `--retain-log`, as typed.
+    pub retain_log: Option<String>,
+    /// `--compact-interval` (hidden, for tests), as typed.
+    pub compact_interval: Option<String>,
     /// `--advertise`.
     pub advertise: Option<String>,
 }
@@ -351,6 +361,11 @@ impl NodeConfig {
                 d.unread,
             )?,
         };
+        limits.compaction = Compaction::resolve(
+            o.retain_log.as_deref(),
+            file.retention.log.as_deref(),
+            o.compact_interval.as_deref(),
+        )?;
         let listen = o
             .listen
             .or(file.listen)

@@ -14,6 +14,7 @@ use crate::core::Router;
 use crate::error::Result;
 use crate::store::Stored;
 use crate::store::replication::{self, Applied};
+use crate::store::snapshot;
 
 /// `events` frames being applied at once per link. The link queues each apply and reads on;
 /// a completer takes the results in order. Waiting for each commit before reading the next
@@ -31,6 +32,20 @@ pub(super) enum Source {
     Peer,
     /// Another origin's, relayed by the peer (`relay`): its log key.
     Relayed(String),
+    /// A page of the peer's snapshot: no cursor moves.
+    Snapshot,
+    /// The end of the peer's snapshot: the cursors it moved come back in `Applied::cursors`.
+    SnapshotEnd,
+}
+
+/// What one queued apply does on the writer.
+pub(super) enum Job {
+    /// Log entries (`events` or `relay`, by the source; `after`: where a relayed run starts).
+    Events(u64, Vec<replication::Event>),
+    /// A snapshot page.
+    Page(Vec<replication::EventBody>),
+    /// A snapshot's end.
+    End(snapshot::Start),
 }
 
 /// A link's end of its completer tasks, where it queues applies.
@@ -42,7 +57,7 @@ pub(super) struct Completer {
 }
 
 impl Completer {
-    /// Queues an apply of `events` of `source` (`after`: where a relayed run starts) on the
+    /// Queues `job` of `source` (log entries, or a part of a snapshot) on the
     /// store. The job only touches the store: it hands the new messages back over a oneshot
     /// as soon as they are applied, and the link side pushes them, off the writer thread and
     /// before the commit (a peer's message reaches local sessions without waiting for the
@@ -52,22 +67,27 @@ impl Completer {
         router: &Router,
         key: &str,
         source: Source,
-        after: u64,
-        events: Vec<replication::Event>,
+        job: Job,
     ) -> std::result::Result<(), LinkEnd> {
         let (pushed_tx, pushed_rx) = oneshot::channel();
         let origin = match &source {
-            Source::Peer => key.to_owned(),
             Source::Relayed(o) => o.clone(),
+            _ => key.to_owned(),
         };
         let relayed = matches!(source, Source::Relayed(_));
         let answer = router
             .store
             .submit_isolated(move |c| {
-                let applied = if relayed {
-                    replication::apply_relayed(c, &origin, after, events)?
-                } else {
-                    Some(replication::apply(c, &origin, events)?)
+                let applied = match job {
+                    Job::Events(after, events) if relayed => {
+                        replication::apply_relayed(c, &origin, after, events)?
+                    }
+                    Job::Events(_, events) => Some(replication::apply(c, &origin, events)?),
+                    Job::Page(items) => Some(snapshot::apply_page(c, items)?),
+                    Job::End(start) => Some(Applied {
+                        cursors: snapshot::finish(c, &origin, &start)?,
+                        ..Applied::default()
+                    }),
                 };
                 let Some(mut applied) = applied else {
                     return Ok(None);
@@ -116,7 +136,7 @@ impl Mesh {
         let (progress, heads) = (self.progress.clone(), self.relays.clone());
         self.tracker.spawn(async move {
             while let Some((source, answer)) = rx.recv().await {
-                let (applied, pushed) = match answer.await {
+                let (mut applied, pushed) = match answer.await {
                     Ok(Ok(Some(a))) => a,
                     Ok(Ok(None)) => {
                         if let Source::Relayed(origin) = &source {
@@ -140,6 +160,7 @@ impl Mesh {
                 m.replicated_total
                     .fetch_add(pushed as u64, Ordering::Relaxed);
                 let cursor = applied.cursor;
+                let moved = std::mem::take(&mut applied.cursors);
                 router.apply_remote(applied);
                 match source {
                     Source::Peer => {
@@ -148,6 +169,16 @@ impl Mesh {
                         heads.advance(&key, cursor);
                     }
                     Source::Relayed(origin) => heads.advance(&origin, cursor),
+                    Source::Snapshot => {}
+                    Source::SnapshotEnd => {
+                        for (origin, c) in moved {
+                            if origin == key {
+                                progress.applied(&peer, c);
+                                cursor_tx.send_replace(c);
+                            }
+                            heads.advance(&origin, c);
+                        }
+                    }
                 }
             }
         });

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::RemoteAgent;
-use crate::store::replication::{Event, TailBody};
+use crate::store::replication::{Event, EventBody, TailBody};
 
 /// Frames between nodes on `/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -62,6 +62,26 @@ pub enum PeerFrame {
     Sync {
         /// Last seq applied.
         cursor: u64,
+        /// The sender takes a snapshot when the entries after `cursor` are compacted away
+        /// (absent from older versions: they are never sent one).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        snapshots: bool,
+    },
+    /// One page of the sender's current state, for a receiver whose cursor is below what the
+    /// sender's log (or relayed entries) still holds: changes applied like log entries, but
+    /// without moving any cursor. Pages stay around 256 KiB.
+    Snapshot {
+        /// The changes.
+        items: Vec<EventBody>,
+    },
+    /// The pages sent since the last `snapshot_end` are the sender's state as of its log's
+    /// `head` and its `cursors` of other origins: the receiver moves its cursors there (never
+    /// back). The sender's `events` continue after `head`.
+    SnapshotEnd {
+        /// The sender's log head when the snapshot began.
+        head: u64,
+        /// How far the sender had applied each other origin then.
+        cursors: Vec<OriginCursor>,
     },
     /// Entries of the sender's own log, in order.
     Events {
@@ -132,6 +152,10 @@ pub enum PeerFrame {
     Routes {
         /// The nodes.
         nodes: Vec<Beat>,
+        /// How far the sender has applied each origin's log, committed: a node compacts the
+        /// entries it relays once every peer has them (absent from older versions).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        applied: Vec<OriginCursor>,
     },
     /// A session of a recipient on the sender's node holds these messages.
     Delivered {

@@ -12,7 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::applying::Source;
+use super::applying::{Job, Source};
+use super::compact::Sending;
 use super::frames::{PeerAddr, PeerError, PeerFrame, Wants, events_frame};
 use super::relay::Outbound;
 use super::status::{LinkOrigin, LinkState};
@@ -20,6 +21,7 @@ use super::topology::{Order, Refused};
 use super::{LinkHandle, Mesh};
 use crate::store::Bound;
 use crate::store::replication;
+use crate::store::snapshot::Start;
 use crate::transport::{TextSink, TextStream};
 
 /// Events per `events` frame.
@@ -180,6 +182,8 @@ impl Mesh {
         let mut presence_due = None;
         let mut routes_due = None;
         let mut out = Outbound::default();
+        // A snapshot being sent to the peer (see `compact`).
+        let mut sending: Option<Sending> = None;
         let (completer, mut applied_upto, mut failed) = self.completer(&peer, &log_key);
         let p = log_key.clone();
         let cursor = store
@@ -199,7 +203,13 @@ impl Mesh {
         let ended: LinkEnd = 'link: {
             // Every new link starts with this node's presence, whatever the peer saw before
             // (a restarted peer has nothing): later snapshots go when presence changes.
-            let first = [PeerFrame::Sync { cursor }, self.presence_frame()];
+            let first = [
+                PeerFrame::Sync {
+                    cursor,
+                    snapshots: true,
+                },
+                self.presence_frame(),
+            ];
             for f in first {
                 if let Err(e) = sink.send(f.text()).await {
                     break 'link LinkEnd::Write(e.to_string());
@@ -233,10 +243,16 @@ impl Mesh {
                         }
                         None => {
                             let events = match store
-                                .read(move |c| replication::events_after(c, after, BATCH))
+                                .read(move |c| replication::events_after_kept(c, after, BATCH))
                                 .await
                             {
-                                Ok(e) => e,
+                                Ok(Some(e)) => e,
+                                // Compacted past the peer's cursor: it gets a snapshot first.
+                                Ok(None) => {
+                                    sent_upto = None;
+                                    out.need_snapshot(&peer);
+                                    continue;
+                                }
                                 Err(e) => break 'link LinkEnd::Store(e.to_string()),
                             };
                             let (n, last) = (events.len(), events.last().map(|e| e.seq));
@@ -267,6 +283,25 @@ impl Mesh {
                         continue;
                     }
                 }
+                if out.take_gap() && sending.is_none() {
+                    sending = match Sending::begin(&self).await {
+                        Ok(s) => Some(s),
+                        Err(end) => break 'link end,
+                    };
+                }
+                // One page per turn, so the peer's frames are read in between.
+                if let Some(s) = &mut sending {
+                    match s.step(&self, &peer, &mut sink).await {
+                        Ok(None) => {}
+                        Ok(Some(start)) => {
+                            sending = None;
+                            sent_upto = Some(sent_upto.unwrap_or(0).max(start.head));
+                            out.caught_up(&start.cursors);
+                            (pump, relay_pump) = (true, true);
+                        }
+                        Err(end) => break 'link end,
+                    }
+                }
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break 'link LinkEnd::ShuttingDown,
                     // Also cancelled by shutdown (a child token): say which.
@@ -274,6 +309,7 @@ impl Mesh {
                         break 'link if self.topology.lock().is_dropped(&peer) { LinkEnd::Forgotten } else { LinkEnd::Replaced };
                     }
                     _ = &mut silence => break 'link LinkEnd::Silent,
+                    _ = std::future::ready(()), if sending.is_some() => {}
                     r = commits.changed() => {
                         if r.is_err() { break 'link LinkEnd::StoreClosed; }
                         pump = true;
@@ -341,7 +377,9 @@ impl Mesh {
                             }
                         };
                         match frame {
-                            PeerFrame::Sync { cursor } => {
+                            PeerFrame::Sync { cursor, snapshots } => {
+                                out.snapshots = snapshots;
+                                self.reports.heard(&log_key, store.instance(), cursor);
                                 if let Some(prev) = sent_upto && prev > cursor {
                                     router.metrics.retried_total.fetch_add(prev - cursor, Ordering::Relaxed);
                                 }
@@ -350,23 +388,37 @@ impl Mesh {
                                 self.progress.update(&peer, |p| p.acked = Some(cursor));
                             }
                             PeerFrame::Events { events } => {
-                                if let Err(end) = completer.submit(&router, &log_key, Source::Peer, 0, events).await {
+                                if let Err(end) = completer.submit(&router, &log_key, Source::Peer, Job::Events(0, events)).await {
                                     break 'link end;
                                 }
                             }
                             // Its own entries come as `events`; this node's are its own.
                             PeerFrame::Relay { origin, .. } if origin == log_key || origin == store.instance() => {}
                             PeerFrame::Relay { origin, after, events } => {
-                                if let Err(end) = completer.submit(&router, &log_key, Source::Relayed(origin), after, events).await {
+                                if let Err(end) = completer.submit(&router, &log_key, Source::Relayed(origin), Job::Events(after, events)).await {
+                                    break 'link end;
+                                }
+                            }
+                            PeerFrame::Snapshot { items } => {
+                                if let Err(end) = completer.submit(&router, &log_key, Source::Snapshot, Job::Page(items)).await {
+                                    break 'link end;
+                                }
+                            }
+                            PeerFrame::SnapshotEnd { head, cursors } => {
+                                let cursors = cursors.into_iter().map(|c| (c.origin, c.cursor)).collect();
+                                let end = Job::End(Start { head, cursors });
+                                if let Err(end) = completer.submit(&router, &log_key, Source::SnapshotEnd, end).await {
                                     break 'link end;
                                 }
                             }
                             PeerFrame::Ack { cursor } => {
+                                self.reports.heard(&log_key, store.instance(), cursor);
                                 self.statuses.update(&key, |s| s.acked = cursor);
                                 self.progress.update(&peer, |p| p.acked = Some(cursor));
                             }
                             PeerFrame::Heartbeat { head: Some(head) } => self.progress.update(&peer, |p| p.head = Some(head)),
-                            PeerFrame::Routes { nodes } => {
+                            PeerFrame::Routes { nodes, applied } => {
+                                self.heard_applied(&log_key, &applied);
                                 if let Some(head) = nodes.iter().find(|b| b.node == peer).and_then(|b| b.head) {
                                     self.progress.update(&peer, |p| p.head = Some(head));
                                 }
@@ -378,6 +430,7 @@ impl Mesh {
                             PeerFrame::Peers { port, tls, nodes, advertise, relay } => {
                                 self.heard_from(&peer, link_id, accepted_from, (port, tls), advertise.as_deref(), nodes);
                                 if let Some(w) = relay {
+                                    self.heard_applied(&log_key, &w.cursors);
                                     out.want(w);
                                     relay_pump = true;
                                     routes_due.get_or_insert(tokio::time::Instant::now());

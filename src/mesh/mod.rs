@@ -36,6 +36,7 @@
 //! and `peer_gone(node, id)` makes the router ignore reports from that link and older ones.
 
 mod applying;
+mod compact;
 mod conflicts;
 mod dialer;
 pub mod frames;
@@ -132,6 +133,8 @@ pub struct Mesh {
     routes_version: tokio::sync::watch::Sender<u64>,
     /// How far each origin's log is applied here: what links relay (see `relay`).
     relays: Arc<relay::Heads>,
+    /// What peers said they have applied, for the next compaction pass (see `compact`).
+    reports: compact::Reports,
 }
 
 /// Reads the mesh secret file.
@@ -176,9 +179,11 @@ impl Mesh {
             routes: Mutex::new(Routes::new(&router_id)),
             routes_version: tokio::sync::watch::channel(0).0,
             relays: Arc::default(),
+            reports: compact::Reports::default(),
         });
         tracker.spawn(mesh.clone().load_instances());
         tracker.spawn(mesh.clone().expire_routes());
+        tracker.spawn(mesh.clone().compact_passes());
         let (notices, notice_rx) = mpsc::channel::<DeliveryNotice>(1024);
         mesh.router.set_delivery_notices(notices);
         tracker.spawn(mesh.clone().route_notices(notice_rx));

@@ -100,6 +100,11 @@ pub(super) struct Outbound {
     wanted: Option<Wanted>,
     /// The presence snapshot of each node last passed on: (incarnation, version).
     told: HashMap<String, (u64, u64)>,
+    /// The peer takes snapshots (its `sync` said so).
+    pub(super) snapshots: bool,
+    /// An origin's entries the peer lacks are no longer kept here (compacted, or applied
+    /// before this node kept entries to relay): the peer needs a snapshot.
+    gap: bool,
 }
 
 impl Outbound {
@@ -127,6 +132,32 @@ impl Outbound {
             }
         }
         self.wanted = Some(Wanted { direct, at });
+    }
+
+    /// Whether the peer needs a snapshot to go on with some origin (once per detection).
+    pub(super) fn take_gap(&mut self) -> bool {
+        std::mem::take(&mut self.gap)
+    }
+
+    /// The peer needs a snapshot for this node's own log (compacted past its cursor).
+    pub(super) fn need_snapshot(&mut self, peer: &str) {
+        if !self.snapshots {
+            tracing::warn!(
+                ?peer,
+                "the log this peer needs is compacted and it cannot take a snapshot: upgrade it"
+            );
+        }
+        self.gap = self.snapshots;
+    }
+
+    /// The peer took a snapshot with these cursors: it has every origin that far.
+    pub(super) fn caught_up(&mut self, cursors: &[(String, u64)]) {
+        if let Some(w) = &mut self.wanted {
+            for (origin, c) in cursors {
+                let a = w.at.entry(origin.clone()).or_default();
+                *a = (*a).max(*c);
+            }
+        }
     }
 
     /// Ships what the peer wants and lacks of every origin, one batch of each; true if more
@@ -160,6 +191,12 @@ impl Outbound {
                 w.at.insert(origin, head);
                 continue;
             };
+            // The entries between are gone here: a peer that takes snapshots gets one
+            // (sent by the link); an older one refuses the run, as it always did.
+            if b.after > from && self.snapshots {
+                self.gap = true;
+                continue;
+            }
             let last = b.last;
             if !b.events.is_empty() {
                 let n = b.events.len() as u64;
@@ -209,7 +246,8 @@ impl Outbound {
         let mut nodes = routes.beats_for(peer, |n| linked.contains(n));
         drop(routes);
         nodes.push(mesh.own_beat());
-        frames.push(PeerFrame::Routes { nodes }.text());
+        let applied = mesh.applied_now();
+        frames.push(PeerFrame::Routes { nodes, applied }.text());
         frames
     }
 }

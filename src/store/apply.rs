@@ -10,12 +10,13 @@ use rusqlite::params;
 use crate::error::Result;
 use crate::store::Tx;
 use crate::store::directory::{agents, delete_token, put_token, set_subscription, upsert_agent};
-use crate::store::forget::{apply_forget, forgotten_at, tombstones};
+use crate::store::forget::{apply_forget, forgotten_at, tombstones_after};
 use crate::store::log::{Event, EventBody, append, append_message, cursor, load_message};
 use crate::store::messages::insert_message;
 use crate::store::names::Spellings;
 use crate::store::relayed::record;
 use crate::store::rows::{AgentRow, Stored};
+use crate::store::snapshot::{agent_body, subscription_body, subscriptions_after, tokens_after};
 use crate::store::stamps::{Stamped, stamp_of, stamp_wins};
 
 /// What applying remote events changed, for the router's in-memory state.
@@ -33,6 +34,8 @@ pub struct Applied {
     pub duplicates: u64,
     /// The cursor after applying.
     pub cursor: u64,
+    /// The cursors a snapshot's end moved: (log key, seq).
+    pub cursors: Vec<(String, u64)>,
 }
 
 /// Applies events from `origin` that are newer than its cursor, in order, and advances it.
@@ -52,92 +55,7 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
         record(conn, origin, e.seq, at, &body)?;
         // Numbers may skip (the log's numbering is shared with entries of an earlier node id of
         // the same data dir); the origin always ships everything after our cursor, in order.
-        match body {
-            EventBody::Message(mut m) => {
-                // Mail for a name forgotten after it was sent stays out of its inbox here, as
-                // the forget took it out of the inbox where the mail came first.
-                let mut kept = Vec::with_capacity(m.recipients.len());
-                for r in std::mem::take(&mut m.recipients) {
-                    if !forgotten_at(conn, &r, m.created_at)? {
-                        kept.push(r);
-                    }
-                }
-                m.recipients = kept;
-                let stored = insert_message(conn, m, None);
-                match stored {
-                    Ok(s) if s.duplicate => out.duplicates += 1,
-                    Ok(s) => out.messages.push(s),
-                    // A message that cannot be stored here (an id clash) is skipped, not retried
-                    // forever; the origin still has it.
-                    Err(crate::Error::Store(e)) => return Err(crate::Error::Store(e)),
-                    Err(e) => tracing::warn!(error = %e, "skipping a replicated message"),
-                }
-            }
-            // Marks of an agent forgotten since: its inbox is gone.
-            EventBody::Read { agent, at, .. } if forgotten_at(conn, &agent, at)? => {}
-            EventBody::Read { agent, ids, at } => {
-                // The message may not be here yet (it comes from its own origin, maybe later):
-                // record the mark anyway, so it is read when it arrives.
-                let mut stmt = conn.prepare_cached(
-                    "INSERT INTO inbox (agent, msg_id, read_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(agent, msg_id) DO UPDATE SET read_at = coalesce(inbox.read_at, excluded.read_at)",
-                )?;
-                for id in &ids {
-                    stmt.execute(params![agent, id, at])?;
-                }
-            }
-            EventBody::Agent {
-                name,
-                node,
-                status,
-                status_text,
-                last_seen,
-                stamp,
-            } => {
-                if stamp_wins(conn, Stamped::Agent(&name), &stamp)? {
-                    let row = AgentRow {
-                        name,
-                        node,
-                        status,
-                        status_text,
-                        last_seen,
-                    };
-                    upsert_agent(conn, &row, crate::message::now_ms(), None)?;
-                    out.agents.push(row);
-                }
-            }
-            EventBody::Subscription {
-                topic,
-                agent,
-                on,
-                stamp,
-            } => {
-                // An add made before its agent was forgotten does not bring the agent back.
-                let stale = on && !stamp.is_unset() && forgotten_at(conn, &agent, stamp.at)?;
-                if !stale && stamp_wins(conn, Stamped::Subscription(&topic, &agent), &stamp)? {
-                    set_subscription(conn, &topic, &agent, on, crate::message::now_ms(), None)?;
-                    out.subscriptions.push((topic, agent, on));
-                }
-            }
-            EventBody::Forget { name, stamp } => {
-                let (row_gone, topics) = apply_forget(conn, &name, &stamp)?;
-                out.subscriptions
-                    .extend(topics.into_iter().map(|t| (t, name.clone(), false)));
-                if row_gone {
-                    out.forgotten.push(name);
-                }
-            }
-            EventBody::Token { name, hash, stamp } => {
-                if stamp_wins(conn, Stamped::Token(&name), &stamp)? {
-                    match hash {
-                        Some(h) => put_token(conn, &name, &h, crate::message::now_ms(), None)?,
-                        None => {
-                            delete_token(conn, &name, None)?;
-                        }
-                    }
-                }
-            }
-        }
+        apply_body(conn, body, &mut out)?;
         at = e.seq;
     }
     conn.prepare_cached(
@@ -147,6 +65,99 @@ pub fn apply(conn: &Tx<'_>, origin: &str, events: Vec<Event>) -> Result<Applied>
     .execute(params![origin, at as i64])?;
     out.cursor = at;
     Ok(out)
+}
+
+/// Applies one change, whoever's it is: a log entry or a row of a snapshot. What it changed
+/// goes into `out`; every check a change needs (stamps, forgotten names) is made here, so a
+/// snapshot decides conflicts exactly as the log does. Names must be folded already.
+pub(crate) fn apply_body(conn: &Tx<'_>, body: EventBody, out: &mut Applied) -> Result<()> {
+    match body {
+        EventBody::Message(mut m) => {
+            // Mail for a name forgotten after it was sent stays out of its inbox here, as
+            // the forget took it out of the inbox where the mail came first.
+            let mut kept = Vec::with_capacity(m.recipients.len());
+            for r in std::mem::take(&mut m.recipients) {
+                if !forgotten_at(conn, &r, m.created_at)? {
+                    kept.push(r);
+                }
+            }
+            m.recipients = kept;
+            let stored = insert_message(conn, m, None);
+            match stored {
+                Ok(s) if s.duplicate => out.duplicates += 1,
+                Ok(s) => out.messages.push(s),
+                // A message that cannot be stored here (an id clash) is skipped, not retried
+                // forever; the origin still has it.
+                Err(crate::Error::Store(e)) => return Err(crate::Error::Store(e)),
+                Err(e) => tracing::warn!(error = %e, "skipping a replicated message"),
+            }
+        }
+        // Marks of an agent forgotten since: its inbox is gone.
+        EventBody::Read { agent, at, .. } if forgotten_at(conn, &agent, at)? => {}
+        EventBody::Read { agent, ids, at } => {
+            // The message may not be here yet (it comes from its own origin, maybe later):
+            // record the mark anyway, so it is read when it arrives.
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO inbox (agent, msg_id, read_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(agent, msg_id) DO UPDATE SET read_at = coalesce(inbox.read_at, excluded.read_at)",
+            )?;
+            for id in &ids {
+                stmt.execute(params![agent, id, at])?;
+            }
+        }
+        EventBody::Agent {
+            name,
+            node,
+            status,
+            status_text,
+            last_seen,
+            stamp,
+        } => {
+            if stamp_wins(conn, Stamped::Agent(&name), &stamp)? {
+                let row = AgentRow {
+                    name,
+                    node,
+                    status,
+                    status_text,
+                    last_seen,
+                };
+                upsert_agent(conn, &row, crate::message::now_ms(), None)?;
+                out.agents.push(row);
+            }
+        }
+        EventBody::Subscription {
+            topic,
+            agent,
+            on,
+            stamp,
+        } => {
+            // An add made before its agent was forgotten does not bring the agent back.
+            let stale = on && !stamp.is_unset() && forgotten_at(conn, &agent, stamp.at)?;
+            if !stale && stamp_wins(conn, Stamped::Subscription(&topic, &agent), &stamp)? {
+                set_subscription(conn, &topic, &agent, on, crate::message::now_ms(), None)?;
+                out.subscriptions.push((topic, agent, on));
+            }
+        }
+        EventBody::Forget { name, stamp } => {
+            let (row_gone, topics) = apply_forget(conn, &name, &stamp)?;
+            out.subscriptions
+                .extend(topics.into_iter().map(|t| (t, name.clone(), false)));
+            if row_gone {
+                out.forgotten.push(name);
+            }
+        }
+        EventBody::Token { name, hash, stamp } => {
+            if stamp_wins(conn, Stamped::Token(&name), &stamp)? {
+                match hash {
+                    Some(h) => put_token(conn, &name, &h, crate::message::now_ms(), None)?,
+                    None => {
+                        delete_token(conn, &name, None)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies `origin`'s entries relayed by a peer that applied them after entry `after`; `None`
@@ -166,7 +177,11 @@ pub fn apply_relayed(
 
 /// The event with every agent name in this node's spelling. A message's `to` stays as its
 /// sender wrote it.
-fn fold_names(conn: &Tx<'_>, names: &mut Spellings, mut body: EventBody) -> Result<EventBody> {
+pub(crate) fn fold_names(
+    conn: &Tx<'_>,
+    names: &mut Spellings,
+    mut body: EventBody,
+) -> Result<EventBody> {
     match &mut body {
         EventBody::Message(m) => {
             m.sender = names.local(conn, &m.sender)?;
@@ -197,55 +212,20 @@ pub(crate) fn backfill(conn: &Tx<'_>, origin: &str, after: i64) -> Result<()> {
             append_message(conn, origin, || m, &id)?;
         }
     }
+    // Every row of the directory, subscriptions and tokens, and forgotten names, as a
+    // snapshot has them.
+    let all = u32::MAX;
     for a in agents(conn)? {
-        let stamp = stamp_of(conn, Stamped::Agent(&a.name))?.unwrap_or_default();
-        append(
-            conn,
-            origin,
-            &EventBody::Agent {
-                name: a.name,
-                node: a.node,
-                status: a.status,
-                status_text: a.status_text,
-                last_seen: a.last_seen,
-                stamp,
-            },
-        )?;
+        append(conn, origin, &agent_body(conn, a)?)?;
     }
-    // Subscriptions, including removals (their stamps outlive the row).
-    let subs: Vec<(String, String, bool)> = conn
-        .prepare(
-            "SELECT topic, agent, 1 FROM subscriptions UNION \
-             SELECT a, b, 0 FROM stamps WHERE kind = 'subscription' AND NOT EXISTS \
-             (SELECT 1 FROM subscriptions s WHERE s.topic = stamps.a AND s.agent = stamps.b)",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (topic, agent, on) in subs {
-        let stamp = stamp_of(conn, Stamped::Subscription(&topic, &agent))?.unwrap_or_default();
-        append(
-            conn,
-            origin,
-            &EventBody::Subscription {
-                topic,
-                agent,
-                on,
-                stamp,
-            },
-        )?;
+    for (topic, agent, on) in subscriptions_after(conn, ("", ""), all)? {
+        append(conn, origin, &subscription_body(conn, topic, agent, on)?)?;
     }
-    let tokens: Vec<(String, Option<String>)> = conn
-        .prepare(
-            "SELECT name, hash FROM tokens UNION \
-             SELECT a, NULL FROM stamps WHERE kind = 'token' AND a NOT IN (SELECT name FROM tokens)",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (name, hash) in tokens {
+    for (name, hash) in tokens_after(conn, "", all)? {
         let stamp = stamp_of(conn, Stamped::Token(&name))?.unwrap_or_default();
         append(conn, origin, &EventBody::Token { name, hash, stamp })?;
     }
-    for (name, stamp) in tombstones(conn)? {
+    for (name, stamp) in tombstones_after(conn, "", all)? {
         append(conn, origin, &EventBody::Forget { name, stamp })?;
     }
     let reads: Vec<(String, String, i64)> = conn

@@ -17,18 +17,32 @@ pub fn agents(conn: &Connection) -> Result<Vec<AgentRow>> {
     let mut stmt =
         conn.prepare_cached("SELECT name, node, status, status_text, last_seen FROM agents")?;
     let rows = stmt
-        .query_map([], |r| {
-            let status: String = r.get(2)?;
-            Ok(AgentRow {
-                name: r.get(0)?,
-                node: r.get(1)?,
-                status: Status::from_stored(&status),
-                status_text: r.get(3)?,
-                last_seen: r.get(4)?,
-            })
-        })?
+        .query_map([], agent_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// Agents after `name`, by name, at most `limit` (a snapshot's pages).
+pub(crate) fn agents_after(conn: &Connection, name: &str, limit: u32) -> Result<Vec<AgentRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, node, status, status_text, last_seen FROM agents WHERE name > ?1 \
+         ORDER BY name LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![name, limit], agent_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    let status: String = r.get(2)?;
+    Ok(AgentRow {
+        name: r.get(0)?,
+        node: r.get(1)?,
+        status: Status::from_stored(&status),
+        status_text: r.get(3)?,
+        last_seen: r.get(4)?,
+    })
 }
 
 /// Creates or updates an agent's directory row.

@@ -117,13 +117,19 @@ pub(crate) fn forgotten_at(conn: &Connection, name: &str, at: i64) -> Result<boo
     Ok(tombstone(conn, name)?.is_some_and(|t| at <= t.at))
 }
 
-/// Every forgotten name with its forget's stamp (for logging a whole store, see `backfill`).
-pub(crate) fn tombstones(conn: &Connection) -> Result<Vec<(String, Stamp)>> {
-    let mut stmt = conn.prepare(
-        "SELECT a, at, by FROM stamps WHERE kind = 'agent' AND a NOT IN (SELECT name FROM agents)",
+/// Forgotten names after `after`, by name, with their forgets' stamps (for logging or
+/// snapshotting a whole store: `backfill`, `snapshot`).
+pub(crate) fn tombstones_after(
+    conn: &Connection,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<(String, Stamp)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a, at, by FROM stamps WHERE kind = 'agent' AND a > ?1 \
+         AND a NOT IN (SELECT name FROM agents) ORDER BY a LIMIT ?2",
     )?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![after, limit], |r| {
             Ok((
                 r.get(0)?,
                 Stamp {

@@ -328,6 +328,16 @@ pub fn events_after(conn: &Connection, mut after: u64, limit: u32) -> Result<Vec
     }
 }
 
+/// Like [`events_after`], unless compaction has deleted entries after `after`: then `None`,
+/// and the peer is to be sent a snapshot (`store::snapshot`) — entries with a hole before
+/// them would be applied as if nothing were missing.
+pub fn events_after_kept(conn: &Connection, after: u64, limit: u32) -> Result<Option<Vec<Event>>> {
+    if after < crate::store::compact::floor(conn)? {
+        return Ok(None);
+    }
+    events_after(conn, after, limit).map(Some)
+}
+
 /// One page of the log after `after`, and the last seq it read when the page was full.
 fn events_in(conn: &Connection, after: u64, limit: u32) -> Result<(Vec<Event>, Option<u64>)> {
     let mut stmt = conn

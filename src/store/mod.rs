@@ -11,6 +11,7 @@
 
 mod apply;
 mod checkpoint;
+pub mod compact;
 mod directory;
 pub mod fault;
 mod forget;
@@ -23,6 +24,9 @@ mod relayed;
 pub mod retention;
 mod rows;
 pub(crate) mod schema;
+pub mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 mod stamps;
 mod writer;
 
@@ -57,7 +61,7 @@ pub mod replication {
     pub use super::apply::{Applied, apply, apply_relayed};
     pub use super::log::{
         Event, EventBody, ReplicatedMessage, TailBody, append, append_message, configure, cursor,
-        events_after, head,
+        events_after, events_after_kept, head,
     };
     pub use super::relayed::{RelayBatch, cursors, relayed_after};
     pub use super::stamps::{Stamp, Stamped, stamp_local, stamp_of, stamp_wins};

@@ -150,7 +150,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, seq)
     ) WITHOUT ROWID;
     "#,
-    // 11: no query looks messages up by sender (`EXPLAIN QUERY PLAN` of every one of them);
+    // 11: how far each peer has applied each log this node keeps for it (its own `events`,
+    // and the origins in `relayed`), and when it last said so: compaction deletes what every
+    // peer heard from recently has applied (`store::compact`).
+    r#"
+    CREATE TABLE peer_applied (
+        peer    TEXT NOT NULL,      -- the peer's log key (instance id)
+        origin  TEXT NOT NULL,      -- whose log: this node's instance, or a relayed origin
+        seq     INTEGER NOT NULL,   -- applied up to and including this entry
+        seen_at INTEGER NOT NULL,   -- ms since the epoch: last report, or last seen linked
+        PRIMARY KEY (peer, origin)
+    ) WITHOUT ROWID;
+    "#,
+    // 12: no query looks messages up by sender (`EXPLAIN QUERY PLAN` of every one of them);
     // the index only cost a b-tree insert, and its pages written, per message.
     r#"
     DROP INDEX messages_sender;

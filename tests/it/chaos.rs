@@ -10,16 +10,38 @@ use crate::mesh::*;
 /// once, in order per sender. `SWITCHBOARD_CHAOS_SECONDS` makes it run longer (default 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_and_restart_nodes_while_messages_flow() {
+    chaos(12, &[]).await;
+}
+
+/// The same with the replication log compacted every 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_compaction_on() {
+    chaos(12, &["--compact-interval", "100ms"]).await;
+}
+
+/// A longer run with compaction and a backlog window shorter than some outages, so peers
+/// also catch up from snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: a minute of chaos"]
+async fn chaos_with_compaction_and_snapshots_long() {
+    chaos(60, &["--compact-interval", "100ms", "--retain-log", "2s"]).await;
+}
+
+/// `SWITCHBOARD_CHAOS_SECONDS` overrides `seconds`; `extra`: more node arguments.
+async fn chaos(seconds: u64, extra: &[&str]) {
     use rand::Rng;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let seconds: u64 = std::env::var("SWITCHBOARD_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(seconds);
     // SWITCHBOARD_CHAOS_HUB=1: n2 and n3 know only n1 and find each other through it.
     let hub = std::env::var_os("SWITCHBOARD_CHAOS_HUB").is_some();
-    let mut mesh = Mesh::start_with(3, hub).await;
+    let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    let mut mesh = Mesh::prepare(3, hub, vec![extra; 3]);
+    mesh.spawn_nodes().await;
+    mesh.wait_linked().await;
     drop(mesh.client(0, "sink").await);
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();

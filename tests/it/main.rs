@@ -6,6 +6,7 @@ mod browser;
 mod chaos;
 mod cli;
 mod common;
+mod compaction;
 mod dashboard;
 mod dashboard_load;
 mod dashboard_login;

@@ -259,7 +259,8 @@ proptest! {
         });
         encodes_back(&PeerFrame::Peers { port, tls, nodes, advertise, relay });
         encodes_back(&PeerFrame::Delivered { ids: vec![code.clone()], to: Some(message.clone()), hops });
-        encodes_back(&PeerFrame::Sync { cursor });
+        encodes_back(&PeerFrame::Sync { cursor, snapshots: tls });
+        encodes_back(&PeerFrame::SnapshotEnd { head: cursor, cursors: vec![OriginCursor { origin: code.clone(), cursor }] });
         encodes_back(&PeerFrame::Error { code, message });
     }
 
