@@ -106,7 +106,7 @@ pub struct Router {
     /// Owns the core's own tasks (send completers, delayed writes) for an orderly shutdown.
     tracker: TaskTracker,
     directory: Mutex<directory::Directory>,
-    acks: acks::Acks,
+    acks: std::sync::Arc<acks::Acks>,
     notices: send::Notices,
     rate: Mutex<rate::RateLimiter>,
     /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
@@ -127,6 +127,9 @@ impl Router {
         let (rows, subs) = store
             .read(|c| Ok((queries::agents(c)?, queries::subscriptions(c)?)))
             .await?;
+        let acks = std::sync::Arc::new(acks::Acks::default());
+        // Ends with `close_all`, before the node waits for its tasks.
+        tracker.spawn(acks.clone().expire());
         Ok(Router {
             node_id,
             store,
@@ -141,7 +144,7 @@ impl Router {
             started: Instant::now(),
             tracker,
             directory: Mutex::new(directory::Directory::load(rows, subs)),
-            acks: acks::Acks::default(),
+            acks,
             notices: send::Notices::new(),
             presence_version: tokio::sync::watch::channel(0).0,
             ids: Mutex::new(ulid::Generator::new()),
