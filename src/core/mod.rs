@@ -67,6 +67,22 @@ impl Frame {
         }
     }
 
+    /// The `msg` frame that pushes `message`, serialized from the borrow (the same text as
+    /// `encode` of [`ServerFrame::Msg`], without a copy of the message first).
+    pub fn msg(message: &crate::message::Message) -> Frame {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "op", rename = "msg")]
+        struct Msg<'a> {
+            message: &'a crate::message::Message,
+        }
+        Frame {
+            text: serde_json::to_string(&Msg { message })
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
+            message: Some(message.id.as_str().into()),
+        }
+    }
+
     /// The id of the message this frame pushes, if it is a push.
     pub fn message_id(&self) -> Option<&str> {
         self.message.as_deref()

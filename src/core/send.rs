@@ -343,14 +343,29 @@ fn client_id(id: &str, now: i64) -> Result<String> {
 }
 
 fn msg_frame(stored: &Stored) -> Frame {
-    Frame::encode(&ServerFrame::Msg {
-        message: stored.message.clone(),
-    })
+    Frame::msg(&stored.message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_msg_frame_from_the_borrow_is_the_frame_itself() {
+        let message: crate::message::Message = serde_json::from_value(serde_json::json!({
+            "id": ulid_at(1_800_000_000_000), "from": "alice", "to": "#ops", "topic": "ops",
+            "type": "question", "priority": "high", "subject": "s \"q\"", "body": "<b>hi</b>\n",
+            "data": {"k": [1, 2]}, "reply_to": null, "thread_id": "t", "created_at": "2027-01-15T08:00:00Z",
+            "read": false
+        }))
+        .unwrap();
+        let borrowed = Frame::msg(&message);
+        let owned = Frame::encode(&ServerFrame::Msg {
+            message: message.clone(),
+        });
+        assert_eq!(borrowed.message_id(), Some(message.id.as_str()));
+        assert_eq!(borrowed.into_bytes(), owned.into_bytes());
+    }
 
     fn ulid_at(ms: i64) -> String {
         ulid::Ulid::from_parts(ms as u64, 7).to_string()
