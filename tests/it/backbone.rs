@@ -13,6 +13,19 @@ use crate::chaos::{check_exactly_once, numbered_sender};
 use crate::common::*;
 use crate::mesh::{msg, online_at, unread};
 
+/// JetStream's storage ceiling for test servers. By default a server allows 75 % of the
+/// disk's free space, and a stream's `max_bytes` (8 GiB by default) must fit under it: on a
+/// build machine with less than 11 GB free, the stream could not be created.
+pub const JS_LIMITS: &str = "jetstream { max_file_store: 1TB }\n";
+
+/// The `nats-server` binary: Debian installs it in /usr/sbin, which a non-root PATH may lack.
+pub fn nats_bin() -> &'static str {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+}
+
 /// A `nats-server -js` child on a loopback port, with its JetStream store in its own dir.
 pub struct Nats {
     child: Option<tokio::process::Child>,
@@ -40,12 +53,14 @@ impl Nats {
     }
 
     async fn spawn(&mut self) {
-        // Debian installs it in /usr/sbin, which a non-root PATH may lack.
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = tokio::process::Command::new(bin)
+        let mut limits = Vec::new();
+        if !self.args.iter().any(|a| a == "-c") {
+            let conf = self.dir.path().join("limits.conf");
+            std::fs::write(&conf, JS_LIMITS).unwrap();
+            limits = vec!["-c".to_owned(), conf.display().to_string()];
+        }
+        let child = tokio::process::Command::new(nats_bin())
+            .args(&limits)
             .args([
                 "-js",
                 "-a",

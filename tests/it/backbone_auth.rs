@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::backbone::Nats;
+use crate::backbone::{JS_LIMITS, Nats};
 use crate::common::*;
 use crate::mesh::{msg, unread};
 use crate::tls::pki;
@@ -177,7 +177,7 @@ async fn backbone_creds_sign_in_to_an_operator_mode_server_and_foreign_creds_are
     std::fs::write(
         &conf,
         format!(
-            "operator: {}\nsystem_account: {}\nresolver: MEMORY\n\
+            "{JS_LIMITS}operator: {}\nsystem_account: {}\nresolver: MEMORY\n\
              resolver_preload: {{\n  {}: {}\n  {}: {}\n}}\n",
             op.jwt,
             op.system.0.public_key(),
