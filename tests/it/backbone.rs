@@ -159,41 +159,54 @@ impl Backbone {
 
     /// Every running node is connected and hears every other running node.
     pub async fn wait_heard(&self) {
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_some())
-            .collect();
-        for &i in &running {
-            let want = running.len() - 1;
-            let port = self.ports[i];
-            eventually(
-                30,
-                &format!("n{} hears {want} nodes", i + 1),
-                || async move {
-                    let h = health(port).await;
-                    h["backbone"]["connected"] == true && up_nodes(&h) >= want
-                },
-            )
-            .await;
-        }
+        all_hear_each_other(&self.running_ports()).await;
     }
 
     /// Every running node has applied every origin's published log (lag 0 everywhere).
     pub async fn wait_caught_up(&self) {
-        for (i, port) in self.ports.iter().enumerate() {
-            if self.nodes[i].is_none() {
-                continue;
-            }
-            let port = *port;
-            eventually(60, &format!("n{} caught up", i + 1), || async move {
+        all_caught_up(&self.running_ports()).await;
+    }
+
+    fn running_ports(&self) -> Vec<u16> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .map(|i| self.ports[i])
+            .collect()
+    }
+}
+
+/// Every node on `ports` is connected and hears every other one.
+pub async fn all_hear_each_other(ports: &[u16]) {
+    let want = ports.len() - 1;
+    for &port in ports {
+        eventually(
+            30,
+            &format!("the node on port {port} hears {want} nodes"),
+            || async move {
+                let h = health(port).await;
+                h["backbone"]["connected"] == true && up_nodes(&h) >= want
+            },
+        )
+        .await;
+    }
+}
+
+/// Every node on `ports` has applied every origin's published log (lag 0 everywhere).
+pub async fn all_caught_up(ports: &[u16]) {
+    for &port in ports {
+        eventually(
+            60,
+            &format!("the node on port {port} caught up"),
+            || async move {
                 let h = health(port).await;
                 let b = &h["backbone"];
                 b["consumer"]["pending"] == 0
                     && b["origins"]
                         .as_array()
                         .is_some_and(|o| o.iter().all(|o| o["lag"] == 0))
-            })
-            .await;
-        }
+            },
+        )
+        .await;
     }
 }
 
@@ -204,7 +217,7 @@ fn up_nodes(h: &Value) -> usize {
 }
 
 /// How long `check` took to hold (polled), for the figures the tests print.
-async fn time_until<F, Fut>(secs: u64, what: &str, check: F) -> Duration
+pub async fn time_until<F, Fut>(secs: u64, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -383,11 +396,15 @@ async fn a_killed_node_and_a_restarted_nats_server_lose_and_duplicate_nothing() 
 
 /// Waits until node `i` has accepted `n` more messages than now.
 async fn wait_for_traffic(b: &Backbone, i: usize, n: u64) {
-    let port = b.ports[i];
+    more_accepted(b.ports[i], n).await;
+}
+
+/// Waits until the node on `port` has accepted `n` more messages than now.
+pub async fn more_accepted(port: u16, n: u64) {
     let base = metric(port, "messages_accepted_total").await;
     eventually(
-        30,
-        &format!("{n} more messages accepted at n{}", i + 1),
+        60,
+        &format!("{n} more messages accepted at the node on port {port}"),
         || async move { metric(port, "messages_accepted_total").await >= base + n },
     )
     .await;

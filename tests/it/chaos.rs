@@ -1,6 +1,6 @@
 //! Chaos: nodes of a mesh killed and restarted at random while mail flows.
 
-use switchboard::protocol::SendRequest;
+use switchboard::protocol::{DeliveryStatus, SendRequest};
 
 use crate::common::*;
 use crate::mesh::*;
@@ -79,6 +79,31 @@ pub async fn numbered_sender(
     i: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<(u32, String)>> {
+    let sender = numbered_sender_to(node, i, "sink", stop).await;
+    tokio::spawn(async move { acked(&sender.await.unwrap()) })
+}
+
+/// One acknowledged send of a [`numbered_sender_to`].
+pub struct Sent {
+    pub seq: u32,
+    pub id: String,
+    pub status: DeliveryStatus,
+    /// When the answer came.
+    pub at: std::time::Instant,
+}
+
+/// The (seq, id) of each send, as [`check_exactly_once`] takes them.
+pub fn acked(sent: &[Sent]) -> Vec<(u32, String)> {
+    sent.iter().map(|s| (s.seq, s.id.clone())).collect()
+}
+
+/// [`numbered_sender`] to `to`, with each answer's status and time.
+pub async fn numbered_sender_to(
+    node: &NodeProc,
+    i: usize,
+    to: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
     use std::sync::atomic::Ordering;
     let client = node
         .client_opts(&format!("sender{i}"), |o| {
@@ -87,38 +112,45 @@ pub async fn numbered_sender(
             o.max_backoff = std::time::Duration::from_millis(300);
         })
         .await;
+    let to = to.to_owned();
     tokio::spawn(async move {
-        // The sink must be known at this node before the first send.
-        poll(30, "the sink known at this node", || async {
-            client.presence(Some("sink".into())).await.ok()
+        // The recipient must be known at this node before the first send.
+        poll(30, &format!("{to} known at this node"), || async {
+            client.presence(Some(to.clone())).await.ok()
         })
         .await;
         let mut ids = ulid::Generator::new();
-        let mut acked: Vec<(u32, String)> = Vec::new();
+        let mut sent = Vec::new();
         let mut seq = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let id = ids.generate().unwrap().to_string();
             let req = SendRequest {
                 id: Some(id.clone()),
-                to: "sink".into(),
+                to: to.clone(),
                 body: format!("{i}:{seq}"),
                 ..Default::default()
             };
             // Retry the same id until the node acknowledges it: never a duplicate.
-            loop {
+            let status = loop {
                 match client.send(req.clone()).await {
-                    Ok(_) => break,
+                    Ok(r) => break r.status,
                     Err(_) if !stop.load(Ordering::Relaxed) => {
                         // The node is down or restarting: try again shortly.
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     }
-                    Err(_) => return acked,
+                    Err(_) => return sent,
                 }
-            }
-            acked.push((seq, id));
+            };
+            let at = std::time::Instant::now();
+            sent.push(Sent {
+                seq,
+                id,
+                status,
+                at,
+            });
             seq += 1;
         }
-        acked
+        sent
     })
 }
 

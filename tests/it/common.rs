@@ -313,24 +313,55 @@ pub async fn node_answers(port: u16) -> bool {
 
 /// The body of `GET path` on the node.
 pub async fn http_get(port: u16, path: &str) -> String {
+    match try_http_get(port, path).await {
+        Ok(body) => body,
+        Err(e) => panic!("GET {path} on port {port}: {e}"),
+    }
+}
+
+/// The body of `GET path` on a local port, or why there is none (nothing listening, no answer
+/// within 10 s).
+pub async fn try_http_get(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let get = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
         )
-        .await
-        .unwrap();
+        .await?;
         let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        buf
+        s.read_to_string(&mut buf).await?;
+        std::io::Result::Ok(buf)
     };
     let buf = tokio::time::timeout(Duration::from_secs(10), get)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} took over 10 s"));
-    buf.split_once("\r\n\r\n").unwrap().1.to_owned()
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP answer: {buf}"))?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(body.to_owned());
+    }
+    // A large answer of nats-server's monitoring port comes in chunks: size line, data, CRLF.
+    let (mut rest, mut out) = (body, String::new());
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| format!("a cut chunk in: {body}"))?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| format!("a short chunk in: {body}"))?;
+        out.push_str(chunk);
+        rest = after.get(size + 2..).unwrap_or_default();
+    }
 }
 
 /// Polls `check` until it gives a value, or panics after `secs` naming `what`. Between
