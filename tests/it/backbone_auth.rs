@@ -94,10 +94,26 @@ async fn a_tls_backbone_carries_mail_and_an_unverified_server_is_refused_with_a_
 
 /// An operator, its system account and one account with JetStream, as nats-server's operator
 /// mode wants them, with the keys that sign users.
-struct Operator {
-    jwt: String,
-    system: (nkeys::KeyPair, String),
-    account: (nkeys::KeyPair, String),
+pub struct Operator {
+    pub jwt: String,
+    pub system: (nkeys::KeyPair, String),
+    pub account: (nkeys::KeyPair, String),
+}
+
+impl Operator {
+    /// The lines of a server config that put it in operator mode with these accounts.
+    pub fn config(&self) -> String {
+        format!(
+            "operator: {}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {}\n  {}: {}\n}}\n",
+            self.jwt,
+            self.system.0.public_key(),
+            self.system.0.public_key(),
+            self.system.1,
+            self.account.0.public_key(),
+            self.account.1,
+        )
+    }
 }
 
 fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
@@ -132,7 +148,7 @@ fn account_jwt(op: &nkeys::KeyPair, acct: &nkeys::KeyPair, name: &str, jetstream
     jwt(op, &acct.public_key(), name, nats)
 }
 
-fn operator() -> Operator {
+pub fn operator() -> Operator {
     let op = nkeys::KeyPair::new_operator();
     let sys = nkeys::KeyPair::new_account();
     let acct = nkeys::KeyPair::new_account();
@@ -152,7 +168,7 @@ fn operator() -> Operator {
 }
 
 /// A `.creds` file for a user of `account`, as `nsc` writes them.
-fn creds(dir: &Path, file: &str, account: &nkeys::KeyPair) -> PathBuf {
+pub fn creds(dir: &Path, file: &str, account: &nkeys::KeyPair) -> PathBuf {
     let user = nkeys::KeyPair::new_user();
     let nats = json!({
         "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
@@ -174,20 +190,7 @@ async fn backbone_creds_sign_in_to_an_operator_mode_server_and_foreign_creds_are
     let op = operator();
     let keys = tempdir();
     let conf = keys.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "{JS_LIMITS}operator: {}\nsystem_account: {}\nresolver: MEMORY\n\
-             resolver_preload: {{\n  {}: {}\n  {}: {}\n}}\n",
-            op.jwt,
-            op.system.0.public_key(),
-            op.system.0.public_key(),
-            op.system.1,
-            op.account.0.public_key(),
-            op.account.1,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, format!("{JS_LIMITS}{}", op.config())).unwrap();
     let nats = Nats::start_with(vec!["-c".into(), conf.display().to_string()]).await;
     let url = nats.url();
     let good = |f| creds(keys.path(), f, &op.account.0).display().to_string();

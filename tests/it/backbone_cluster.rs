@@ -13,6 +13,7 @@ use switchboard::client::Client;
 use switchboard::protocol::DeliveryStatus;
 
 use crate::backbone::{all_caught_up, all_hear_each_other, more_accepted, nats_bin, time_until};
+use crate::backbone_auth::{creds, operator};
 use crate::chaos::{Sent, acked, check_exactly_once, numbered_sender_to};
 use crate::common::*;
 use crate::mesh::msg;
@@ -65,11 +66,15 @@ impl Server {
             .expect("nats-server must be installed (apt-get install nats-server)");
         self.child = Some(child);
         let port = self.port;
-        eventually(20, &format!("{} accepting clients", self.name), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
+        eventually(
+            20,
+            &format!("{} accepting clients", self.name),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
     }
 
@@ -224,7 +229,10 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     let (v, stream) = stream_leader(&servers, 2).await;
     assert_eq!(stream["config"]["num_replicas"], 3, "{stream}");
     for s in &servers {
-        let d = s.stream().await.unwrap_or_else(|| panic!("{} lacks the stream", s.name));
+        let d = s
+            .stream()
+            .await
+            .unwrap_or_else(|| panic!("{} lacks the stream", s.name));
         assert_eq!(d["config"]["num_replicas"], 3, "{d}");
     }
     for (i, port) in ports.iter().enumerate() {
@@ -300,7 +308,10 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     let (before, _) = statuses(&sent_v, start, killed);
     let (_, queued) = statuses(&sent_v, killed, Instant::now());
     let (after, _) = statuses(&sent_v, back, Instant::now());
-    assert!(before > 0 && queued > 0 && after > 0, "{before} {queued} {after}");
+    assert!(
+        before > 0 && queued > 0 && after > 0,
+        "{before} {queued} {after}"
+    );
     let first_queued = sent_v
         .iter()
         .position(|s| s.at > killed && s.status == DeliveryStatus::Queued);
@@ -321,10 +332,14 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     servers[v].spawn().await;
     let (_, d) = stream_leader(&servers, 2).await;
     let last = d["state"]["last_seq"].as_u64();
-    eventually(60, "the restarted server holds the whole stream", || async {
-        let s = servers[v].stream().await;
-        s.is_some_and(|s| s["state"]["last_seq"].as_u64() >= last)
-    })
+    eventually(
+        60,
+        "the restarted server holds the whole stream",
+        || async {
+            let s = servers[v].stream().await;
+            s.is_some_and(|s| s["state"]["last_seq"].as_u64() >= last)
+        },
+    )
     .await;
     eprintln!(
         "backbone R3: leader {} killed; its node connected to another server after \
@@ -332,5 +347,194 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
          {delivered_again:?}; {queued} sends answered queued meanwhile; {total_v} + {total_x} \
          messages exactly once; new leader {}",
         servers[v].name, servers[new].name
+    );
+}
+
+/// A TCP link the test can cut: a forwarder from a free loopback port to `to`. Cut, it drops
+/// every connection it carries and refuses new ones — what a laptop's network going away does
+/// to its leaf node's connection to the hub, while both servers keep running.
+struct Link {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    async fn start(to: u16) -> Link {
+        let port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                if !*rx.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Link { port, up, accept }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// README's leaf-node setup: a hub server with JetStream in the domain `hub` and a leaf node
+/// port; a laptop's server without JetStream, on loopback, whose leaf node dials the hub; a
+/// node on each server with `domain = "hub"`. Mail crosses both ways and presence converges;
+/// then the laptop's link is cut (both servers and nodes keep running): once each side has the
+/// other's agents offline every send answers `queued`, and after the link is back all of it
+/// arrives exactly once. The hub's server killed -9 and restarted on its store changes nothing
+/// either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_after_a_cut() {
+    let start = Instant::now();
+    // The hub is in operator mode, as the leaf's `credentials` and the hub's node's
+    // `--backbone-creds` need: one account with JetStream. It tells leaf nodes the link's
+    // address as its own (a leaf dials the address its hub advertises after a cut, which would
+    // bypass the link the test cuts).
+    let op = operator();
+    let mut hub = Server::new("hub");
+    let hub_creds = creds(hub.dir.path(), "hq.creds", &op.account.0);
+    let laptop_creds = creds(hub.dir.path(), "laptop.creds", &op.account.0);
+    let leafnodes = free_port();
+    let link = Link::start(leafnodes).await;
+    hub.configure(&format!(
+        "{}jetstream {{ store_dir: {}, domain: hub, max_file_store: 1TB }}\n\
+         leafnodes {{ listen: \"127.0.0.1:{leafnodes}\", advertise: \"127.0.0.1:{}\" }}\n",
+        op.config(),
+        hub.store(),
+        link.port
+    ));
+    hub.spawn().await;
+    // The laptop's server: loopback only, no JetStream, no users of its own; its leaf node
+    // signs in to the hub's account.
+    let mut laptop = Server::new("laptop");
+    laptop.configure(&format!(
+        "leafnodes {{ remotes = [ {{ urls: [\"nats://127.0.0.1:{}\"], credentials: {:?} }} ] }}\n",
+        link.port,
+        laptop_creds.display().to_string()
+    ));
+    laptop.spawn().await;
+    let (dh, dl) = (tempdir(), tempdir());
+    for d in [&dh, &dl] {
+        std::fs::write(
+            d.path().join("config.toml"),
+            "[backbone]\ndomain = \"hub\"\n",
+        )
+        .unwrap();
+    }
+    let ports = [free_port(), free_port()];
+    let hub_args = [
+        "--backbone",
+        &hub.url(),
+        "--backbone-creds",
+        &hub_creds.display().to_string(),
+    ];
+    let hq = NodeProc::start_named(dh.path(), ports[0], "hq", &hub_args).await;
+    let laptop_url = laptop.url();
+    let lap = NodeProc::start_named(dl.path(), ports[1], "lap", &["--backbone", &laptop_url]).await;
+    all_hear_each_other(&ports).await;
+    // The stream lives at the hub; the laptop's node reaches it through its own server.
+    assert!(hub.stream().await.is_some(), "no stream at the hub");
+    assert_eq!(
+        health(ports[1]).await["backbone"]["server"],
+        laptop.addr().as_str()
+    );
+
+    // Mail both ways, `delivered`; presence converges.
+    let alice = hq.client("alice").await;
+    let bob = lap.client("bob").await;
+    sees(&alice, "bob", Some("lap")).await;
+    sees(&bob, "alice", Some("hq")).await;
+    let mut bob_pushes = bob.pushes();
+    let r = alice.send(msg("bob", "to the laptop")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    assert_eq!(next_push(&mut bob_pushes).await.id, r.id);
+    let mut alice_pushes = alice.pushes();
+    let r = bob.send(msg("alice", "to the hub")).await.unwrap();
+    assert_eq!(r.status, DeliveryStatus::Delivered);
+    assert_eq!(next_push(&mut alice_pushes).await.id, r.id);
+
+    // Numbered mail both ways, each to an agent online at the other end.
+    let (lsink, hsink) = (lap.client("lsink").await, hq.client("hsink").await);
+    sees(&alice, "lsink", Some("lap")).await;
+    sees(&bob, "hsink", Some("hq")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let to_lap = numbered_sender_to(&hq, 0, "lsink", stop.clone()).await;
+    let to_hq = numbered_sender_to(&lap, 1, "hsink", stop.clone()).await;
+    let flowing = |n| async move {
+        more_accepted(ports[0], n).await;
+        more_accepted(ports[1], n).await;
+    };
+    flowing(30).await;
+
+    // The link is cut. A node unheard for 10 s is gone: then each side has the other's agents
+    // offline, and while the link stays cut every send answers `queued`.
+    let cut = Instant::now();
+    link.set(false);
+    sees(&alice, "lsink", None).await;
+    sees(&bob, "hsink", None).await;
+    let offline = cut.elapsed();
+    let both_offline = Instant::now();
+    flowing(30).await;
+    let restored = Instant::now();
+    link.set(true);
+    sees(&alice, "lsink", Some("lap")).await;
+    sees(&bob, "hsink", Some("hq")).await;
+    let heard = restored.elapsed();
+    flowing(30).await;
+
+    // The hub's server killed -9, then started again on its store. (The laptop's sends wait
+    // 1 s each for an ack until the hub's node has been unheard for 10 s: a few suffice.)
+    hub.kill().await;
+    flowing(5).await;
+    hub.spawn().await;
+    sees(&alice, "lsink", Some("lap")).await;
+    sees(&bob, "hsink", Some("hq")).await;
+    flowing(30).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (sent_lap, sent_hq) = (to_lap.await.unwrap(), to_hq.await.unwrap());
+    all_hear_each_other(&ports).await;
+    all_caught_up(&ports).await;
+    let n_lap = check_exactly_once(&lsink, &[acked(&sent_lap)]).await;
+    let n_hq = check_exactly_once(&hsink, &[Vec::new(), acked(&sent_hq)]).await;
+    for sent in [&sent_lap, &sent_hq] {
+        let (before, _) = statuses(sent, start, cut);
+        let (delivered, queued) = statuses(sent, both_offline, restored);
+        assert!(
+            before > 0 && delivered == 0 && queued > 0,
+            "{before} {delivered} {queued}"
+        );
+    }
+    for port in ports {
+        let h = health(port).await;
+        assert_eq!(h["status"], "ok", "{h}");
+        assert_eq!(h["backbone"]["gaps"], serde_json::json!([]), "{h}");
+    }
+    eprintln!(
+        "backbone leaf: link cut, each side had the other's agents offline after {offline:?}; \
+         link back, heard again after {heard:?}; {n_lap} + {n_hq} messages exactly once \
+         across the cut and a hub restart"
     );
 }
