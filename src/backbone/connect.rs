@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 /// retry comes well within it, and a later one is skipped by the consumers' cursors anyway.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How a refusal to create the stream starts (`/health` tells it from passing errors).
+pub(super) const CREATING: &str = "creating the stream SWITCHBOARD";
+
 /// Why the client last failed to reach a server, until it connects again.
 pub(crate) type LastError = std::sync::Arc<parking_lot::Mutex<Option<String>>>;
 
@@ -182,7 +185,7 @@ pub(super) async fn stream(
         {
             s.js.get_or_create_stream(want)
                 .await
-                .map_err(|e| format!("creating the stream {STREAM}: {e}"))
+                .map_err(|e| format!("{CREATING}: {e}"))
         }
         Err(e) => Err(format!("looking up the stream {STREAM}: {e}")),
     }

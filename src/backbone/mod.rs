@@ -142,8 +142,8 @@ impl Backbone {
         status::nodes(&self.shared)
     }
 
-    /// What needs an operator: origin entries lost to the stream's retention, or no NATS
-    /// server reachable (with the reason the client gave).
+    /// What needs an operator: origin entries lost to the stream's retention, no NATS server
+    /// reachable (with the reason the client gave), or a stream JetStream refused to create.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.shared.status.has_gaps() {
@@ -151,6 +151,9 @@ impl Backbone {
                 "the backbone's stream dropped entries this node never read (see backbone.gaps)"
                     .to_owned(),
             );
+        }
+        if let Some(e) = self.shared.status.stream_refused() {
+            out.push(format!("the backbone cannot replicate: {e}"));
         }
         let connected =
             self.shared.client.connection_state() == async_nats::connection::State::Connected;

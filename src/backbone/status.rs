@@ -95,6 +95,13 @@ impl Status {
         f(&mut self.publisher.lock());
     }
 
+    /// The server's refusal to create the stream (too little storage for `max_bytes`, more
+    /// replicas than servers), while it stands: nothing replicates, though NATS is reachable.
+    pub(super) fn stream_refused(&self) -> Option<String> {
+        let e = self.publisher.lock().error.clone()?;
+        e.starts_with(super::connect::CREATING).then_some(e)
+    }
+
     pub(super) fn shipped(&self) -> u64 {
         self.publisher.lock().shipped.unwrap_or(0)
     }

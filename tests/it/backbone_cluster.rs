@@ -538,3 +538,25 @@ async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_a
          across the cut and a hub restart"
     );
 }
+
+/// A stream JetStream will not create — three replicas asked of a lone server — leaves the
+/// node connected but unable to replicate: `/health` says `degraded` with the server's reason
+/// instead of `ok`, and the node still serves its own agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_server_refuses_to_create_makes_the_node_degraded_with_the_reason() {
+    let nats = crate::backbone::Nats::start().await;
+    let dir = tempdir();
+    std::fs::write(dir.path().join("config.toml"), "[backbone]\nreplicas = 3\n").unwrap();
+    let url = nats.url();
+    let node = NodeProc::start_named(dir.path(), free_port(), "n1", &["--backbone", &url]).await;
+    let h = poll(30, "/health degraded: the stream was refused", || async {
+        let h = health(node.port).await;
+        let refused = h["reasons"].to_string().contains("cannot replicate");
+        (h["status"] == "degraded" && refused).then_some(h)
+    })
+    .await;
+    assert_eq!(h["backbone"]["connected"], true, "{h}");
+    eprintln!("backbone: a refused stream: {}", h["reasons"]);
+    let carol = node.client("carol").await;
+    carol.send(msg("carol", "to myself")).await.unwrap();
+}
