@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 /// retry comes well within it, and a later one is skipped by the consumers' cursors anyway.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How long a lookup of the stream may wait. A server answers in milliseconds, but while a
+/// cluster elects a new stream leader nobody answers, and the client's request timeout (10 s)
+/// kept the publisher idle for 5 s past the election (measured with a killed leader).
+const LOOKUP: Duration = Duration::from_secs(2);
+
 /// How a refusal to create the stream starts (`/health` tells it from passing errors).
 pub(super) const CREATING: &str = "creating the stream SWITCHBOARD";
 
@@ -155,25 +160,26 @@ pub(super) async fn stream(
     s: &Shared,
 ) -> std::result::Result<async_nats::jetstream::stream::Stream, String> {
     let want = stream_config(&s.config);
-    match s.js.get_stream(STREAM).await {
-        Ok(mut stream) => {
-            if let Ok(info) = stream.info().await {
-                let have = &info.config;
-                if have.num_replicas != want.num_replicas
-                    || have.max_age != want.max_age
-                    || have.max_bytes != want.max_bytes
-                {
-                    s.status.note_stream_mismatch(format!(
-                        "the stream {STREAM} has replicas {}, max_age {}s, max_bytes {}; this \
-                         node's settings say {}, {}s, {} (the stream's own stay in force)",
-                        have.num_replicas,
-                        have.max_age.as_secs(),
-                        have.max_bytes,
-                        want.num_replicas,
-                        want.max_age.as_secs(),
-                        want.max_bytes
-                    ));
-                }
+    let found = tokio::time::timeout(LOOKUP, s.js.get_stream(STREAM))
+        .await
+        .map_err(|_| format!("looking up the stream {STREAM}: no answer within {LOOKUP:?}"))?;
+    match found {
+        Ok(stream) => {
+            let have = &stream.cached_info().config;
+            if have.num_replicas != want.num_replicas
+                || have.max_age != want.max_age
+                || have.max_bytes != want.max_bytes
+            {
+                s.status.note_stream_mismatch(format!(
+                    "the stream {STREAM} has replicas {}, max_age {}s, max_bytes {}; this \
+                     node's settings say {}, {}s, {} (the stream's own stay in force)",
+                    have.num_replicas,
+                    have.max_age.as_secs(),
+                    have.max_bytes,
+                    want.num_replicas,
+                    want.max_age.as_secs(),
+                    want.max_bytes
+                ));
             }
             Ok(stream)
         }

@@ -170,6 +170,12 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
     let (applying, completer) = completer(s);
     let own = s.router.store.instance().to_owned();
     let mut position = start.saturating_sub(1);
+    // Every batch of the stream comes to this consumer, in order. One past the next means the
+    // ones between were lost on the way (a connection died with them in flight): the server
+    // would hand them out again only after ACK_WAIT, after later batches had moved their
+    // origins' cursors past them (a false gap, and their entries skipped). Reading again from
+    // the committed position keeps the order.
+    let mut next_seq = start.max(first_available);
     let ended = loop {
         let next = tokio::select! {
             _ = s.shutdown.cancelled() => break Ok(()),
@@ -184,6 +190,12 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
             Ok(i) => (i.stream_sequence, i.pending),
             Err(e) => break Err(format!("a message without stream info: {e}")),
         };
+        if seq > next_seq {
+            break Err(format!(
+                "batch {seq} of the stream came before {next_seq}: batches were lost on the way"
+            ));
+        }
+        next_seq = next_seq.max(seq + 1);
         s.status.consumer(|c| c.pending = Some(pending));
         position = position.max(seq);
         let batch = match serde_json::from_slice::<Batch>(&msg.payload) {

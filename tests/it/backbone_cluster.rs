@@ -14,6 +14,7 @@ use switchboard::protocol::DeliveryStatus;
 
 use crate::backbone::{all_caught_up, all_hear_each_other, more_accepted, nats_bin, time_until};
 use crate::backbone_auth::{creds, operator};
+use crate::backbone_link::{Link, State};
 use crate::chaos::{Sent, acked, check_exactly_once, numbered_sender_to};
 use crate::common::*;
 use crate::mesh::msg;
@@ -350,54 +351,6 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     );
 }
 
-/// A TCP link the test can cut: a forwarder from a free loopback port to `to`. Cut, it drops
-/// every connection it carries and refuses new ones — what a laptop's network going away does
-/// to its leaf node's connection to the hub, while both servers keep running.
-struct Link {
-    port: u16,
-    up: tokio::sync::watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Link {
-    async fn start(to: u16) -> Link {
-        let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (up, rx) = tokio::sync::watch::channel(true);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut rx = rx.clone();
-                if !*rx.borrow() {
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = rx.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Link { port, up, accept }
-    }
-
-    fn set(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
 /// README's leaf-node setup: a hub server with JetStream in the domain `hub` and a leaf node
 /// port; a laptop's server without JetStream, on loopback, whose leaf node dials the hub; a
 /// node on each server with `domain = "hub"`. Mail crosses both ways and presence converges;
@@ -491,14 +444,14 @@ async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_a
     // The link is cut. A node unheard for 10 s is gone: then each side has the other's agents
     // offline, and while the link stays cut every send answers `queued`.
     let cut = Instant::now();
-    link.set(false);
+    link.set(State::Cut);
     sees(&alice, "lsink", None).await;
     sees(&bob, "hsink", None).await;
     let offline = cut.elapsed();
     let both_offline = Instant::now();
     flowing(30).await;
     let restored = Instant::now();
-    link.set(true);
+    link.set(State::Up);
     sees(&alice, "lsink", Some("lap")).await;
     sees(&bob, "hsink", Some("hq")).await;
     let heard = restored.elapsed();

@@ -3,6 +3,7 @@
 mod backbone;
 mod backbone_auth;
 mod backbone_cluster;
+mod backbone_link;
 mod browser;
 mod chaos;
 mod cli;
