@@ -193,6 +193,20 @@ async fn sees(watcher: &Client, agent: &str, node: Option<&str>) -> Duration {
     .await
 }
 
+/// `from` sends `name` (the agent of `to`) a message that answers `delivered`, and `to` has it
+/// pushed. Sends are repeated until one does: the first may find the other node's consumer
+/// still starting and answer `queued` after its 1 s wait.
+async fn delivered(from: &Client, to: &Client, name: &str, body: &str) {
+    let mut pushes = to.pushes();
+    let what = format!("a send to {name} answered delivered");
+    let id = poll(60, &what, || async {
+        let r = from.send(msg(name, body)).await.ok()?;
+        (r.status == DeliveryStatus::Delivered).then_some(r.id)
+    })
+    .await;
+    while next_push(&mut pushes).await.id != id {}
+}
+
 /// Counts of (delivered, queued) among `sent` answered within `from..to`.
 fn statuses(sent: &[Sent], from: Instant, to: Instant) -> (usize, usize) {
     let within = sent.iter().filter(|s| s.at > from && s.at < to);
@@ -252,10 +266,7 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     let [alice, bob, carol] = &watchers;
     carol.subscribe("ops".into(), true).await.unwrap();
     sees(alice, "bob", Some("n2")).await;
-    let mut bob_pushes = bob.pushes();
-    let r = alice.send(msg("bob", "over three servers")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(next_push(&mut bob_pushes).await.id, r.id);
+    delivered(alice, bob, "bob", "over three servers").await;
     let mut carol_pushes = carol.pushes();
     eventually(30, "carol's subscription known at n1", || async {
         alice
@@ -419,14 +430,8 @@ async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_a
     let bob = lap.client("bob").await;
     sees(&alice, "bob", Some("lap")).await;
     sees(&bob, "alice", Some("hq")).await;
-    let mut bob_pushes = bob.pushes();
-    let r = alice.send(msg("bob", "to the laptop")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(next_push(&mut bob_pushes).await.id, r.id);
-    let mut alice_pushes = alice.pushes();
-    let r = bob.send(msg("alice", "to the hub")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(next_push(&mut alice_pushes).await.id, r.id);
+    delivered(&alice, &bob, "bob", "to the laptop").await;
+    delivered(&bob, &alice, "alice", "to the hub").await;
 
     // Numbered mail both ways, each to an agent online at the other end.
     let (lsink, hsink) = (lap.client("lsink").await, hq.client("hsink").await);
