@@ -19,11 +19,30 @@ use crate::mesh::{msg, online_at, unread};
 pub const JS_LIMITS: &str = "jetstream { max_file_store: 1TB }\n";
 
 /// The `nats-server` binary: Debian installs it in /usr/sbin, which a non-root PATH may lack.
-pub fn nats_bin() -> &'static str {
+fn nats_bin() -> &'static str {
     ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("nats-server")
+}
+
+/// Starts `nats-server` with `args` and waits until it takes clients on `port`.
+pub async fn spawn_nats(args: &[std::ffi::OsString], port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(nats_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server must be installed (apt-get install nats-server)");
+    eventually(20, "nats-server accepting connections", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    child
 }
 
 /// A `nats-server -js` child on a loopback port, with its JetStream store in its own dir.
@@ -53,38 +72,17 @@ impl Nats {
     }
 
     async fn spawn(&mut self) {
-        let mut limits = Vec::new();
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
         if !self.args.iter().any(|a| a == "-c") {
             let conf = self.dir.path().join("limits.conf");
             std::fs::write(&conf, JS_LIMITS).unwrap();
-            limits = vec!["-c".to_owned(), conf.display().to_string()];
+            args.extend(["-c".into(), conf.into()]);
         }
-        let child = tokio::process::Command::new(nats_bin())
-            .args(&limits)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .args(&self.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server must be installed (apt-get install nats-server)");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(20, "nats-server accepting connections", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
+        let port = self.port.to_string();
+        args.extend(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"].map(Into::into));
+        args.push(self.dir.path().into());
+        args.extend(self.args.iter().map(Into::into));
+        self.child = Some(spawn_nats(&args, self.port).await);
     }
 
     pub fn url(&self) -> String {
@@ -216,6 +214,34 @@ fn up_nodes(h: &Value) -> usize {
         .map_or(0, |n| n.iter().filter(|n| n["state"] == "up").count())
 }
 
+/// `from` sends `name` (the agent of `to`) a message that answers `delivered`, and `to` has it
+/// pushed. Sends are repeated until one does: the first may find the other node's consumer
+/// still starting and answer `queued` after its 1 s wait.
+pub async fn delivered(from: &Client, to: &Client, name: &str, body: &str) {
+    let mut pushes = to.pushes();
+    let what = format!("a send to {name} answered delivered");
+    let id = poll(60, &what, || async {
+        let r = from.send(msg(name, body)).await.ok()?;
+        (r.status == DeliveryStatus::Delivered).then_some(r.id)
+    })
+    .await;
+    while next_push(&mut pushes).await.id != id {}
+}
+
+/// `alice` sends `body` to `#ops` until the topic has one subscriber where she is (carol's
+/// subscription, made at her node, has replicated), and carol has it pushed.
+pub async fn topic_reaches(alice: &Client, carol: &Client, body: &str) {
+    let mut pushes = carol.pushes();
+    eventually(30, "carol's subscription known at alice's node", || async {
+        alice
+            .send(msg("#ops", body))
+            .await
+            .is_ok_and(|r| r.recipients == 1)
+    })
+    .await;
+    assert_eq!(next_push(&mut pushes).await.body, body);
+}
+
 /// How long `check` took to hold (polled), for the figures the tests print.
 pub async fn time_until<F, Fut>(secs: u64, what: &str, check: F) -> Duration
 where
@@ -252,21 +278,12 @@ async fn three_nodes_on_a_backbone_deliver_direct_topic_and_broadcast_mail() {
     eprintln!("backbone: joins seen across nodes after {joined:?}");
 
     // Direct: bob is online at n2, so alice hears `delivered` (n2's notice over the backbone).
+    delivered(&alice, &bob, "bob", "hello over NATS").await;
     let mut bob_pushes = bob.pushes();
-    let r = alice.send(msg("bob", "hello over NATS")).await.unwrap();
-    assert_eq!(r.status, DeliveryStatus::Delivered);
-    assert_eq!(next_push(&mut bob_pushes).await.body, "hello over NATS");
 
     // Topic: carol at n3 subscribed on her node; the subscription replicated to n1.
+    topic_reaches(&alice, &carol, "deploy at noon").await;
     let mut carol_pushes = carol.pushes();
-    eventually(10, "carol's subscription known at n1", || async {
-        alice
-            .send(msg("#ops", "deploy at noon"))
-            .await
-            .is_ok_and(|r| r.recipients == 1)
-    })
-    .await;
-    assert_eq!(next_push(&mut carol_pushes).await.body, "deploy at noon");
 
     // Broadcast: every known agent but the sender.
     let r = alice.send(msg("*", "all hands")).await.unwrap();

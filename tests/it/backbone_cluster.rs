@@ -12,7 +12,9 @@ use serde_json::Value;
 use switchboard::client::Client;
 use switchboard::protocol::DeliveryStatus;
 
-use crate::backbone::{all_caught_up, all_hear_each_other, more_accepted, nats_bin, time_until};
+use crate::backbone::{
+    all_caught_up, all_hear_each_other, delivered, more_accepted, spawn_nats, time_until,
+};
 use crate::backbone_auth::{creds, operator};
 use crate::backbone_link::{Link, State};
 use crate::chaos::{Sent, acked, check_exactly_once, numbered_sender_to};
@@ -56,27 +58,8 @@ impl Server {
 
     /// Starts it (again: same ports, same store) and waits until it takes clients.
     async fn spawn(&mut self) {
-        let child = tokio::process::Command::new(nats_bin())
-            .arg("-c")
-            .arg(self.dir.path().join("server.conf"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server must be installed (apt-get install nats-server)");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            20,
-            &format!("{} accepting clients", self.name),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
+        let conf = self.dir.path().join("server.conf");
+        self.child = Some(spawn_nats(&["-c".into(), conf.into()], self.port).await);
     }
 
     /// kill -9.
@@ -193,18 +176,23 @@ async fn sees(watcher: &Client, agent: &str, node: Option<&str>) -> Duration {
     .await
 }
 
-/// `from` sends `name` (the agent of `to`) a message that answers `delivered`, and `to` has it
-/// pushed. Sends are repeated until one does: the first may find the other node's consumer
-/// still starting and answer `queued` after its 1 s wait.
-async fn delivered(from: &Client, to: &Client, name: &str, body: &str) {
-    let mut pushes = to.pushes();
-    let what = format!("a send to {name} answered delivered");
-    let id = poll(60, &what, || async {
-        let r = from.send(msg(name, body)).await.ok()?;
-        (r.status == DeliveryStatus::Delivered).then_some(r.id)
-    })
-    .await;
-    while next_push(&mut pushes).await.id != id {}
+/// Stops `sender0` and `sender1`, waits until every node on `ports` hears the others and has
+/// applied everything, and checks that each sink (sender0's, sender1's) holds its sender's
+/// acknowledged mail exactly once and in order. Their sends.
+async fn finish(
+    stop: &AtomicBool,
+    senders: [tokio::task::JoinHandle<Vec<Sent>>; 2],
+    sinks: [&Client; 2],
+    ports: &[u16],
+) -> [Vec<Sent>; 2] {
+    stop.store(true, Ordering::Relaxed);
+    let [a, b] = senders;
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    all_hear_each_other(ports).await;
+    all_caught_up(ports).await;
+    check_exactly_once(sinks[0], &[acked(&a)]).await;
+    check_exactly_once(sinks[1], &[Vec::new(), acked(&b)]).await;
+    [a, b]
 }
 
 /// Counts of (delivered, queued) among `sent` answered within `from..to`.
@@ -267,15 +255,7 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     carol.subscribe("ops".into(), true).await.unwrap();
     sees(alice, "bob", Some("n2")).await;
     delivered(alice, bob, "bob", "over three servers").await;
-    let mut carol_pushes = carol.pushes();
-    eventually(30, "carol's subscription known at n1", || async {
-        alice
-            .send(msg("#ops", "to the topic"))
-            .await
-            .is_ok_and(|r| r.recipients == 1)
-    })
-    .await;
-    assert_eq!(next_push(&mut carol_pushes).await.body, "to the topic");
+    crate::backbone::topic_reaches(alice, carol, "to the topic").await;
 
     // The victim: the stream leader's server, and the node on it. Numbered mail flows from
     // that node to an agent online at the next node, and from the third node to it.
@@ -306,12 +286,8 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
     let back = Instant::now();
     more_accepted(ports[v], 50).await;
     more_accepted(ports[x], 50).await;
-    stop.store(true, Ordering::Relaxed);
-    let (sent_v, sent_x) = (from_v.await.unwrap(), from_x.await.unwrap());
-    all_hear_each_other(&ports).await;
-    all_caught_up(&ports).await;
-    let total_v = check_exactly_once(&inw, &[acked(&sent_v)]).await;
-    let total_x = check_exactly_once(&inv, &[Vec::new(), acked(&sent_x)]).await;
+    let [sent_v, sent_x] = finish(&stop, [from_v, from_x], [&inw, &inv], &ports).await;
+    let (total_v, total_x) = (sent_v.len(), sent_x.len());
 
     // Before the kill its sends were `delivered`. Then a send can only be delivered through the
     // stream, whose leader is gone until the two servers left elect another (seconds: JetStream's
@@ -471,12 +447,8 @@ async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_a
     sees(&bob, "hsink", Some("hq")).await;
     flowing(30).await;
 
-    stop.store(true, Ordering::Relaxed);
-    let (sent_lap, sent_hq) = (to_lap.await.unwrap(), to_hq.await.unwrap());
-    all_hear_each_other(&ports).await;
-    all_caught_up(&ports).await;
-    let n_lap = check_exactly_once(&lsink, &[acked(&sent_lap)]).await;
-    let n_hq = check_exactly_once(&hsink, &[Vec::new(), acked(&sent_hq)]).await;
+    let [sent_lap, sent_hq] = finish(&stop, [to_lap, to_hq], [&lsink, &hsink], &ports).await;
+    let (n_lap, n_hq) = (sent_lap.len(), sent_hq.len());
     for sent in [&sent_lap, &sent_hq] {
         let (before, _) = statuses(sent, start, cut);
         let (delivered, queued) = statuses(sent, both_offline, restored);
