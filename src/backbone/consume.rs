@@ -17,10 +17,10 @@
 //!
 //! Each batch names the origin seq it follows. When that is past this node's cursor, the
 //! entries between never reached this node — the stream dropped them (age or size limit)
-//! before it read them. They cannot come any more: the gap is recorded in the store (a mark,
-//! so it is still reported after a restart) and `/health` shows the node degraded; the batch
-//! is applied, so the origin's later mail and changes still flow. Filling a gap needs a
-//! snapshot of the origin's state, which waits for the store's log compaction.
+//! before it read them. They cannot come from the stream any more: the gap is recorded in the
+//! store (a mark, so it is still known after a restart), `/health` shows the node degraded,
+//! and the batch is applied, so the origin's later mail and changes still flow. The gap is
+//! then filled from a snapshot of a node that has those entries (`backbone::snapshot`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,9 +34,9 @@ use super::Shared;
 use super::publish::Batch;
 use super::status::Gap;
 use crate::error::Result;
-use crate::store::Stored;
 use crate::store::marks;
 use crate::store::replication::{self, Applied};
+use crate::store::{Stored, Tx};
 
 /// Batches being applied at once.
 const APPLYING: usize = 64;
@@ -239,17 +239,19 @@ async fn submit(s: &Arc<Shared>, batch: Batch, created: i128, position: u64) -> 
         .store
         .submit_isolated(move |c| {
             let cursor = replication::cursor(c, &i)?;
-            let gap = (prev > cursor).then(|| Gap {
-                node: n.clone(),
-                instance: i.clone(),
-                from: cursor + 1,
-                to: prev,
-                at: crate::message::now_ms(),
-            });
-            if let Some(g) = &gap {
-                let text = serde_json::to_string(g).unwrap_or_default();
-                marks::set(c, &format!("{GAP}{i}"), &text)?;
-            }
+            let gap = match prev > cursor {
+                true => Some(record_gap(
+                    c,
+                    Gap {
+                        node: n.clone(),
+                        instance: i.clone(),
+                        from: cursor + 1,
+                        to: prev,
+                        at: crate::message::now_ms(),
+                    },
+                )?),
+                false => None,
+            };
             let mut applied = replication::apply(c, &i, events)?;
             marks::set(c, POSITION, &format!("{created} {position}"))?;
             let messages = std::mem::take(&mut applied.messages);
@@ -270,6 +272,26 @@ async fn submit(s: &Arc<Shared>, batch: Batch, created: i128, position: u64) -> 
         instance,
         answer,
     })
+}
+
+/// Records a gap in the store (inside the caller's transaction), as one range with any gap
+/// of the same origin recorded before and not filled yet; returns that range.
+pub(super) fn record_gap(tx: &Tx<'_>, g: Gap) -> Result<Gap> {
+    let key = format!("{GAP}{}", g.instance);
+    let merged = match marks::get(tx, &key)?.and_then(|v| serde_json::from_str::<Gap>(&v).ok()) {
+        Some(old) => Gap {
+            from: old.from.min(g.from),
+            to: old.to.max(g.to),
+            ..g
+        },
+        None => g,
+    };
+    marks::set(
+        tx,
+        &key,
+        &serde_json::to_string(&merged).unwrap_or_default(),
+    )?;
+    Ok(merged)
 }
 
 /// The task that takes applies in commit order, hands their changes to the router and acks
@@ -301,6 +323,7 @@ fn completer(
                      read them: this node lacks them (mail, read marks, directory changes)"
                 );
                 s.status.gap(g);
+                s.catch_up.wake();
             }
             let m = &s.router.metrics;
             m.deduplicated_total

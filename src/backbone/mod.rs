@@ -17,6 +17,8 @@
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
+//! - [`snapshot`]: gaps filled from a snapshot of the store's state (`store::snapshot`), paged
+//!   by request and reply on `switchboard.catchup.<instance>`, which every node answers.
 //! - [`status`]: what `/health` and `switchboard mesh` show.
 //!
 //! The backbone owns no durable state of its own beyond the store's marks: the stream is the
@@ -27,6 +29,7 @@ mod connect;
 pub mod consume;
 pub mod presence;
 pub mod publish;
+pub mod snapshot;
 pub mod status;
 
 use std::sync::Arc;
@@ -38,7 +41,7 @@ use crate::config::BackboneConfig;
 use crate::core::Router;
 use crate::error::Result;
 
-pub use status::{BackboneStatus, Gap, OriginStatus};
+pub use status::{BackboneStatus, CatchUp, Gap, OriginStatus};
 
 /// The stream every node's log goes to.
 pub const STREAM: &str = "SWITCHBOARD";
@@ -71,6 +74,12 @@ fn snapshot_subject(node: &str) -> String {
     format!("{PREFIX}.snapshot.{}", token(node))
 }
 
+/// Where a data dir answers requests for pages of its store's state (gaps are filled from
+/// them). By instance, not node id: a gap is in one data dir's log.
+fn catchup_subject(instance: &str) -> String {
+    format!("{PREFIX}.catchup.{instance}")
+}
+
 /// Where delivery notices for messages accepted at `node` go.
 fn delivered_subject(node: &str) -> String {
     format!("{PREFIX}.delivered.{}", token(node))
@@ -94,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) connected: tokio::sync::watch::Receiver<bool>,
     /// Why the client last failed to connect, until it connects.
     pub(crate) connect_error: connect::LastError,
+    /// Wakes the task that fills gaps.
+    pub(crate) catch_up: snapshot::Wake,
 }
 
 impl Backbone {
@@ -123,10 +134,13 @@ impl Backbone {
             status: status::Status::default(),
             connected,
             connect_error,
+            catch_up: snapshot::Wake::default(),
         });
         consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
         tracker.spawn(consume::run(shared.clone()));
+        tracker.spawn(snapshot::serve(shared.clone()));
+        tracker.spawn(snapshot::run(shared.clone()));
         presence::start(&shared).await;
         tracing::info!(urls = ?shared.config.urls, "replicating through the NATS backbone");
         Ok(Backbone { shared })
@@ -142,15 +156,22 @@ impl Backbone {
         status::nodes(&self.shared)
     }
 
-    /// What needs an operator: origin entries lost to the stream's retention, or no NATS
-    /// server reachable (with the reason the client gave).
+    /// What needs an operator: origin entries lost to the stream's retention and not filled
+    /// yet (with what the catch-up waits for), or no NATS server reachable (with the reason
+    /// the client gave).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.shared.status.has_gaps() {
-            out.push(
-                "the backbone's stream dropped entries this node never read (see backbone.gaps)"
-                    .to_owned(),
-            );
+            let c = self.shared.status.catch_up_now();
+            let why = match (&c.from, &c.waiting) {
+                (Some(from), _) => format!("catching up from a snapshot of {from}"),
+                (None, Some(w)) => format!("not filled yet: {w}"),
+                (None, None) => "catching up from a snapshot".to_owned(),
+            };
+            out.push(format!(
+                "the backbone's stream dropped entries this node never read (see \
+                 backbone.gaps); {why}"
+            ));
         }
         let connected =
             self.shared.client.connection_state() == async_nats::connection::State::Connected;

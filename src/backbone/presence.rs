@@ -264,8 +264,9 @@ fn heard(s: &Arc<Shared>, a: Announce) {
         (h.link, ask, first)
     };
     if first {
-        // Its lag needs this node's cursor of its log, which the store has.
-        let (s, node, instance) = (s.clone(), a.node.clone(), a.instance.clone());
+        // Its lag needs this node's cursor of its log, which the store has; a log this node
+        // is behind on may have aged out of the stream whole (see `snapshot`).
+        let (s, node, instance, head) = (s.clone(), a.node.clone(), a.instance.clone(), a.head);
         s.tracker.clone().spawn(async move {
             let i = instance.clone();
             let read = s
@@ -274,6 +275,7 @@ fn heard(s: &Arc<Shared>, a: Announce) {
                 .read_committed(move |c| crate::store::replication::cursor(c, &i));
             if let Ok(cursor) = read.await {
                 s.status.cursor_loaded(&node, &instance, cursor);
+                s.catch_up.heard(&node, &instance, head, cursor);
             }
         });
     }
