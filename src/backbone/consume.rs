@@ -161,10 +161,13 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         .messages()
         .await
         .map_err(|e| format!("reading from the consumer {name}: {e}"))?;
+    // What the server holds for it now; each batch then says what is left behind it.
+    let pending = consumer.cached_info().num_pending;
     s.status.consumer(|c| {
         c.name = Some(name.clone());
         c.error = None;
         c.position = Some(start.saturating_sub(1));
+        c.pending = Some(pending);
     });
     tracing::info!(consumer = %name, start, "backbone consumer reading");
     let (applying, completer) = completer(s);

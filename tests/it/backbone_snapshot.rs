@@ -20,11 +20,7 @@ fn numbered(i: usize) -> String {
 
 /// A node on the backbone with a 1 MiB stream (the first to start makes it) and no send limit.
 async fn node(dir: &Path, port: u16, id: &str, nats: &Nats) -> NodeProc {
-    std::fs::write(
-        dir.join("config.toml"),
-        "[backbone]\nmax_bytes = 1048576\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.toml"), "[backbone]\nmax_bytes = 1048576\n").unwrap();
     let url = nats.url();
     NodeProc::start_named(dir, port, id, &["--backbone", &url, "--send-rate", "0"]).await
 }
@@ -53,9 +49,10 @@ async fn whole_inbox(c: &Client) -> Vec<(String, usize, bool)> {
     r.messages
         .into_iter()
         .map(|m| {
-            let n = m.body.split_once(':').map_or(usize::MAX, |(n, _)| {
-                n.parse().unwrap_or(usize::MAX)
-            });
+            let n = m
+                .body
+                .split_once(':')
+                .map_or(usize::MAX, |(n, _)| n.parse().unwrap_or(usize::MAX));
             (m.id, n, m.read)
         })
         .collect()
@@ -167,7 +164,11 @@ async fn a_node_back_after_the_stream_dropped_what_it_missed_catches_up_from_a_s
     assert_exactly_once(&whole_inbox(&bob2).await, &sent, 10);
     // The subscription and the token came along.
     assert_eq!(
-        observer.send(msg("#ops", "deploy")).await.unwrap().recipients,
+        observer
+            .send(msg("#ops", "deploy"))
+            .await
+            .unwrap()
+            .recipients,
         1
     );
     let erin = n2.client_opts("erin", |o| o.token = erin_token).await;
@@ -209,7 +210,10 @@ async fn a_new_node_joining_after_the_stream_dropped_entries_gets_the_full_state
     let mut sent = flood(&alice, "bob", 0, 60).await;
     // Read at n2, so these marks are n2's entries, between n1's.
     eventually(20, "the first mail at n2", || async {
-        whole_inbox(&bob).await.iter().any(|(id, _, _)| *id == sent[4])
+        whole_inbox(&bob)
+            .await
+            .iter()
+            .any(|(id, _, _)| *id == sent[4])
     })
     .await;
     bob.mark_read(sent[..5].to_vec(), false).await.unwrap();
@@ -242,7 +246,11 @@ async fn a_new_node_joining_after_the_stream_dropped_entries_gets_the_full_state
         Some((Status::Away, Some("lunch".into())))
     );
     assert_eq!(
-        observer.send(msg("#builds", "green")).await.unwrap().recipients,
+        observer
+            .send(msg("#builds", "green"))
+            .await
+            .unwrap()
+            .recipients,
         1
     );
     let bob3 = n3.client("bob").await;
@@ -258,4 +266,113 @@ async fn a_new_node_joining_after_the_stream_dropped_entries_gets_the_full_state
     .await;
     assert_exactly_once(&whole_inbox(&bob3).await, &sent, 5);
     eventually(30, "n3 settled", || settled(p3)).await;
+}
+
+/// The line a node logs when it has taken a snapshot, which names the node it came from.
+async fn snapshot_taken(n: &mut NodeProc) -> String {
+    n.log_line_containing("took a snapshot", Duration::from_secs(30))
+        .await
+}
+
+/// A node that joins while the origin whose oldest entries the stream dropped is down, and no
+/// other node has them, says so: `/health` is `degraded` with the missing range and what the
+/// catch-up waits for, also after a restart, while the entries after the gap flow. Once the
+/// origin is back, the gap is filled from its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_no_node_online_can_fill_is_reported_until_its_origin_is_back() {
+    let nats = Nats::start().await;
+    let (d1, d2) = (tempdir(), tempdir());
+    let (p1, p2) = (free_port(), free_port());
+    let n1 = node(d1.path(), p1, "n1", &nats).await;
+    n1.cli(&["agent", "add", "bob"]).await;
+    let alice = n1.client("alice").await;
+    let mut sent = flood(&alice, "bob", 0, 40).await;
+    eventually(20, "n1's log published", || async {
+        let h = health(p1).await;
+        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
+    })
+    .await;
+    drop(alice);
+    n1.terminate().await;
+    // n2 joins now: the stream no longer has n1's first entries, and n1 is not there.
+    let n2 = node(d2.path(), p2, "n2", &nats).await;
+    let (gap, why) = poll(20, "n2 reports a gap in n1's log", || async move {
+        let h = health(p2).await;
+        let g = h["backbone"]["gaps"].as_array()?.first()?.clone();
+        let why = h["backbone"]["catch_up"]["waiting"].as_str()?.to_owned();
+        (h["status"] == "degraded").then_some((g, why))
+    })
+    .await;
+    assert_eq!(
+        (gap["node"].as_str(), gap["from"].as_u64()),
+        (Some("n1"), Some(1))
+    );
+    assert!(gap["to"].as_u64() > Some(1), "{gap}");
+    assert!(why.contains("n1 is not online"), "{why}");
+    // What came after the gap is here.
+    let observer = n2.client("observer").await;
+    eventually(20, "the mail after the gap at n2", || async {
+        stored(p2).await > 0
+    })
+    .await;
+    assert!(stored(p2).await < sent.len() as u64);
+    drop(observer);
+    // The gap is remembered: a restarted n2 still says it lacks those entries, and why.
+    n2.terminate().await;
+    let mut n2 = node(d2.path(), p2, "n2", &nats).await;
+    let h = health(p2).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["backbone"]["gaps"][0]["node"], "n1");
+    eventually(20, "n2 says why after its restart", || async {
+        let out = n2.cli(&["mesh"]).await;
+        out.contains("dropped by the stream") && out.contains("n1 is not online")
+    })
+    .await;
+    // n1 is back: n2 takes its snapshot, and has everything once.
+    let n1 = node(d1.path(), p1, "n1", &nats).await;
+    let line = snapshot_taken(&mut n2).await;
+    assert!(line.contains("n1"), "{line}");
+    eventually(30, "n2 caught up, without gaps, ok", || settled(p2)).await;
+    let bob = n2.client("bob").await;
+    assert_exactly_once(&whole_inbox(&bob).await, &sent, 0);
+    let alice = n1.client("alice").await;
+    sent.push(alice.send(msg("bob", &numbered(40))).await.unwrap().id);
+    eventually(20, "live mail at n2", || async {
+        whole_inbox(&bob).await.len() == sent.len()
+    })
+    .await;
+    assert_exactly_once(&whole_inbox(&bob).await, &sent, 0);
+}
+
+/// A quiet origin's whole log can leave the stream (its age limit; here the stream is purged,
+/// which leaves it the same way): no batch of it arrives to show a gap. A node that hears the
+/// origin's heartbeat with a head past its own cursor, and finds none of its batches in the
+/// stream, takes the gap all the same and fills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_left_the_stream_whole_is_found_and_filled() {
+    let nats = Nats::start().await;
+    let (d1, d2) = (tempdir(), tempdir());
+    let (p1, p2) = (free_port(), free_port());
+    let n1 = node(d1.path(), p1, "n1", &nats).await;
+    n1.cli(&["agent", "add", "bob"]).await;
+    let alice = n1.client("alice").await;
+    let sent: Vec<String> = flood(&alice, "bob", 0, 5).await;
+    eventually(20, "n1's log published", || async {
+        let h = health(p1).await;
+        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.get_stream("SWITCHBOARD")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let mut n2 = node(d2.path(), p2, "n2", &nats).await;
+    let line = snapshot_taken(&mut n2).await;
+    assert!(line.contains("n1"), "{line}");
+    eventually(30, "n2 caught up, without gaps, ok", || settled(p2)).await;
+    let bob = n2.client("bob").await;
+    assert_exactly_once(&whole_inbox(&bob).await, &sent, 0);
 }
