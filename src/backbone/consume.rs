@@ -110,6 +110,7 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         .await
         .map_err(|e| format!("reading the stream position: {e}"))?;
     let last = info.state.last_sequence;
+    let known = parse_position(mark.clone()).is_some_and(|(c, _)| c == created);
     let start = match parse_position(mark) {
         // A server that lost its last writes (an R1 stream after a power loss) numbers new
         // batches again from its last one: read from there.
@@ -131,8 +132,14 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
             start,
             first_available,
             "the stream dropped entries this node had not read (its age or size limit); \
-             origins that lost entries show as gaps when their next batch arrives"
+             they are filled from a snapshot of a node that has them"
         );
+    }
+    // Whether anything this node has not read left the stream: then some logs may have left
+    // it whole, which no batch shows (`survey`). Without a position on this stream (a new
+    // node, a new stream) this node cannot know.
+    if start < first_available || !known {
+        s.catch_up.survey();
     }
     let name = format!("sb-{}", s.router.store.instance());
     // Whatever the old consumer handed out unacked must not come back after later batches.
@@ -188,6 +195,10 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
             Err(e) => break Err(format!("a message without stream info: {e}")),
         };
         s.status.consumer(|c| c.pending = Some(pending));
+        // Sequences between were deleted (the stream's limits) before this node read them.
+        if seq > position + 1 {
+            s.catch_up.survey();
+        }
         position = position.max(seq);
         let batch = match serde_json::from_slice::<Batch>(&msg.payload) {
             Ok(b) => b,

@@ -17,20 +17,24 @@
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
-//! - [`snapshot`]: gaps filled from a snapshot of the store's state (`store::snapshot`), paged
-//!   by request and reply on `switchboard.catchup.<instance>`, which every node answers.
+//! - [`snapshot`], [`catchup`], [`survey`]: gaps filled from a snapshot of another node's
+//!   store state (`store::snapshot`), paged by request and reply on
+//!   `switchboard.catchup.<instance>`, which every node answers; and logs the stream lost
+//!   whole, found by asking the nodes what they hold.
 //! - [`status`]: what `/health` and `switchboard mesh` show.
 //!
 //! The backbone owns no durable state of its own beyond the store's marks: the stream is the
 //! shared log, and everything this node knows of it is either in its store or rebuilt from the
 //! stream and the heartbeats after a restart.
 
+mod catchup;
 mod connect;
 pub mod consume;
 pub mod presence;
 pub mod publish;
-pub mod snapshot;
+mod snapshot;
 pub mod status;
+mod survey;
 
 use std::sync::Arc;
 
@@ -104,7 +108,7 @@ pub(crate) struct Shared {
     /// Why the client last failed to connect, until it connects.
     pub(crate) connect_error: connect::LastError,
     /// Wakes the task that fills gaps.
-    pub(crate) catch_up: snapshot::Wake,
+    pub(crate) catch_up: catchup::Wake,
 }
 
 impl Backbone {
@@ -134,13 +138,13 @@ impl Backbone {
             status: status::Status::default(),
             connected,
             connect_error,
-            catch_up: snapshot::Wake::default(),
+            catch_up: catchup::Wake::default(),
         });
         consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
         tracker.spawn(consume::run(shared.clone()));
         tracker.spawn(snapshot::serve(shared.clone()));
-        tracker.spawn(snapshot::run(shared.clone()));
+        tracker.spawn(catchup::run(shared.clone()));
         presence::start(&shared).await;
         tracing::info!(urls = ?shared.config.urls, "replicating through the NATS backbone");
         Ok(Backbone { shared })

@@ -264,9 +264,10 @@ fn heard(s: &Arc<Shared>, a: Announce) {
         (h.link, ask, first)
     };
     if first {
-        // Its lag needs this node's cursor of its log, which the store has; a log this node
-        // is behind on may have aged out of the stream whole (see `snapshot`).
-        let (s, node, instance, head) = (s.clone(), a.node.clone(), a.instance.clone(), a.head);
+        // Its lag needs this node's cursor of its log, which the store has. It may hold what
+        // this node lacks, too (see `catchup`, `survey`).
+        s.catch_up.wake();
+        let (s, node, instance) = (s.clone(), a.node.clone(), a.instance.clone());
         s.tracker.clone().spawn(async move {
             let i = instance.clone();
             let read = s
@@ -275,7 +276,6 @@ fn heard(s: &Arc<Shared>, a: Announce) {
                 .read_committed(move |c| crate::store::replication::cursor(c, &i));
             if let Ok(cursor) = read.await {
                 s.status.cursor_loaded(&node, &instance, cursor);
-                s.catch_up.heard(&node, &instance, head, cursor);
             }
         });
     }

@@ -172,6 +172,35 @@ impl Status {
         *gaps = left;
     }
 
+    /// Every node heard and live now: (node, instance, its published head).
+    pub(super) fn live_nodes(&self) -> Vec<(String, String, u64)> {
+        self.nodes
+            .heard
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.live)
+            .map(|(node, h)| (node.clone(), h.instance.clone(), h.head))
+            .collect()
+    }
+
+    /// The node id of a data dir, if this run has heard it or applied its log.
+    pub(super) fn node_of(&self, instance: &str) -> Option<String> {
+        let applied = self
+            .origins
+            .lock()
+            .get(instance)
+            .map(|o| o.node.clone())
+            .filter(|n| !n.is_empty());
+        applied.or_else(|| {
+            self.nodes
+                .heard
+                .lock()
+                .iter()
+                .find(|(_, h)| h.instance == instance)
+                .map(|(n, _)| n.clone())
+        })
+    }
+
     pub(super) fn catch_up(&self, f: impl FnOnce(&mut CatchUp)) {
         f(&mut self.catch_up.lock());
     }
