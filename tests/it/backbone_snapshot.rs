@@ -376,3 +376,47 @@ async fn a_log_that_left_the_stream_whole_is_found_and_filled() {
     let bob = n2.client("bob").await;
     assert_exactly_once(&whole_inbox(&bob).await, &sent, 0);
 }
+
+/// An origin gone for good whose log left the stream, which a new node never hears of: the
+/// node that applied it has its state, and the new node, asking what that node holds, finds
+/// the gap and fills it from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_of_an_origin_gone_for_good_comes_from_a_node_that_applied_it() {
+    let nats = Nats::start().await;
+    let (d1, d2, d3) = (tempdir(), tempdir(), tempdir());
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let n1 = node(d1.path(), p1, "n1", &nats).await;
+    let n2 = node(d2.path(), p2, "n2", &nats).await;
+    drop(n2.client("bob").await);
+    let alice = n1.client("alice").await;
+    eventually(20, "bob known at n1", || async {
+        alice.presence(Some("bob".into())).await.is_ok()
+    })
+    .await;
+    let sent = flood(&alice, "bob", 0, 5).await;
+    eventually(20, "n1's mail at n2", || async {
+        stored(p2).await == sent.len() as u64
+    })
+    .await;
+    drop(alice);
+    n1.terminate().await;
+    // n1's log leaves the stream; n2's stays whole.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.get_stream("SWITCHBOARD")
+        .await
+        .unwrap()
+        .purge()
+        .filter("switchboard.events.n1.>")
+        .await
+        .unwrap();
+    let mut n3 = node(d3.path(), p3, "n3", &nats).await;
+    let line = snapshot_taken(&mut n3).await;
+    assert!(line.contains("n2"), "{line}");
+    eventually(30, "n3 without gaps, ok", || async {
+        let h = health(p3).await;
+        h["status"] == "ok" && h["backbone"]["gaps"] == serde_json::json!([])
+    })
+    .await;
+    let bob = n3.client("bob").await;
+    assert_exactly_once(&whole_inbox(&bob).await, &sent, 0);
+}
