@@ -109,27 +109,37 @@ pub(super) async fn run(s: Arc<Shared>) {
     }
 }
 
-/// Fills every gap now known, one snapshot each unless an earlier one covered it too.
+/// Fills every gap now known, one snapshot each unless an earlier one covered it too; a gap
+/// that cannot be filled now does not hold up the others. The error says why of each left.
 async fn fill(s: &Arc<Shared>) -> Result<(), String> {
+    let mut left = Vec::new();
     for instance in s.status.gaps().into_iter().map(|g| g.instance) {
         // Filled by an earlier snapshot of this round, or grown meanwhile: as it is now.
         let Some(gap) = s.status.gaps().into_iter().find(|g| g.instance == instance) else {
             continue;
         };
-        let source = choose(s, &gap).await?;
-        take(s, source).await?;
-        if s.status
+        let taken = match choose(s, &gap).await {
+            Ok(source) => take(s, source).await,
+            Err(e) => Err(e),
+        };
+        let covered = !s
+            .status
             .gaps()
             .iter()
-            .any(|g| g.instance == instance && g.to <= gap.to)
-        {
-            return Err(format!(
+            .any(|g| g.instance == instance && g.to <= gap.to);
+        match taken {
+            Err(e) => left.push(e),
+            Ok(()) if !covered => left.push(format!(
                 "a snapshot did not cover entries {}..{} of {}'s log",
                 gap.from, gap.to, gap.node
-            ));
+            )),
+            Ok(()) => {}
         }
     }
-    Ok(())
+    match left.is_empty() {
+        true => Ok(()),
+        false => Err(left.join("; ")),
+    }
 }
 
 /// The origin itself if it is online, else the first node online that holds the gap's

@@ -138,7 +138,8 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
     // Whether anything this node has not read left the stream: then some logs may have left
     // it whole, which no batch shows (`survey`). Without a position on this stream (a new
     // node, a new stream) this node cannot know.
-    if start < first_available || !known {
+    let mut surveyed = start < first_available || !known;
+    if surveyed {
         s.catch_up.survey();
     }
     let name = format!("sb-{}", s.router.store.instance());
@@ -195,8 +196,10 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
             Err(e) => break Err(format!("a message without stream info: {e}")),
         };
         s.status.consumer(|c| c.pending = Some(pending));
-        // Sequences between were deleted (the stream's limits) before this node read them.
-        if seq > position + 1 {
+        // Sequences between were deleted (the stream's limits) before this node read them
+        // (once per run: one survey looks at every node).
+        if seq > position + 1 && !surveyed {
+            surveyed = true;
             s.catch_up.survey();
         }
         position = position.max(seq);

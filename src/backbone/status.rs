@@ -224,10 +224,11 @@ impl Status {
         let mut o = self.origins.lock();
         let e = o.entry(instance.to_owned()).or_default();
         e.node = node.to_owned();
+        // Never back: a snapshot's end may have moved the cursor past an apply reported late.
         if e.applied.is_none_or(|a| a < cursor) {
             e.applied_at = Some(now_ms());
+            e.applied = Some(cursor);
         }
-        e.applied = Some(cursor);
     }
 
     /// This node's cursor of an origin's log, read from the store, where this run has not
