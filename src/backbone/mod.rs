@@ -13,7 +13,8 @@
 //!   committed in the same transaction too, and a restarted node re-creates its consumer at
 //!   that position: what the store holds decides, never what the consumer believes. Each batch
 //!   names the seq before it (`prev`), so an origin's entries that the stream dropped (its age
-//!   or size limit) before this node read them are seen as a gap, recorded and reported.
+//!   or size limit) before this node read them are seen as a gap, recorded, and filled from a
+//!   snapshot (below).
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
