@@ -18,7 +18,7 @@
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
-//! - [`snapshot`], [`catchup`], [`survey`]: gaps filled from a snapshot of another node's
+//! - `snapshot`, `catchup`, `survey`: gaps filled from a snapshot of another node's
 //!   store state (`store::snapshot`), paged by request and reply on
 //!   `switchboard.catchup.<instance>`, which every node answers; and logs the stream lost
 //!   whole, found by asking the nodes what they hold.
