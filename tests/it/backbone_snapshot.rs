@@ -102,6 +102,36 @@ async fn status_of(observer: &Client, agent: &str) -> Option<(Status, Option<Str
     Some((a.status, a.status_text))
 }
 
+/// n1 and n2 on the backbone, bob made at n2 (and not connected) and known at n1, alice
+/// connected at n1.
+struct Pair {
+    dirs: [tempfile::TempDir; 2],
+    ports: [u16; 2],
+    n1: NodeProc,
+    n2: NodeProc,
+    alice: Client,
+}
+
+async fn pair(nats: &Nats) -> Pair {
+    let dirs = [tempdir(), tempdir()];
+    let ports = [free_port(), free_port()];
+    let n1 = node(dirs[0].path(), ports[0], "n1", nats).await;
+    let n2 = node(dirs[1].path(), ports[1], "n2", nats).await;
+    drop(n2.client("bob").await);
+    let alice = n1.client("alice").await;
+    eventually(20, "bob known at n1", || async {
+        alice.presence(Some("bob".into())).await.is_ok()
+    })
+    .await;
+    Pair {
+        dirs,
+        ports,
+        n1,
+        n2,
+        alice,
+    }
+}
+
 /// B is away while A's mail to bob, bob's read marks and directory changes made at A push
 /// the oldest entries out of the stream. B, back, finds the gap, takes A's snapshot, and has
 /// every message once, the read marks, the rows, the subscription and the token; then live
@@ -109,17 +139,13 @@ async fn status_of(observer: &Client, agent: &str) -> Option<(Status, Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_after_the_stream_dropped_what_it_missed_catches_up_from_a_snapshot() {
     let nats = Nats::start().await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let (p1, p2) = (free_port(), free_port());
-    let n1 = node(d1.path(), p1, "n1", &nats).await;
-    let n2 = node(d2.path(), p2, "n2", &nats).await;
-    // bob belongs to n2; n1 knows him.
-    drop(n2.client("bob").await);
-    let alice = n1.client("alice").await;
-    eventually(20, "bob known at n1", || async {
-        alice.presence(Some("bob".into())).await.is_ok()
-    })
-    .await;
+    let Pair {
+        dirs: [_d1, d2],
+        ports: [p1, p2],
+        n1,
+        n2,
+        alice,
+    } = pair(&nats).await;
     n2.terminate().await;
 
     // While n2 is away: directory changes, mail, read marks, more mail.
@@ -138,11 +164,7 @@ async fn a_node_back_after_the_stream_dropped_what_it_missed_catches_up_from_a_s
     bob1.mark_read(sent[..10].to_vec(), false).await.unwrap();
     drop(bob1);
     sent.extend(flood(&alice, "bob", 100, 50).await);
-    eventually(20, "n1's log published", || async {
-        let h = health(p1).await;
-        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
-    })
-    .await;
+    published(p1).await;
 
     let started = std::time::Instant::now();
     let mut n2 = node(d2.path(), p2, "n2", &nats).await;
@@ -268,6 +290,27 @@ async fn a_new_node_joining_after_the_stream_dropped_entries_gets_the_full_state
     eventually(30, "n3 settled", || settled(p3)).await;
 }
 
+/// Waits until the node has published its whole log to the stream.
+async fn published(port: u16) {
+    eventually(20, "the node's log published", || async {
+        let h = health(port).await;
+        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
+    })
+    .await;
+}
+
+/// n1 alone on the backbone, where alice has sent bob (known, not connected) `n` numbered
+/// messages, all published: its dir, port, process, alice and the ids.
+async fn alone(nats: &Nats, n: usize) -> (tempfile::TempDir, u16, NodeProc, Client, Vec<String>) {
+    let (d1, p1) = (tempdir(), free_port());
+    let n1 = node(d1.path(), p1, "n1", nats).await;
+    n1.cli(&["agent", "add", "bob"]).await;
+    let alice = n1.client("alice").await;
+    let sent = flood(&alice, "bob", 0, n).await;
+    published(p1).await;
+    (d1, p1, n1, alice, sent)
+}
+
 /// The line a node logs when it has taken a snapshot, which names the node it came from.
 async fn snapshot_taken(n: &mut NodeProc) -> String {
     n.log_line_containing("took a snapshot", Duration::from_secs(30))
@@ -281,17 +324,8 @@ async fn snapshot_taken(n: &mut NodeProc) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_no_node_online_can_fill_is_reported_until_its_origin_is_back() {
     let nats = Nats::start().await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let (p1, p2) = (free_port(), free_port());
-    let n1 = node(d1.path(), p1, "n1", &nats).await;
-    n1.cli(&["agent", "add", "bob"]).await;
-    let alice = n1.client("alice").await;
-    let mut sent = flood(&alice, "bob", 0, 40).await;
-    eventually(20, "n1's log published", || async {
-        let h = health(p1).await;
-        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
-    })
-    .await;
+    let (d1, p1, n1, alice, mut sent) = alone(&nats, 40).await;
+    let (d2, p2) = (tempdir(), free_port());
     drop(alice);
     n1.terminate().await;
     // n2 joins now: the stream no longer has n1's first entries, and n1 is not there.
@@ -351,17 +385,8 @@ async fn a_gap_no_node_online_can_fill_is_reported_until_its_origin_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_left_the_stream_whole_is_found_and_filled() {
     let nats = Nats::start().await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let (p1, p2) = (free_port(), free_port());
-    let n1 = node(d1.path(), p1, "n1", &nats).await;
-    n1.cli(&["agent", "add", "bob"]).await;
-    let alice = n1.client("alice").await;
-    let sent: Vec<String> = flood(&alice, "bob", 0, 5).await;
-    eventually(20, "n1's log published", || async {
-        let h = health(p1).await;
-        h["backbone"]["published"].as_u64() == h["backbone"]["log_head"].as_u64()
-    })
-    .await;
+    let (_d1, _p1, _n1, _alice, sent) = alone(&nats, 5).await;
+    let (d2, p2) = (tempdir(), free_port());
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     js.get_stream("SWITCHBOARD")
         .await
@@ -383,16 +408,14 @@ async fn a_log_that_left_the_stream_whole_is_found_and_filled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_of_an_origin_gone_for_good_comes_from_a_node_that_applied_it() {
     let nats = Nats::start().await;
-    let (d1, d2, d3) = (tempdir(), tempdir(), tempdir());
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let n1 = node(d1.path(), p1, "n1", &nats).await;
-    let n2 = node(d2.path(), p2, "n2", &nats).await;
-    drop(n2.client("bob").await);
-    let alice = n1.client("alice").await;
-    eventually(20, "bob known at n1", || async {
-        alice.presence(Some("bob".into())).await.is_ok()
-    })
-    .await;
+    let Pair {
+        dirs: [_d1, _d2],
+        ports: [_, p2],
+        n1,
+        n2: _n2,
+        alice,
+    } = pair(&nats).await;
+    let (d3, p3) = (tempdir(), free_port());
     let sent = flood(&alice, "bob", 0, 5).await;
     eventually(20, "n1's mail at n2", || async {
         stored(p2).await == sent.len() as u64
