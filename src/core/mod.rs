@@ -109,8 +109,6 @@ pub struct Router {
     acks: acks::Acks,
     notices: send::Notices,
     rate: Mutex<rate::RateLimiter>,
-    /// (agent, message id, ms) acks not yet recorded in the store.
-    delivered: Mutex<Vec<(String, String, i64)>>,
     /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
     presence_version: tokio::sync::watch::Sender<u64>,
     ids: Mutex<ulid::Generator>,
@@ -145,7 +143,6 @@ impl Router {
             directory: Mutex::new(directory::Directory::load(rows, subs)),
             acks: acks::Acks::default(),
             notices: send::Notices::new(),
-            delivered: Mutex::new(Vec::new()),
             presence_version: tokio::sync::watch::channel(0).0,
             ids: Mutex::new(ulid::Generator::new()),
             next_session: AtomicU64::new(1),
@@ -214,16 +211,9 @@ impl Router {
         }
     }
 
-    /// Writes delivery times still gathering (graceful shutdown), then waits for everything
-    /// queued to the store before this point to commit.
+    /// Waits for everything queued to the store before this point to commit (graceful
+    /// shutdown).
     pub async fn flush(&self) -> Result<()> {
-        let batch = std::mem::take(&mut *self.delivered.lock());
-        if !batch.is_empty() {
-            let _ = self
-                .store
-                .write(move |c| queries::mark_delivered(c, &batch))
-                .await;
-        }
         self.store.write(|_| Ok(())).await
     }
 }

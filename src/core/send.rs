@@ -29,10 +29,6 @@ pub const ID_PAST_MS: i64 = 7 * 24 * 3600 * 1000;
 pub const MAX_SUBJECT: usize = 200;
 /// Sends in flight (queued, not yet answered) per connection.
 pub const MAX_IN_FLIGHT: usize = 1024;
-/// How long acks gather before their delivery times are written (lost on a crash: they are
-/// an audit record only).
-const DELIVERED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// A peer's message was taken by a session here: its origin, which waits to answer the
 /// sender, should hear of it. The mesh owns the channel these go out on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,7 +303,7 @@ impl Router {
         }
     }
 
-    /// A session of `agent` holds these messages: complete waiting sends and record delivery.
+    /// A session of `agent` holds these messages: complete the sends waiting for them.
     pub fn acked(self: &Arc<Self>, agent: &str, role: Role, ids: Vec<String>) {
         if role != Role::Agent || ids.is_empty() {
             return;
@@ -315,31 +311,10 @@ impl Router {
         self.metrics
             .acks_total
             .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Nothing is written: `delivered` is the sender's answer, decided here in memory. The
+        // delivery time the store once kept per inbox row was read by nobody and cost an
+        // UPDATE per ack.
         self.acks.acked(AckedBy::Agent(agent), &ids);
-        // Delivery times are an audit record, not state anyone waits on: gather them for
-        // DELIVERED_FLUSH and write them in one job, instead of one commit (and one disk write,
-        // on the latency path of the next message) per ack.
-        let now = now_ms();
-        let first = {
-            let mut buf = self.delivered.lock();
-            let first = buf.is_empty();
-            buf.extend(ids.into_iter().map(|id| (agent.to_owned(), id, now)));
-            first
-        };
-        if first {
-            let router = self.clone();
-            self.tracker.spawn(async move {
-                tokio::time::sleep(DELIVERED_FLUSH).await;
-                let batch = std::mem::take(&mut *router.delivered.lock());
-                if let Ok(answer) = router
-                    .store
-                    .submit(move |c| queries::mark_delivered(c, &batch))
-                    .await
-                {
-                    drop(answer);
-                }
-            });
-        }
     }
 
     /// A peer says a session of a recipient there holds these messages.

@@ -21,66 +21,59 @@ const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r
 
 /// Stores a message and its inbox rows, deduplicating by id.
 pub fn insert_message(conn: &Tx<'_>, m: NewMessage, log_as: LogAs<'_>) -> Result<Stored> {
-    let existing = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1"
-        ))?
-        .query_row([&m.id], message_row)
-        .optional()?;
-    if let Some(message) = existing {
-        if message.sender != m.sender {
-            // An id names one message mesh-wide; another sender's retry cannot claim it, and
-            // the answer is the one for any unusable id, so it does not tell the id exists.
-            return Err(Error::unusable_id(&m.id));
-        }
-        let recipients = conn
-            .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?
-            .query_map([&m.id], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        return Ok(Stored {
-            message: message.into_message(false),
-            recipients,
-            duplicate: true,
-            origin: m.origin,
-        });
-    }
     let thread_id = match (&m.thread_id, &m.reply_to) {
         (Some(t), _) => t.clone(),
-        (None, Some(parent)) => conn
-            .prepare_cached(&format!(
-                "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
-            ))?
-            .query_row(params![m.sender, parent], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| Error::UnknownMessage {
-                field: "reply_to",
-                id: parent.clone(),
-            })?,
+        (None, Some(parent)) => {
+            let parent_thread = conn
+                .prepare_cached(&format!(
+                    "SELECT m.thread_id FROM messages m WHERE m.id = ?2 AND {VISIBLE}"
+                ))?
+                .query_row(params![m.sender, parent], |r| r.get(0))
+                .optional()?;
+            match parent_thread {
+                Some(t) => t,
+                // A retry of a reply stored before its parent went (retention) is still the
+                // same message.
+                None => {
+                    return already_stored(conn, &m)?.ok_or_else(|| Error::UnknownMessage {
+                        field: "reply_to",
+                        id: parent.clone(),
+                    });
+                }
+            }
+        }
         (None, None) => m.id.clone(),
     };
     let data = m
         .data
         .as_ref()
         .map(|d| serde_json::to_string(d).unwrap_or_default());
-    conn.prepare_cached(
-        "INSERT INTO messages (id, origin, sender, target, topic, type, priority, subject, body, \
-         data, reply_to, thread_id, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
-    )?
-    .execute(params![
-        m.id,
-        m.origin,
-        m.sender,
-        m.target,
-        m.topic,
-        m.kind.as_str(),
-        m.priority.as_str(),
-        m.subject,
-        m.body,
-        data,
-        m.reply_to,
-        thread_id,
-        m.created_at
-    ])?;
+    // A retried send finds its id taken: only then is the stored row read (most sends are new,
+    // and a look-up before every insert cost a second search of the id index).
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO messages (id, origin, sender, target, topic, type, priority, subject, \
+             body, data, reply_to, thread_id, created_at) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13) ON CONFLICT(id) DO NOTHING",
+        )?
+        .execute(params![
+            m.id,
+            m.origin,
+            m.sender,
+            m.target,
+            m.topic,
+            m.kind.as_str(),
+            m.priority.as_str(),
+            m.subject,
+            m.body,
+            data,
+            m.reply_to,
+            thread_id,
+            m.created_at
+        ])?;
+    if inserted == 0 {
+        return already_stored(conn, &m)?.ok_or_else(|| Error::unusable_id(&m.id));
+    }
     {
         let mut stmt =
             conn.prepare_cached("INSERT OR IGNORE INTO inbox (agent, msg_id) VALUES (?1, ?2)")?;
@@ -119,6 +112,35 @@ pub fn insert_message(conn: &Tx<'_>, m: NewMessage, log_as: LogAs<'_>) -> Result
         duplicate: false,
         origin: m.origin,
     })
+}
+
+/// The stored message with `m`'s id, as the answer to a retried send of it; an error if
+/// another sender's message has that id; `None` if no message has it.
+fn already_stored(conn: &Connection, m: &NewMessage) -> Result<Option<Stored>> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = ?1"
+        ))?
+        .query_row([&m.id], message_row)
+        .optional()?;
+    let Some(message) = existing else {
+        return Ok(None);
+    };
+    if message.sender != m.sender {
+        // An id names one message mesh-wide; another sender's retry cannot claim it, and
+        // the answer is the one for any unusable id, so it does not tell the id exists.
+        return Err(Error::unusable_id(&m.id));
+    }
+    let recipients = conn
+        .prepare_cached("SELECT agent FROM inbox WHERE msg_id = ?1")?
+        .query_map([&m.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some(Stored {
+        message: message.into_message(false),
+        recipients,
+        duplicate: true,
+        origin: m.origin.clone(),
+    }))
 }
 
 /// The loop guard: a thread that got `per_minute` messages in the last minute takes no more
@@ -220,17 +242,6 @@ pub fn mark_read(
         })?;
     }
     Ok(n)
-}
-
-/// Records that a session of the agent held the message at the time: (agent, id, ms).
-pub fn mark_delivered(conn: &Connection, acks: &[(String, String, i64)]) -> Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE inbox SET delivered_at = ?3 WHERE agent = ?1 AND msg_id = ?2 AND delivered_at IS NULL",
-    )?;
-    for (agent, id, at) in acks {
-        stmt.execute(params![agent, id, at])?;
-    }
-    Ok(())
 }
 
 /// The whole thread of message `id`, as far as `agent` may read it.

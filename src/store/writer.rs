@@ -24,6 +24,10 @@ const MAX_BATCH: usize = 2048;
 /// How often new messages are added to the full-text index.
 const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Jobs run since the last indexing run that make the next commit index anyway, so one run
+/// never holds a commit back for long.
+const INDEX_PENDING: usize = 8192;
+
 /// Why a batch did not commit.
 pub(crate) struct CommitError {
     /// For the wire code.
@@ -158,6 +162,7 @@ pub(crate) fn run(
 ) {
     let log = LogState::default();
     let mut last_index = std::time::Instant::now();
+    let mut since_index = 0usize;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut finishes: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
     while let Some(JobBox(first)) = rx.blocking_recv() {
@@ -182,13 +187,17 @@ pub(crate) fn run(
                 reason: "a write failed inside the batch".to_owned(),
             }),
             Ok(()) => {
-                // Full-text indexing writes a new FTS segment each time; at low load that was
-                // half the pages of every commit. Index every 100 ms (or per big batch);
-                // search indexes what is pending before it looks, so it never misses anything.
+                // Full-text indexing writes a new FTS segment each time (and FTS5 merges
+                // segments as they pile up): at low load that was half the pages of every
+                // commit, under load a segment per big batch. Index every 100 ms (or after
+                // INDEX_PENDING jobs); search indexes what is pending before it looks, so it
+                // never misses anything.
+                since_index += finishes.len();
                 let index = if state.wrote
-                    && (last_index.elapsed() >= INDEX_EVERY || finishes.len() >= 256)
+                    && (last_index.elapsed() >= INDEX_EVERY || since_index >= INDEX_PENDING)
                 {
                     last_index = std::time::Instant::now();
+                    since_index = 0;
                     conn.execute_batch(schema::INDEX_NEW_MESSAGES)
                 } else {
                     Ok(())
