@@ -3,12 +3,15 @@
 //! they missed, another node's store does, and they take its state over NATS request/reply.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchboard::client::Client;
 use switchboard::protocol::{InboxRequest, Status, TokenAction};
 
 use crate::backbone::Nats;
+use crate::chaos::{check_exactly_once, numbered_sender};
 use crate::common::*;
 use crate::mesh::msg;
 
@@ -205,6 +208,36 @@ async fn a_node_back_after_the_stream_dropped_what_it_missed_catches_up_from_a_s
     assert_exactly_once(&whole_inbox(&bob2).await, &sent, 10);
     let h = health(p2).await;
     assert_eq!(h["status"], "ok", "{h}");
+}
+
+/// Mail keeps flowing from n1 to an agent of n2's while n2 is away, while the stream drops
+/// what n2 missed, and while n2, back, catches up from snapshots and the stream at once:
+/// every acknowledged message is in the sink's inbox at n2 exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_flowing_while_a_node_catches_up_arrives_once_and_in_order() {
+    let nats = Nats::start().await;
+    let Pair {
+        dirs: [_d1, d2],
+        ports: [_, p2],
+        n1,
+        n2,
+        alice,
+    } = pair(&nats).await;
+    n2.cli(&["agent", "add", "sink"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = numbered_sender(&n1, 0, stop.clone()).await;
+    n2.terminate().await;
+    flood(&alice, "bob", 0, 60).await;
+    let n2 = node(d2.path(), p2, "n2", &nats).await;
+    eventually(30, "n2 took a snapshot", || async {
+        health(p2).await["backbone"]["catch_up"]["last"].is_string()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = sender.await.unwrap();
+    eventually(60, "n2 caught up, without gaps, ok", || settled(p2)).await;
+    let total = check_exactly_once(&n2.client("sink").await, &[acked]).await;
+    eprintln!("backbone snapshot: {total} messages sent during a catch-up, each once, in order");
 }
 
 /// A node that joins after the stream dropped the oldest entries of two logs, while one of
