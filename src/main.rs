@@ -7,6 +7,9 @@ use clap::Parser;
 use switchboard::Error;
 use switchboard::cli::{Cli, Outcome};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // rmcp logs every request at info; keep the MCP server's stderr for what matters. The

@@ -67,6 +67,22 @@ impl Frame {
         }
     }
 
+    /// The `msg` frame that pushes `message`, serialized from the borrow (the same text as
+    /// `encode` of [`ServerFrame::Msg`], without a copy of the message first).
+    pub fn msg(message: &crate::message::Message) -> Frame {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "op", rename = "msg")]
+        struct Msg<'a> {
+            message: &'a crate::message::Message,
+        }
+        Frame {
+            text: serde_json::to_string(&Msg { message })
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
+            message: Some(message.id.as_str().into()),
+        }
+    }
+
     /// The id of the message this frame pushes, if it is a push.
     pub fn message_id(&self) -> Option<&str> {
         self.message.as_deref()
@@ -106,7 +122,7 @@ pub struct Router {
     /// Owns the core's own tasks (send completers, delayed writes) for an orderly shutdown.
     tracker: TaskTracker,
     directory: Mutex<directory::Directory>,
-    acks: acks::Acks,
+    acks: std::sync::Arc<acks::Acks>,
     notices: send::Notices,
     rate: Mutex<rate::RateLimiter>,
     /// Bumped whenever local presence changes, so links send a fresh snapshot at once.
@@ -127,6 +143,9 @@ impl Router {
         let (rows, subs) = store
             .read(|c| Ok((queries::agents(c)?, queries::subscriptions(c)?)))
             .await?;
+        let acks = std::sync::Arc::new(acks::Acks::default());
+        // Ends with `close_all`, before the node waits for its tasks.
+        tracker.spawn(acks.clone().expire());
         Ok(Router {
             node_id,
             store,
@@ -141,7 +160,7 @@ impl Router {
             started: Instant::now(),
             tracker,
             directory: Mutex::new(directory::Directory::load(rows, subs)),
-            acks: acks::Acks::default(),
+            acks,
             notices: send::Notices::new(),
             presence_version: tokio::sync::watch::channel(0).0,
             ids: Mutex::new(ulid::Generator::new()),

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::acks::{AckedBy, arrived};
+use super::acks::AckedBy;
 use super::directory::SessionTx;
 use super::{Frame, Metrics, Router};
 use crate::error::{Error, Result};
@@ -178,26 +178,29 @@ impl Router {
         while let Some((req, rx)) = queue.recv().await {
             let frame = match rx.await {
                 Ok(Ok(stored)) => {
-                    let acked = if stored.duplicate {
+                    let reached = if stored.duplicate {
                         Metrics::inc(&self.metrics.messages_duplicate_total);
-                        None
+                        Vec::new()
                     } else {
                         Metrics::inc(&self.metrics.messages_accepted_total);
                         self.dispatch(&stored)
                     };
-                    if acked.is_some() {
-                        // Someone must ack first: wait off this loop so later sends go on.
+                    let answer = Answer::of(&stored);
+                    if !reached.is_empty() {
+                        // Someone must ack first: the answer goes out when that is known.
                         let (router, to) = (self.clone(), to.clone());
-                        self.tracker.spawn(async move {
-                            let result = router.outcome(&stored, acked).await;
-                            to.push(
-                                &router.metrics,
-                                Frame::encode(&ServerFrame::Sent { req, result }),
-                            );
-                        });
+                        self.acks.wait_for(
+                            &stored.message.id,
+                            reached,
+                            Box::new(move |delivered| {
+                                let result = answer.result(&router.metrics, delivered);
+                                let sent = ServerFrame::Sent { req, result };
+                                to.push(&router.metrics, Frame::encode(&sent));
+                            }),
+                        );
                         continue;
                     }
-                    let result = self.outcome(&stored, None).await;
+                    let result = answer.result(&self.metrics, false);
                     ServerFrame::Sent { req, result }
                 }
                 Ok(Err(e)) => super::error_frame(Some(req), &e),
@@ -211,60 +214,23 @@ impl Router {
         }
     }
 
-    /// Pushes a committed message to every live session of its recipients. Returns a receiver
-    /// that fires on the first ack (here, or from a peer where a recipient is online there), or
-    /// `None` when nobody can ack. Called in commit order, so each session sees one sender's
-    /// messages in order.
-    fn dispatch(&self, stored: &Stored) -> Option<oneshot::Receiver<()>> {
+    /// Pushes a committed message to every live session of its recipients. Returns the
+    /// recipients whose ack would make it `delivered` (here, or from a peer where a recipient
+    /// is online there); empty when nobody can ack. Called in commit order, so each session
+    /// sees one sender's messages in order.
+    fn dispatch(&self, stored: &Stored) -> Vec<String> {
         let frame = msg_frame(stored);
-        let reached = {
-            let d = self.directory.lock();
-            // Recipients online at a peer: that node tells us with `delivered`.
-            let mut reached: Vec<String> = stored
-                .recipients
-                .iter()
-                .filter(|r| d.remote_of(r).is_some())
-                .cloned()
-                .collect();
-            reached.extend(d.push(&self.metrics, &stored.recipients, &frame));
-            reached
-        };
-        self.wait_for_ack(stored, reached)
-    }
-
-    fn wait_for_ack(
-        &self,
-        stored: &Stored,
-        mut reached: Vec<String>,
-    ) -> Option<oneshot::Receiver<()>> {
-        if reached.is_empty() {
-            return None;
-        }
+        let d = self.directory.lock();
+        // Recipients online at a peer: that node tells us with `delivered`.
+        let mut reached: Vec<String> = stored
+            .recipients
+            .iter()
+            .filter(|r| d.remote_of(r).is_some())
+            .cloned()
+            .collect();
+        reached.extend(d.push(&self.metrics, &stored.recipients, &frame));
         reached.dedup();
-        Some(self.acks.wait_for(&stored.message.id, reached))
-    }
-
-    /// Waits for the first ack of a dispatched message and turns it into a send's status.
-    async fn outcome(&self, stored: &Stored, acked: Option<oneshot::Receiver<()>>) -> SendResult {
-        let delivered = match acked {
-            Some(rx) => arrived(&self.acks, &stored.message.id, rx).await,
-            None => false,
-        };
-        let status = if stored.message.topic.is_some() {
-            DeliveryStatus::Published
-        } else if delivered {
-            Metrics::inc(&self.metrics.messages_delivered_total);
-            DeliveryStatus::Delivered
-        } else {
-            Metrics::inc(&self.metrics.messages_queued_total);
-            DeliveryStatus::Queued
-        };
-        SendResult {
-            id: stored.message.id.clone(),
-            status,
-            recipients: stored.recipients.len() as u32,
-            thread_id: stored.message.thread_id.clone(),
-        }
+        reached
     }
 
     /// Where delivery notices for peers go; set once, by the mesh.
@@ -281,25 +247,28 @@ impl Router {
     pub fn push_remote(self: &Arc<Self>, messages: &[Stored]) {
         for stored in messages {
             let frame = msg_frame(stored);
-            let reached = self
+            let mut reached = self
                 .directory
                 .lock()
                 .push(&self.metrics, &stored.recipients, &frame);
-            let Some(acked) = self.wait_for_ack(stored, reached) else {
+            if reached.is_empty() {
                 continue;
-            };
+            }
+            reached.dedup();
             let notice = DeliveryNotice {
                 origin: stored.origin.clone(),
                 id: stored.message.id.clone(),
             };
             let router = self.clone();
-            self.tracker.spawn(async move {
-                if arrived(&router.acks, &notice.id, acked).await
-                    && let Some(tx) = router.notices.get()
-                {
-                    let _ = tx.try_send(notice);
-                }
-            });
+            self.acks.wait_for(
+                &stored.message.id,
+                reached,
+                Box::new(move |acked| {
+                    if acked && let Some(tx) = router.notices.get() {
+                        let _ = tx.try_send(notice);
+                    }
+                }),
+            );
         }
     }
 
@@ -323,6 +292,44 @@ impl Router {
     }
 }
 
+/// What a `sent` answer says of a stored message, kept while its first ack is awaited.
+struct Answer {
+    id: String,
+    published: bool,
+    recipients: u32,
+    thread_id: String,
+}
+
+impl Answer {
+    fn of(stored: &Stored) -> Answer {
+        Answer {
+            id: stored.message.id.clone(),
+            published: stored.message.topic.is_some(),
+            recipients: stored.recipients.len() as u32,
+            thread_id: stored.message.thread_id.clone(),
+        }
+    }
+
+    /// The answer, once it is known whether a recipient's session took the message.
+    fn result(self, metrics: &Metrics, delivered: bool) -> SendResult {
+        let status = if self.published {
+            DeliveryStatus::Published
+        } else if delivered {
+            Metrics::inc(&metrics.messages_delivered_total);
+            DeliveryStatus::Delivered
+        } else {
+            Metrics::inc(&metrics.messages_queued_total);
+            DeliveryStatus::Queued
+        };
+        SendResult {
+            id: self.id,
+            status,
+            recipients: self.recipients,
+            thread_id: self.thread_id,
+        }
+    }
+}
+
 /// A client-chosen message id, if it is a ULID made within the window around `now`. Every
 /// unusable id gets the same answer, so an answer never tells whether another sender's id
 /// exists (the store answers the same for one that does).
@@ -336,14 +343,29 @@ fn client_id(id: &str, now: i64) -> Result<String> {
 }
 
 fn msg_frame(stored: &Stored) -> Frame {
-    Frame::encode(&ServerFrame::Msg {
-        message: stored.message.clone(),
-    })
+    Frame::msg(&stored.message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_msg_frame_from_the_borrow_is_the_frame_itself() {
+        let message: crate::message::Message = serde_json::from_value(serde_json::json!({
+            "id": ulid_at(1_800_000_000_000), "from": "alice", "to": "#ops", "topic": "ops",
+            "type": "question", "priority": "high", "subject": "s \"q\"", "body": "<b>hi</b>\n",
+            "data": {"k": [1, 2]}, "reply_to": null, "thread_id": "t", "created_at": "2027-01-15T08:00:00Z",
+            "read": false
+        }))
+        .unwrap();
+        let borrowed = Frame::msg(&message);
+        let owned = Frame::encode(&ServerFrame::Msg {
+            message: message.clone(),
+        });
+        assert_eq!(borrowed.message_id(), Some(message.id.as_str()));
+        assert_eq!(borrowed.into_bytes(), owned.into_bytes());
+    }
 
     fn ulid_at(ms: i64) -> String {
         ulid::Ulid::from_parts(ms as u64, 7).to_string()
