@@ -13,21 +13,29 @@
 //!   committed in the same transaction too, and a restarted node re-creates its consumer at
 //!   that position: what the store holds decides, never what the consumer believes. Each batch
 //!   names the seq before it (`prev`), so an origin's entries that the stream dropped (its age
-//!   or size limit) before this node read them are seen as a gap, recorded and reported.
+//!   or size limit) before this node read them are seen as a gap, recorded, and filled from a
+//!   snapshot (below).
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
+//! - `snapshot`, `catchup`, `survey`: gaps filled from a snapshot of another node's
+//!   store state (`store::snapshot`), paged by request and reply on
+//!   `switchboard.catchup.<instance>`, which every node answers; and logs the stream lost
+//!   whole, found by asking the nodes what they hold.
 //! - [`status`]: what `/health` and `switchboard mesh` show.
 //!
 //! The backbone owns no durable state of its own beyond the store's marks: the stream is the
 //! shared log, and everything this node knows of it is either in its store or rebuilt from the
 //! stream and the heartbeats after a restart.
 
+mod catchup;
 mod connect;
 pub mod consume;
 pub mod presence;
 pub mod publish;
+mod snapshot;
 pub mod status;
+mod survey;
 
 use std::sync::Arc;
 
@@ -38,7 +46,7 @@ use crate::config::BackboneConfig;
 use crate::core::Router;
 use crate::error::Result;
 
-pub use status::{BackboneStatus, Gap, OriginStatus};
+pub use status::{BackboneStatus, CatchUp, Gap, OriginStatus};
 
 /// The stream every node's log goes to.
 pub const STREAM: &str = "SWITCHBOARD";
@@ -71,6 +79,12 @@ fn snapshot_subject(node: &str) -> String {
     format!("{PREFIX}.snapshot.{}", token(node))
 }
 
+/// Where a data dir answers requests for pages of its store's state (gaps are filled from
+/// them). By instance, not node id: a gap is in one data dir's log.
+fn catchup_subject(instance: &str) -> String {
+    format!("{PREFIX}.catchup.{instance}")
+}
+
 /// Where delivery notices for messages accepted at `node` go.
 fn delivered_subject(node: &str) -> String {
     format!("{PREFIX}.delivered.{}", token(node))
@@ -94,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) connected: tokio::sync::watch::Receiver<bool>,
     /// Why the client last failed to connect, until it connects.
     pub(crate) connect_error: connect::LastError,
+    /// Wakes the task that fills gaps.
+    pub(crate) catch_up: catchup::Wake,
 }
 
 impl Backbone {
@@ -123,10 +139,13 @@ impl Backbone {
             status: status::Status::default(),
             connected,
             connect_error,
+            catch_up: catchup::Wake::default(),
         });
         consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
         tracker.spawn(consume::run(shared.clone()));
+        tracker.spawn(snapshot::serve(shared.clone()));
+        tracker.spawn(catchup::run(shared.clone()));
         presence::start(&shared).await;
         tracing::info!(urls = ?shared.config.urls, "replicating through the NATS backbone");
         Ok(Backbone { shared })
@@ -142,15 +161,22 @@ impl Backbone {
         status::nodes(&self.shared)
     }
 
-    /// What needs an operator: origin entries lost to the stream's retention, or no NATS
-    /// server reachable (with the reason the client gave).
+    /// What needs an operator: origin entries lost to the stream's retention and not filled
+    /// yet (with what the catch-up waits for), or no NATS server reachable (with the reason
+    /// the client gave).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.shared.status.has_gaps() {
-            out.push(
-                "the backbone's stream dropped entries this node never read (see backbone.gaps)"
-                    .to_owned(),
-            );
+            let c = self.shared.status.catch_up_now();
+            let why = match (&c.from, &c.waiting) {
+                (Some(from), _) => format!("catching up from a snapshot of {from}"),
+                (None, Some(w)) => format!("not filled yet: {w}"),
+                (None, None) => "catching up from a snapshot".to_owned(),
+            };
+            out.push(format!(
+                "the backbone's stream dropped entries this node never read (see \
+                 backbone.gaps); {why}"
+            ));
         }
         let connected =
             self.shared.client.connection_state() == async_nats::connection::State::Connected;
