@@ -22,6 +22,9 @@
 //!   store state (`store::snapshot`), paged by request and reply on
 //!   `switchboard.catchup.<instance>`, which every node answers; and logs the stream lost
 //!   whole, found by asking the nodes what they hold.
+//! - `compact`: this node's own log is compacted once the stream has acknowledged it (the
+//!   stream stands in `peer_applied` as one more peer), so a backbone node's store stays
+//!   bounded too.
 //! - [`status`]: what `/health` and `switchboard mesh` show.
 //!
 //! The backbone owns no durable state of its own beyond the store's marks: the stream is the
@@ -29,6 +32,7 @@
 //! stream and the heartbeats after a restart.
 
 mod catchup;
+mod compact;
 mod connect;
 pub mod consume;
 pub mod presence;
@@ -146,6 +150,7 @@ impl Backbone {
         tracker.spawn(consume::run(shared.clone()));
         tracker.spawn(snapshot::serve(shared.clone()));
         tracker.spawn(catchup::run(shared.clone()));
+        tracker.spawn(compact::run(shared.clone()));
         presence::start(&shared).await;
         tracing::info!(urls = ?shared.config.urls, "replicating through the NATS backbone");
         Ok(Backbone { shared })
@@ -188,6 +193,22 @@ impl Backbone {
             .filter(|_| !connected)
         {
             out.push(format!("the backbone is not connected: {e}"));
+        }
+        // Connected, yet the stream refuses: say why (JetStream reserves a stream's whole
+        // `max_bytes` up front, and refuses a stream larger than the disk it has left).
+        if connected {
+            let (publish, consume) = self.shared.status.errors();
+            if let Some(e) = &publish {
+                out.push(format!(
+                    "the backbone cannot publish this node's changes: {e}"
+                ));
+            }
+            // Both fail alike when the stream cannot be created: once is enough.
+            if let Some(e) = consume.filter(|c| Some(c) != publish.as_ref()) {
+                out.push(format!(
+                    "the backbone cannot read other nodes' changes: {e}"
+                ));
+            }
         }
         out
     }

@@ -172,7 +172,11 @@ async fn ship_from(s: &Shared, mut after: u64) -> Result<(), String> {
             continue;
         };
         let first = entries.first().map_or(last, |e| e.0);
-        let payload = bytes::Bytes::from(encode(&node, &instance, after, &entries));
+        // `prev` is the entry just before the batch's first. Past `after` when compaction took
+        // the entries between (the stream lost them, and this node no longer has them): a
+        // consumer still missing them sees a gap and catches up from a snapshot.
+        let prev = after.max(first.saturating_sub(1));
+        let payload = bytes::Bytes::from(encode(&node, &instance, prev, &entries));
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
@@ -211,7 +215,12 @@ async fn publish_acked(
                 .await;
         let outcome = match sent {
             Ok(ack) => match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-                Ok(Ok(_)) => return Ok(true),
+                Ok(Ok(_)) => {
+                    if attempt > 0 {
+                        s.status.publisher(|p| p.error = None);
+                    }
+                    return Ok(true);
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no PubAck in time".to_owned(),
             },

@@ -130,6 +130,18 @@ impl Status {
         self.publisher.lock().shipped.unwrap_or(0)
     }
 
+    /// The publisher's and the consumer's last errors, while they last.
+    pub(super) fn errors(&self) -> (Option<String>, Option<String>) {
+        let publish = self.publisher.lock().error.clone();
+        let consume = self.consumer.lock().error.clone();
+        (publish, consume)
+    }
+
+    /// What the stream has of this node's log, once the publisher has asked it.
+    pub(super) fn shipped_known(&self) -> Option<u64> {
+        self.publisher.lock().shipped
+    }
+
     pub(super) fn consumer(&self, f: impl FnOnce(&mut Consumer)) {
         f(&mut self.consumer.lock());
     }

@@ -118,6 +118,31 @@ pub fn compact_batch(conn: &Connection, own: &str) -> Result<Compacted> {
     Ok(done)
 }
 
+/// One pass: records peers' reports (as [`record`]), then deletes in writer jobs of
+/// [`BATCH`] rows until nothing is left to delete or `stopping` says the node is stopping.
+pub async fn pass(
+    store: &crate::store::Store,
+    reports: Vec<Applied>,
+    linked: Vec<String>,
+    cutoff: Option<i64>,
+    stopping: impl Fn() -> bool,
+) -> Result<Compacted> {
+    let now = crate::message::now_ms();
+    store
+        .write(move |tx| record(tx, &reports, &linked, now, cutoff))
+        .await?;
+    let mut all = Compacted::default();
+    loop {
+        let own = store.instance().to_owned();
+        let d = store.write(move |tx| compact_batch(tx, &own)).await?;
+        if d.is_empty() || stopping() {
+            return Ok(all);
+        }
+        all.events += d.events;
+        all.relayed += d.relayed;
+    }
+}
+
 /// The lowest mark of `origin`'s log among the peers recorded (other than the origin
 /// itself); `None`: no peer needs it.
 fn watermark(conn: &Connection, origin: &str) -> Result<Option<u64>> {

@@ -2,6 +2,7 @@
 
 mod backbone;
 mod backbone_auth;
+mod backbone_compaction;
 mod backbone_snapshot;
 mod browser;
 mod chaos;
