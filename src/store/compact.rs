@@ -317,4 +317,15 @@ mod tests {
         forget_peer(&tx, "p1").unwrap();
         assert_eq!(run(&tx).relayed, 5);
     }
+
+    #[test]
+    fn a_forgotten_node_holds_nothing_back() {
+        let db = Db::in_memory();
+        let tx = db.tx();
+        tx.execute_batch("INSERT INTO peer_instances (node, instance) VALUES ('n2', 'p1')")
+            .unwrap();
+        record(&tx, &[report("p1", "me", 3)], &[], 1, None).unwrap();
+        assert!(crate::store::release(&tx, "n2").unwrap());
+        assert_eq!(count(&tx, "SELECT count(*) FROM peer_applied"), 0);
+    }
 }
