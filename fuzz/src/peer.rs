@@ -45,10 +45,20 @@ fn time(ms: i64) {
 
 fn proof(role: &str, node: &str, instance: &str, given: &str) {
     check_name(node);
-    let (d, a) = ("dial-nonce", "accept-nonce");
-    let ok = handshake::verify(SECRET, role, d, a, node, instance, given);
-    let expected = handshake::proof(SECRET, role, d, a, node, instance);
-    assert_eq!(ok, given == expected);
+    // A plain link and a TLS one (its channel binding in the transcript).
+    for binding in [&b""[..], b"tls-exporter-value"] {
+        let t = handshake::Transcript {
+            role,
+            dial_nonce: "dial-nonce",
+            accept_nonce: "accept-nonce",
+            node,
+            instance,
+            binding,
+        };
+        let ok = handshake::verify(SECRET, &t, given);
+        let expected = handshake::proof(SECRET, &t);
+        assert_eq!(ok, given == expected);
+    }
 }
 
 fn fields(f: &PeerFrame) {

@@ -112,7 +112,8 @@ async fn soak(total: usize) {
     );
     drop((alice, bob));
     assert!(node.terminate().await.success());
-    assert_eq!(wal_bytes(dir.path()), 0);
+    // Emptied at a clean stop: no frame left (a bare 32-byte WAL header was seen once).
+    assert!(wal_bytes(dir.path()) <= 32, "{} B", wal_bytes(dir.path()));
 }
 
 /// The same load across a two-node mesh (alice on n1, bob on n2, compaction every 500 ms):
