@@ -100,7 +100,14 @@ fn fields(f: &PeerFrame) {
         PeerFrame::Events { events } | PeerFrame::Relay { events, .. } => {
             events.iter().for_each(|e| event(&e.body))
         }
-        PeerFrame::Routes { nodes } => nodes.iter().for_each(|b| check_name(&b.node)),
+        PeerFrame::Snapshot { items } => items.iter().for_each(event),
+        PeerFrame::SnapshotEnd { cursors, .. } => {
+            let _ = cursors.len();
+        }
+        PeerFrame::Routes { nodes, applied } => {
+            nodes.iter().for_each(|b| check_name(&b.node));
+            let _ = applied.len();
+        }
         PeerFrame::Delivered { ids, to, .. } => {
             let _ = ids.len();
             to.iter().for_each(|n| check_name(n));
@@ -135,5 +142,6 @@ fn event(body: &EventBody) {
             check_name(agent);
         }
         EventBody::Token { name, .. } => check_name(name),
+        EventBody::Forget { name, .. } => check_name(name),
     }
 }
