@@ -69,13 +69,12 @@ pub(super) async fn run(s: Arc<Shared>) {
         if !super::until_connected(&s).await {
             return;
         }
+        // Cleared before asking, so a warning of the answer's (a log behind the stream) stays.
+        s.status.publisher(|p| p.error = None);
         match resume_point(&s).await {
             Ok(after) => {
                 attempt = 0;
-                s.status.publisher(|p| {
-                    p.shipped = Some(after);
-                    p.error = None;
-                });
+                s.status.publisher(|p| p.shipped = Some(after));
                 if let Err(e) = ship_from(&s, after).await {
                     s.status.publisher(|p| p.error = Some(e.clone()));
                     tracing::warn!(error = %e, "backbone publishing stopped; starting over");
