@@ -76,13 +76,6 @@ pub fn record(
     Ok(())
 }
 
-/// Forgets what a peer has applied (an operator forgot the node): it holds nothing back.
-pub fn forget_peer(conn: &Connection, peer: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM peer_applied WHERE peer = ?1")?
-        .execute([peer])?;
-    Ok(())
-}
-
 /// How far this node's log has been compacted: entries up to here may be gone.
 pub fn floor(conn: &Connection) -> Result<u64> {
     Ok(conn
@@ -313,8 +306,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((left.after, left.events.len()), (15, 5));
-        // Nobody left to relay to: all of it goes.
-        forget_peer(&tx, "p1").unwrap();
+        // Nobody left to relay to (an operator forgot p1's node): all of it goes.
+        tx.execute_batch("INSERT INTO peer_instances (node, instance) VALUES ('n2', 'p1')")
+            .unwrap();
+        assert!(crate::store::release(&tx, "n2").unwrap());
         assert_eq!(run(&tx).relayed, 5);
     }
 
