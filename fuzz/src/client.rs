@@ -90,6 +90,7 @@ fn fields(f: &ClientFrame) {
         }
         ClientFrame::Token(t) => t.name.iter().for_each(|n| check_name(n)),
         ClientFrame::MeshForget(f) => check_name(&f.node),
+        ClientFrame::Forget(f) => check_name(&f.name),
         ClientFrame::SetStatus(s) => {
             let _ = s.text.as_ref().map(|t| t.chars().count());
         }
@@ -97,6 +98,7 @@ fn fields(f: &ClientFrame) {
         | ClientFrame::Thread(_)
         | ClientFrame::Search(_)
         | ClientFrame::Ack(_)
+        | ClientFrame::Prune(_)
         | ClientFrame::Ping(_) => {}
     }
 }

@@ -45,10 +45,20 @@ fn time(ms: i64) {
 
 fn proof(role: &str, node: &str, instance: &str, given: &str) {
     check_name(node);
-    let (d, a) = ("dial-nonce", "accept-nonce");
-    let ok = handshake::verify(SECRET, role, d, a, node, instance, given);
-    let expected = handshake::proof(SECRET, role, d, a, node, instance);
-    assert_eq!(ok, given == expected);
+    // A plain link and a TLS one (its channel binding in the transcript).
+    for binding in [&b""[..], b"tls-exporter-value"] {
+        let t = handshake::Transcript {
+            role,
+            dial_nonce: "dial-nonce",
+            accept_nonce: "accept-nonce",
+            node,
+            instance,
+            binding,
+        };
+        let ok = handshake::verify(SECRET, &t, given);
+        let expected = handshake::proof(SECRET, &t);
+        assert_eq!(ok, given == expected);
+    }
 }
 
 fn fields(f: &PeerFrame) {
@@ -90,7 +100,14 @@ fn fields(f: &PeerFrame) {
         PeerFrame::Events { events } | PeerFrame::Relay { events, .. } => {
             events.iter().for_each(|e| event(&e.body))
         }
-        PeerFrame::Routes { nodes } => nodes.iter().for_each(|b| check_name(&b.node)),
+        PeerFrame::Snapshot { items } => items.iter().for_each(event),
+        PeerFrame::SnapshotEnd { cursors, .. } => {
+            let _ = cursors.len();
+        }
+        PeerFrame::Routes { nodes, applied } => {
+            nodes.iter().for_each(|b| check_name(&b.node));
+            let _ = applied.len();
+        }
         PeerFrame::Delivered { ids, to, .. } => {
             let _ = ids.len();
             to.iter().for_each(|n| check_name(n));
@@ -125,5 +142,6 @@ fn event(body: &EventBody) {
             check_name(agent);
         }
         EventBody::Token { name, .. } => check_name(name),
+        EventBody::Forget { name, .. } => check_name(name),
     }
 }

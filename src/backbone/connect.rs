@@ -20,9 +20,6 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// kept the publisher idle for 5 s past the election (measured with a killed leader).
 const LOOKUP: Duration = Duration::from_secs(2);
 
-/// How a refusal to create the stream starts (`/health` tells it from passing errors).
-pub(super) const CREATING: &str = "creating the stream SWITCHBOARD";
-
 /// Why the client last failed to reach a server, until it connects again.
 pub(crate) type LastError = std::sync::Arc<parking_lot::Mutex<Option<String>>>;
 
@@ -191,7 +188,7 @@ pub(super) async fn stream(
         {
             s.js.get_or_create_stream(want)
                 .await
-                .map_err(|e| format!("{CREATING}: {e}"))
+                .map_err(|e| format!("creating the stream {STREAM}: {e}"))
         }
         Err(e) => Err(format!("looking up the stream {STREAM}: {e}")),
     }

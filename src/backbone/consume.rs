@@ -17,10 +17,10 @@
 //!
 //! Each batch names the origin seq it follows. When that is past this node's cursor, the
 //! entries between never reached this node — the stream dropped them (age or size limit)
-//! before it read them. They cannot come any more: the gap is recorded in the store (a mark,
-//! so it is still reported after a restart) and `/health` shows the node degraded; the batch
-//! is applied, so the origin's later mail and changes still flow. Filling a gap needs a
-//! snapshot of the origin's state, which waits for the store's log compaction.
+//! before it read them. They cannot come from the stream any more: the gap is recorded in the
+//! store (a mark, so it is still known after a restart), `/health` shows the node degraded,
+//! and the batch is applied, so the origin's later mail and changes still flow. The gap is
+//! then filled from a snapshot of a node that has those entries (`backbone::snapshot`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,9 +34,9 @@ use super::Shared;
 use super::publish::Batch;
 use super::status::Gap;
 use crate::error::Result;
-use crate::store::Stored;
 use crate::store::marks;
 use crate::store::replication::{self, Applied};
+use crate::store::{Stored, Tx};
 
 /// Batches being applied at once.
 const APPLYING: usize = 64;
@@ -110,6 +110,7 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         .await
         .map_err(|e| format!("reading the stream position: {e}"))?;
     let last = info.state.last_sequence;
+    let known = parse_position(mark.clone()).is_some_and(|(c, _)| c == created);
     let start = match parse_position(mark) {
         // A server that lost its last writes (an R1 stream after a power loss) numbers new
         // batches again from its last one: read from there.
@@ -131,8 +132,15 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
             start,
             first_available,
             "the stream dropped entries this node had not read (its age or size limit); \
-             origins that lost entries show as gaps when their next batch arrives"
+             they are filled from a snapshot of a node that has them"
         );
+    }
+    // Whether anything this node has not read left the stream: then some logs may have left
+    // it whole, which no batch shows (`survey`). Without a position on this stream (a new
+    // node, a new stream) this node cannot know.
+    let mut surveyed = start < first_available || !known;
+    if surveyed {
+        s.catch_up.survey();
     }
     let name = format!("sb-{}", s.router.store.instance());
     // Whatever the old consumer handed out unacked must not come back after later batches.
@@ -161,10 +169,13 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         .messages()
         .await
         .map_err(|e| format!("reading from the consumer {name}: {e}"))?;
+    // What the server holds for it now; each batch then says what is left behind it.
+    let pending = consumer.cached_info().num_pending;
     s.status.consumer(|c| {
         c.name = Some(name.clone());
         c.error = None;
         c.position = Some(start.saturating_sub(1));
+        c.pending = Some(pending);
     });
     tracing::info!(consumer = %name, start, "backbone consumer reading");
     let (applying, completer) = completer(s);
@@ -173,7 +184,7 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
     // Every batch of the stream comes to this consumer, in order. One past the next means the
     // ones between were lost on the way (a connection died with them in flight): the server
     // would hand them out again only after ACK_WAIT, after later batches had moved their
-    // origins' cursors past them (a false gap, and their entries skipped). Reading again from
+    // origins' cursors past them (a false gap, filled only by a snapshot). Reading again from
     // the committed position keeps the order.
     let mut next_seq = start.max(first_available);
     let ended = loop {
@@ -197,6 +208,12 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
         }
         next_seq = next_seq.max(seq + 1);
         s.status.consumer(|c| c.pending = Some(pending));
+        // Sequences between were deleted (the stream's limits) before this node read them
+        // (once per run: one survey looks at every node).
+        if seq > position + 1 && !surveyed {
+            surveyed = true;
+            s.catch_up.survey();
+        }
         position = position.max(seq);
         let batch = match serde_json::from_slice::<Batch>(&msg.payload) {
             Ok(b) => b,
@@ -251,17 +268,19 @@ async fn submit(s: &Arc<Shared>, batch: Batch, created: i128, position: u64) -> 
         .store
         .submit_isolated(move |c| {
             let cursor = replication::cursor(c, &i)?;
-            let gap = (prev > cursor).then(|| Gap {
-                node: n.clone(),
-                instance: i.clone(),
-                from: cursor + 1,
-                to: prev,
-                at: crate::message::now_ms(),
-            });
-            if let Some(g) = &gap {
-                let text = serde_json::to_string(g).unwrap_or_default();
-                marks::set(c, &format!("{GAP}{i}"), &text)?;
-            }
+            let gap = match prev > cursor {
+                true => Some(record_gap(
+                    c,
+                    Gap {
+                        node: n.clone(),
+                        instance: i.clone(),
+                        from: cursor + 1,
+                        to: prev,
+                        at: crate::message::now_ms(),
+                    },
+                )?),
+                false => None,
+            };
             let mut applied = replication::apply(c, &i, events)?;
             marks::set(c, POSITION, &format!("{created} {position}"))?;
             let messages = std::mem::take(&mut applied.messages);
@@ -282,6 +301,26 @@ async fn submit(s: &Arc<Shared>, batch: Batch, created: i128, position: u64) -> 
         instance,
         answer,
     })
+}
+
+/// Records a gap in the store (inside the caller's transaction), as one range with any gap
+/// of the same origin recorded before and not filled yet; returns that range.
+pub(super) fn record_gap(tx: &Tx<'_>, g: Gap) -> Result<Gap> {
+    let key = format!("{GAP}{}", g.instance);
+    let merged = match marks::get(tx, &key)?.and_then(|v| serde_json::from_str::<Gap>(&v).ok()) {
+        Some(old) => Gap {
+            from: old.from.min(g.from),
+            to: old.to.max(g.to),
+            ..g
+        },
+        None => g,
+    };
+    marks::set(
+        tx,
+        &key,
+        &serde_json::to_string(&merged).unwrap_or_default(),
+    )?;
+    Ok(merged)
 }
 
 /// The task that takes applies in commit order, hands their changes to the router and acks
@@ -313,6 +352,7 @@ fn completer(
                      read them: this node lacks them (mail, read marks, directory changes)"
                 );
                 s.status.gap(g);
+                s.catch_up.wake();
             }
             let m = &s.router.metrics;
             m.deduplicated_total

@@ -13,21 +13,33 @@
 //!   committed in the same transaction too, and a restarted node re-creates its consumer at
 //!   that position: what the store holds decides, never what the consumer believes. Each batch
 //!   names the seq before it (`prev`), so an origin's entries that the stream dropped (its age
-//!   or size limit) before this node read them are seen as a gap, recorded and reported.
+//!   or size limit) before this node read them are seen as a gap, recorded, and filled from a
+//!   snapshot (below).
 //! - [`presence`]: soft state on plain NATS subjects: a snapshot of the node's online agents
 //!   on every change, a small heartbeat every second (a node missed for 10 s is gone), and
 //!   snapshots on request for nodes that join later. Delivery notices go to the origin's subject.
+//! - `snapshot`, `catchup`, `survey`: gaps filled from a snapshot of another node's
+//!   store state (`store::snapshot`), paged by request and reply on
+//!   `switchboard.catchup.<instance>`, which every node answers; and logs the stream lost
+//!   whole, found by asking the nodes what they hold.
+//! - `compact`: this node's own log is compacted once the stream has acknowledged it (the
+//!   stream stands in `peer_applied` as one more peer), so a backbone node's store stays
+//!   bounded too.
 //! - [`status`]: what `/health` and `switchboard mesh` show.
 //!
 //! The backbone owns no durable state of its own beyond the store's marks: the stream is the
 //! shared log, and everything this node knows of it is either in its store or rebuilt from the
 //! stream and the heartbeats after a restart.
 
+mod catchup;
+mod compact;
 mod connect;
 pub mod consume;
 pub mod presence;
 pub mod publish;
+mod snapshot;
 pub mod status;
+mod survey;
 
 use std::sync::Arc;
 
@@ -38,7 +50,7 @@ use crate::config::BackboneConfig;
 use crate::core::Router;
 use crate::error::Result;
 
-pub use status::{BackboneStatus, Gap, OriginStatus};
+pub use status::{BackboneStatus, CatchUp, Gap, OriginStatus};
 
 /// The stream every node's log goes to.
 pub const STREAM: &str = "SWITCHBOARD";
@@ -71,6 +83,12 @@ fn snapshot_subject(node: &str) -> String {
     format!("{PREFIX}.snapshot.{}", token(node))
 }
 
+/// Where a data dir answers requests for pages of its store's state (gaps are filled from
+/// them). By instance, not node id: a gap is in one data dir's log.
+fn catchup_subject(instance: &str) -> String {
+    format!("{PREFIX}.catchup.{instance}")
+}
+
 /// Where delivery notices for messages accepted at `node` go.
 fn delivered_subject(node: &str) -> String {
     format!("{PREFIX}.delivered.{}", token(node))
@@ -94,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) connected: tokio::sync::watch::Receiver<bool>,
     /// Why the client last failed to connect, until it connects.
     pub(crate) connect_error: connect::LastError,
+    /// Wakes the task that fills gaps.
+    pub(crate) catch_up: catchup::Wake,
 }
 
 impl Backbone {
@@ -123,10 +143,14 @@ impl Backbone {
             status: status::Status::default(),
             connected,
             connect_error,
+            catch_up: catchup::Wake::default(),
         });
         consume::load_gaps(&shared).await;
         tracker.spawn(publish::run(shared.clone()));
         tracker.spawn(consume::run(shared.clone()));
+        tracker.spawn(snapshot::serve(shared.clone()));
+        tracker.spawn(catchup::run(shared.clone()));
+        tracker.spawn(compact::run(shared.clone()));
         presence::start(&shared).await;
         tracing::info!(urls = ?shared.config.urls, "replicating through the NATS backbone");
         Ok(Backbone { shared })
@@ -142,18 +166,22 @@ impl Backbone {
         status::nodes(&self.shared)
     }
 
-    /// What needs an operator: origin entries lost to the stream's retention, no NATS server
-    /// reachable (with the reason the client gave), or a stream JetStream refused to create.
+    /// What needs an operator: origin entries lost to the stream's retention and not filled
+    /// yet (with what the catch-up waits for), or no NATS server reachable (with the reason
+    /// the client gave).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.shared.status.has_gaps() {
-            out.push(
-                "the backbone's stream dropped entries this node never read (see backbone.gaps)"
-                    .to_owned(),
-            );
-        }
-        if let Some(e) = self.shared.status.stream_refused() {
-            out.push(format!("the backbone cannot replicate: {e}"));
+            let c = self.shared.status.catch_up_now();
+            let why = match (&c.from, &c.waiting) {
+                (Some(from), _) => format!("catching up from a snapshot of {from}"),
+                (None, Some(w)) => format!("not filled yet: {w}"),
+                (None, None) => "catching up from a snapshot".to_owned(),
+            };
+            out.push(format!(
+                "the backbone's stream dropped entries this node never read (see \
+                 backbone.gaps); {why}"
+            ));
         }
         let connected =
             self.shared.client.connection_state() == async_nats::connection::State::Connected;
@@ -165,6 +193,22 @@ impl Backbone {
             .filter(|_| !connected)
         {
             out.push(format!("the backbone is not connected: {e}"));
+        }
+        // Connected, yet the stream refuses: say why (JetStream reserves a stream's whole
+        // `max_bytes` up front, and refuses a stream larger than the disk it has left).
+        if connected {
+            let (publish, consume) = self.shared.status.errors();
+            if let Some(e) = &publish {
+                out.push(format!(
+                    "the backbone cannot publish this node's changes: {e}"
+                ));
+            }
+            // Both fail alike when the stream cannot be created: once is enough.
+            if let Some(e) = consume.filter(|c| Some(c) != publish.as_ref()) {
+                out.push(format!(
+                    "the backbone cannot read other nodes' changes: {e}"
+                ));
+            }
         }
         out
     }

@@ -264,7 +264,9 @@ fn heard(s: &Arc<Shared>, a: Announce) {
         (h.link, ask, first)
     };
     if first {
-        // Its lag needs this node's cursor of its log, which the store has.
+        // Its lag needs this node's cursor of its log, which the store has. It may hold what
+        // this node lacks, too (see `catchup`, `survey`).
+        s.catch_up.wake();
         let (s, node, instance) = (s.clone(), a.node.clone(), a.instance.clone());
         s.tracker.clone().spawn(async move {
             let i = instance.clone();

@@ -69,13 +69,12 @@ pub(super) async fn run(s: Arc<Shared>) {
         if !super::until_connected(&s).await {
             return;
         }
+        // Cleared before asking, so a warning of the answer's (a log behind the stream) stays.
+        s.status.publisher(|p| p.error = None);
         match resume_point(&s).await {
             Ok(after) => {
                 attempt = 0;
-                s.status.publisher(|p| {
-                    p.shipped = Some(after);
-                    p.error = None;
-                });
+                s.status.publisher(|p| p.shipped = Some(after));
                 if let Err(e) = ship_from(&s, after).await {
                     s.status.publisher(|p| p.error = Some(e.clone()));
                     tracing::warn!(error = %e, "backbone publishing stopped; starting over");
@@ -172,7 +171,11 @@ async fn ship_from(s: &Shared, mut after: u64) -> Result<(), String> {
             continue;
         };
         let first = entries.first().map_or(last, |e| e.0);
-        let payload = bytes::Bytes::from(encode(&node, &instance, after, &entries));
+        // `prev` is the entry just before the batch's first. Past `after` when compaction took
+        // the entries between (the stream lost them, and this node no longer has them): a
+        // consumer still missing them sees a gap and catches up from a snapshot.
+        let prev = after.max(first.saturating_sub(1));
+        let payload = bytes::Bytes::from(encode(&node, &instance, prev, &entries));
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
@@ -211,7 +214,12 @@ async fn publish_acked(
                 .await;
         let outcome = match sent {
             Ok(ack) => match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-                Ok(Ok(_)) => return Ok(true),
+                Ok(Ok(_)) => {
+                    if attempt > 0 {
+                        s.status.publisher(|p| p.error = None);
+                    }
+                    return Ok(true);
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no PubAck in time".to_owned(),
             },

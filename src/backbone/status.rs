@@ -1,7 +1,7 @@
 //! What the backbone shows in `/health` (`backbone`) and `switchboard mesh` (`nodes`): the
 //! connection, how far this node's log is published, where its consumer stands, every origin's
-//! head against this node's cursor (the lag), the gaps the stream's limits caused, and every
-//! node heard.
+//! head against this node's cursor (the lag), the gaps the stream's limits caused and how
+//! their catch-up from a snapshot goes, and every node heard.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -27,6 +27,36 @@ pub struct Gap {
     pub to: u64,
     /// When it was found (ms).
     pub at: i64,
+}
+
+impl Gap {
+    /// What is still missing once every entry up to `covered` is here (`None`: nothing). A
+    /// gap may hold entries that are here (several gaps of one origin are one range), so only
+    /// a cover from its start shortens it.
+    pub fn after(&self, covered: u64) -> Option<Gap> {
+        (covered < self.to).then(|| Gap {
+            from: self.from.max(covered.saturating_add(1)),
+            ..self.clone()
+        })
+    }
+}
+
+/// How filling gaps from a snapshot goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatchUp {
+    /// The node a snapshot is being taken from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Pages applied of that snapshot so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u64>,
+    /// Why the gaps are not filled yet (no node online has the entries, a request failed);
+    /// cleared when a snapshot fills them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The last snapshot taken: from which node, how many pages, how long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 /// The publisher's state.
@@ -85,6 +115,7 @@ pub(crate) struct Status {
     origins: Mutex<BTreeMap<String, Origin>>,
     /// By instance.
     gaps: Mutex<BTreeMap<String, Gap>>,
+    catch_up: Mutex<CatchUp>,
     stream_note: Mutex<Option<String>>,
     own_conflict: Mutex<Option<(String, Instant)>>,
     pub(super) nodes: Nodes,
@@ -95,15 +126,20 @@ impl Status {
         f(&mut self.publisher.lock());
     }
 
-    /// The server's refusal to create the stream (too little storage for `max_bytes`, more
-    /// replicas than servers), while it stands: nothing replicates, though NATS is reachable.
-    pub(super) fn stream_refused(&self) -> Option<String> {
-        let e = self.publisher.lock().error.clone()?;
-        e.starts_with(super::connect::CREATING).then_some(e)
-    }
-
     pub(super) fn shipped(&self) -> u64 {
         self.publisher.lock().shipped.unwrap_or(0)
+    }
+
+    /// The publisher's and the consumer's last errors, while they last.
+    pub(super) fn errors(&self) -> (Option<String>, Option<String>) {
+        let publish = self.publisher.lock().error.clone();
+        let consume = self.consumer.lock().error.clone();
+        (publish, consume)
+    }
+
+    /// What the stream has of this node's log, once the publisher has asked it.
+    pub(super) fn shipped_known(&self) -> Option<u64> {
+        self.publisher.lock().shipped
     }
 
     pub(super) fn consumer(&self, f: impl FnOnce(&mut Consumer)) {
@@ -129,14 +165,82 @@ impl Status {
         !self.gaps.lock().is_empty()
     }
 
+    pub(super) fn gaps(&self) -> Vec<Gap> {
+        self.gaps.lock().values().cloned().collect()
+    }
+
+    /// A snapshot brought every origin's entries up to its cover (by instance): the gaps it
+    /// covers are gone, those it covers in part are shorter (the same rule as the store's
+    /// marks, so a gap found meanwhile, which the snapshot may not cover, stays).
+    pub(super) fn filled(&self, cover: &BTreeMap<String, u64>) {
+        let mut gaps = self.gaps.lock();
+        let left: BTreeMap<String, Gap> = std::mem::take(&mut *gaps)
+            .into_iter()
+            .filter_map(|(i, g)| match cover.get(&i) {
+                Some(&c) => g.after(c).map(|g| (i, g)),
+                None => Some((i, g)),
+            })
+            .collect();
+        *gaps = left;
+    }
+
+    /// Every node heard and live now: (node, instance, its published head).
+    pub(super) fn live_nodes(&self) -> Vec<(String, String, u64)> {
+        self.nodes
+            .heard
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.live)
+            .map(|(node, h)| (node.clone(), h.instance.clone(), h.head))
+            .collect()
+    }
+
+    /// The node id of a data dir, if this run has heard it or applied its log.
+    pub(super) fn node_of(&self, instance: &str) -> Option<String> {
+        let applied = self
+            .origins
+            .lock()
+            .get(instance)
+            .map(|o| o.node.clone())
+            .filter(|n| !n.is_empty());
+        applied.or_else(|| {
+            self.nodes
+                .heard
+                .lock()
+                .iter()
+                .find(|(_, h)| h.instance == instance)
+                .map(|(n, _)| n.clone())
+        })
+    }
+
+    pub(super) fn catch_up(&self, f: impl FnOnce(&mut CatchUp)) {
+        f(&mut self.catch_up.lock());
+    }
+
+    pub(super) fn catch_up_now(&self) -> CatchUp {
+        self.catch_up.lock().clone()
+    }
+
+    /// A snapshot moved this node's cursor of an origin (known here by its instance).
+    pub(super) fn cursor_moved(&self, instance: &str, cursor: u64) {
+        let mut o = self.origins.lock();
+        if let Some(e) = o.get_mut(instance)
+            && e.applied.is_none_or(|a| a < cursor)
+        {
+            e.applied = Some(cursor);
+            e.applied_at = Some(now_ms());
+        }
+    }
+
     pub(super) fn applied(&self, node: &str, instance: &str, cursor: u64) {
         let mut o = self.origins.lock();
         let e = o.entry(instance.to_owned()).or_default();
         e.node = node.to_owned();
+        // Never back: a snapshot's end may have moved the cursor past an apply reported late.
         if e.applied.is_none_or(|a| a < cursor) {
             e.applied_at = Some(now_ms());
+            e.applied = Some(cursor);
         }
-        e.applied = Some(cursor);
     }
 
     /// This node's cursor of an origin's log, read from the store, where this run has not
@@ -206,8 +310,11 @@ pub struct BackboneStatus {
     pub consumer: Consumer,
     /// Every origin this node has applied or heard of.
     pub origins: Vec<OriginStatus>,
-    /// Entries the stream dropped before this node read them: the node lacks them.
+    /// Entries the stream dropped before this node read them: the node lacks them until a
+    /// snapshot fills them.
     pub gaps: Vec<Gap>,
+    /// How filling the gaps from a snapshot goes.
+    pub catch_up: CatchUp,
     /// Another data dir announcing this node's id, seen within the last 10 s.
     pub node_id_conflict: Option<String>,
 }
@@ -248,7 +355,8 @@ pub(super) fn report(s: &Shared) -> BackboneStatus {
         publish_error: p.error,
         consumer: st.consumer.lock().clone(),
         origins,
-        gaps: st.gaps.lock().values().cloned().collect(),
+        gaps: st.gaps(),
+        catch_up: st.catch_up_now(),
         node_id_conflict: st
             .own_conflict
             .lock()
@@ -336,10 +444,19 @@ impl BackboneStatus {
         for g in &self.gaps {
             out.push_str(&format!(
                 "\n  GAP: entries {}..{} of {}'s log (instance {}) were dropped by the stream \
-                 before this node read them; this node lacks them (catch-up from a snapshot is \
-                 not built yet)",
+                 before this node read them; this node lacks them until a snapshot fills them",
                 g.from, g.to, g.node, g.instance
             ));
+        }
+        let c = &self.catch_up;
+        if let Some(from) = &c.from {
+            out.push_str(&format!(
+                "\n  catching up from a snapshot of {from} ({} pages so far)",
+                c.pages.unwrap_or(0)
+            ));
+        }
+        if let Some(why) = c.waiting.as_ref().filter(|_| !self.gaps.is_empty()) {
+            out.push_str(&format!("\n  not filled yet: {why}"));
         }
         if let Some(other) = &self.node_id_conflict {
             out.push_str(&format!(

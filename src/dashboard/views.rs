@@ -152,8 +152,9 @@ pub fn thread(conn: &Connection, id: &str) -> Result<Vec<Message>> {
     messages(
         conn,
         &format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.thread_id = ?1 \
-             ORDER BY substr(m.id, 1, 10), m.seq LIMIT ?2"
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {} \
+             ORDER BY substr(m.id, 1, 10), m.seq LIMIT ?2",
+            crate::store::queries::in_thread("?1")
         ),
         params![thread_id, LIST_MAX],
     )

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use super::Mesh;
 use super::frames::{OriginCursor, PeerFrame};
 use super::link::LinkEnd;
-use crate::store::compact::{self, Applied, Compacted};
+use crate::store::compact::{self, Applied};
 use crate::store::snapshot::{self, Pos, Start};
 use crate::transport::TextSink;
 
@@ -90,26 +90,15 @@ impl Mesh {
     }
 
     async fn compact_once(&self, keep_absent: Option<std::time::Duration>) -> crate::Result<()> {
-        let store = &self.router.store;
         let reports = self.reports.take();
         let linked = self.topology.lock().linked_keys();
         let now = crate::message::now_ms();
         let cutoff = keep_absent.map(|k| now.saturating_sub(k.as_millis() as i64));
-        store
-            .write(move |tx| compact::record(tx, &reports, &linked, now, cutoff))
-            .await?;
-        let mut all = Compacted::default();
-        loop {
-            let own = store.instance().to_owned();
-            let d = store
-                .write(move |tx| compact::compact_batch(tx, &own))
-                .await?;
-            if d.is_empty() || self.shutdown.is_cancelled() {
-                break;
-            }
-            all.events += d.events;
-            all.relayed += d.relayed;
-        }
+        let stop = self.shutdown.clone();
+        let all = compact::pass(&self.router.store, reports, linked, cutoff, || {
+            stop.is_cancelled()
+        })
+        .await?;
         if !all.is_empty() {
             tracing::debug!(
                 events = all.events,

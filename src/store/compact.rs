@@ -76,13 +76,6 @@ pub fn record(
     Ok(())
 }
 
-/// Forgets what a peer has applied (an operator forgot the node): it holds nothing back.
-pub fn forget_peer(conn: &Connection, peer: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM peer_applied WHERE peer = ?1")?
-        .execute([peer])?;
-    Ok(())
-}
-
 /// How far this node's log has been compacted: entries up to here may be gone.
 pub fn floor(conn: &Connection) -> Result<u64> {
     Ok(conn
@@ -116,6 +109,31 @@ pub fn compact_batch(conn: &Connection, own: &str) -> Result<Compacted> {
         }
     }
     Ok(done)
+}
+
+/// One pass: records peers' reports (as [`record`]), then deletes in writer jobs of
+/// [`BATCH`] rows until nothing is left to delete or `stopping` says the node is stopping.
+pub async fn pass(
+    store: &crate::store::Store,
+    reports: Vec<Applied>,
+    linked: Vec<String>,
+    cutoff: Option<i64>,
+    stopping: impl Fn() -> bool,
+) -> Result<Compacted> {
+    let now = crate::message::now_ms();
+    store
+        .write(move |tx| record(tx, &reports, &linked, now, cutoff))
+        .await?;
+    let mut all = Compacted::default();
+    loop {
+        let own = store.instance().to_owned();
+        let d = store.write(move |tx| compact_batch(tx, &own)).await?;
+        if d.is_empty() || stopping() {
+            return Ok(all);
+        }
+        all.events += d.events;
+        all.relayed += d.relayed;
+    }
 }
 
 /// The lowest mark of `origin`'s log among the peers recorded (other than the origin
@@ -288,8 +306,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((left.after, left.events.len()), (15, 5));
-        // Nobody left to relay to: all of it goes.
-        forget_peer(&tx, "p1").unwrap();
+        // Nobody left to relay to (an operator forgot p1's node): all of it goes.
+        tx.execute_batch("INSERT INTO peer_instances (node, instance) VALUES ('n2', 'p1')")
+            .unwrap();
+        assert!(crate::store::release(&tx, "n2").unwrap());
         assert_eq!(run(&tx).relayed, 5);
+    }
+
+    #[test]
+    fn a_forgotten_node_holds_nothing_back() {
+        let db = Db::in_memory();
+        let tx = db.tx();
+        tx.execute_batch("INSERT INTO peer_instances (node, instance) VALUES ('n2', 'p1')")
+            .unwrap();
+        record(&tx, &[report("p1", "me", 3)], &[], 1, None).unwrap();
+        assert!(crate::store::release(&tx, "n2").unwrap());
+        assert_eq!(count(&tx, "SELECT count(*) FROM peer_applied"), 0);
     }
 }

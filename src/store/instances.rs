@@ -81,8 +81,14 @@ pub fn holders(conn: &Connection) -> Result<Vec<(String, String)>> {
 
 /// Frees the node id `node` (an operator forgot the node): the next instance to link under it
 /// holds it. Cursors stay with their instances, so the old one, if it ever comes back, resumes
-/// where it stopped, and a new one starts from its log's first entry.
+/// where it stopped, and a new one starts from its log's first entry. What the forgotten
+/// instance had applied no longer holds the log back from compaction (if it comes back past
+/// what is kept, it is sent a snapshot).
 pub fn release(conn: &Connection, node: &str) -> Result<bool> {
+    conn.prepare_cached(
+        "DELETE FROM peer_applied WHERE peer IN (SELECT instance FROM peer_instances WHERE node = ?1)",
+    )?
+    .execute([node])?;
     Ok(conn
         .prepare_cached("DELETE FROM peer_instances WHERE node = ?1")?
         .execute([node])?

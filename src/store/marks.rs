@@ -25,6 +25,13 @@ pub fn set(tx: &Tx<'_>, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes the mark `key` inside the caller's transaction.
+pub fn clear(tx: &Tx<'_>, key: &str) -> Result<()> {
+    tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?
+        .execute([format!("{PREFIX}{key}")])?;
+    Ok(())
+}
+
 /// Every mark whose key starts with `prefix`: (key without the marks' own prefix, value).
 pub fn with_prefix(conn: &Connection, prefix: &str) -> Result<Vec<(String, String)>> {
     let like = format!("{PREFIX}{}%", prefix.replace(['%', '_'], ""));

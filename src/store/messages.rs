@@ -19,6 +19,31 @@ const VISIBLE: &str =
 /// The read flag as `agent` (?1) sees it: own messages are read.
 const READ_FLAG: &str = "(m.sender = ?1 OR EXISTS (SELECT 1 FROM inbox r WHERE r.agent = ?1 AND r.msg_id = m.id AND r.read_at IS NOT NULL))";
 
+/// `m` is in the thread `param` (an SQL parameter): its root, or one of its replies. Only
+/// replies are in the thread index (`messages_replies`, a partial index): most messages are
+/// roots, and each saved a b-tree insert (and a page per commit at low load).
+pub fn in_thread(param: &str) -> String {
+    format!("(m.id = {param} OR (m.thread_id = {param} AND m.thread_id <> m.id))")
+}
+
+/// Messages of the last minute in the thread of message ?1 (created after ?2).
+fn thread_rate_sql() -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT thread_id AS t FROM messages WHERE id = ?1) p \
+         JOIN messages m ON {} WHERE m.created_at > ?2",
+        in_thread("p.t")
+    )
+}
+
+/// The thread ?2 as agent ?1 may read it.
+fn thread_sql() -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE {} AND {VISIBLE} \
+         ORDER BY substr(m.id, 1, 10), m.seq",
+        in_thread("?2")
+    )
+}
+
 /// Stores a message and its inbox rows, deduplicating by id.
 pub fn insert_message(conn: &Tx<'_>, m: NewMessage, log_as: LogAs<'_>) -> Result<Stored> {
     let thread_id = match (&m.thread_id, &m.reply_to) {
@@ -151,10 +176,7 @@ pub fn check_thread_rate(conn: &Connection, parent: &str, per_minute: u32, now: 
         return Ok(());
     }
     let recent: Option<u32> = conn
-        .prepare_cached(
-            "SELECT count(*) FROM messages WHERE created_at > ?2 AND thread_id = \
-             (SELECT thread_id FROM messages WHERE id = ?1)",
-        )?
+        .prepare_cached(&thread_rate_sql())?
         .query_row(params![parent, now - 60_000], |r| r.get(0))
         .optional()?;
     match recent {
@@ -259,10 +281,7 @@ pub fn thread(conn: &Connection, agent: &str, id: &str) -> Result<Vec<Message>> 
     // By the millisecond of the id, then by arrival: ids come from each sender's own ULID
     // generator, so a reply sent within the millisecond of its question can carry a smaller
     // id; the store received the question first.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS}, {READ_FLAG} FROM messages m WHERE m.thread_id = ?2 AND {VISIBLE} \
-         ORDER BY substr(m.id, 1, 10), m.seq"
-    ))?;
+    let mut stmt = conn.prepare_cached(&thread_sql())?;
     let rows = stmt
         .query_map(params![agent, thread_id], client_message_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -320,4 +339,33 @@ pub fn search(conn: &Connection, agent: &str, fts: &str, limit: u32) -> Result<V
         .query_map(params![agent, fts, limit], client_message_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::Db;
+
+    /// Threads are found through the id index and the replies index, never by reading every
+    /// message.
+    #[test]
+    fn thread_queries_use_the_indexes() {
+        let db = Db::in_memory();
+        let tx = db.tx();
+        for sql in [thread_sql(), thread_rate_sql()] {
+            let plan: Vec<String> = tx
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params!["a", "b"], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|l| l.contains("USING INDEX messages_replies")),
+                "{plan:#?}"
+            );
+            assert!(!plan.iter().any(|l| l.starts_with("SCAN m")), "{plan:#?}");
+        }
+    }
 }

@@ -167,6 +167,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX messages_sender;
     "#,
+    // 13: the thread index holds replies only (a root's thread is its own id, found by the id
+    // index): most messages are roots, and each cost a b-tree insert here (`in_thread`).
+    r#"
+    DROP INDEX messages_thread;
+    CREATE INDEX messages_replies ON messages(thread_id) WHERE thread_id <> id;
+    "#,
 ];
 
 /// Indexes every message stored since the last call; run once per transaction, before commit.

@@ -20,6 +20,7 @@
 //!    where they were and is simply sent again.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::store::Tx;
@@ -40,7 +41,8 @@ pub struct Start {
 }
 
 /// The parts of a snapshot, in the order they are read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Part {
     #[default]
     Messages,
@@ -64,8 +66,10 @@ impl Part {
     }
 }
 
-/// How far a snapshot has been read: a part and the last key read of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How far a snapshot has been read: a part and the last key read of it. It travels (a
+/// carrier that pages on request hands it back with each request), so the producer keeps no
+/// state between pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pos {
     part: Part,
     /// `messages.seq` (messages).

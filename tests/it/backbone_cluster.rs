@@ -481,7 +481,9 @@ async fn a_stream_the_server_refuses_to_create_makes_the_node_degraded_with_the_
     let node = NodeProc::start_named(dir.path(), free_port(), "n1", &["--backbone", &url]).await;
     let h = poll(30, "/health degraded: the stream was refused", || async {
         let h = health(node.port).await;
-        let refused = h["reasons"].to_string().contains("cannot replicate");
+        let refused = h["reasons"]
+            .to_string()
+            .contains("replicas > 1 not supported");
         (h["status"] == "degraded" && refused).then_some(h)
     })
     .await;

@@ -3,7 +3,9 @@
 mod backbone;
 mod backbone_auth;
 mod backbone_cluster;
+mod backbone_compaction;
 mod backbone_link;
+mod backbone_snapshot;
 mod browser;
 mod chaos;
 mod cli;
