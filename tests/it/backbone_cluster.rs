@@ -195,6 +195,19 @@ async fn finish(
     [a, b]
 }
 
+/// Every node on `ports` goes back to `/health` `ok` (a publish retried or a consumer restarted
+/// says so until it has worked again) and lacks nothing (no gap).
+async fn healthy(ports: &[u16]) {
+    for &port in ports {
+        let h = poll(30, &format!("the node on port {port} ok"), || async move {
+            let h = health(port).await;
+            (h["status"] == "ok").then_some(h)
+        })
+        .await;
+        assert_eq!(h["backbone"]["gaps"], serde_json::json!([]), "{h}");
+    }
+}
+
 /// Counts of (delivered, queued) among `sent` answered within `from..to`.
 fn statuses(sent: &[Sent], from: Instant, to: Instant) -> (usize, usize) {
     let within = sent.iter().filter(|s| s.at > from && s.at < to);
@@ -307,11 +320,7 @@ async fn an_r3_stream_on_a_nats_cluster_loses_nothing_when_a_nodes_server_is_kil
         .iter()
         .find(|s| s.status == DeliveryStatus::Delivered)
         .map(|s| s.at - killed);
-    for port in &ports {
-        let h = health(*port).await;
-        assert_eq!(h["status"], "ok", "{h}");
-        assert_eq!(h["backbone"]["gaps"], serde_json::json!([]), "{h}");
-    }
+    healthy(&ports).await;
 
     // The two servers left elected a new leader; the killed one, restarted on its store,
     // catches up and the stream has three current replicas again.
@@ -457,11 +466,7 @@ async fn a_laptop_behind_a_leaf_node_replicates_through_the_hub_and_catches_up_a
             "{before} {delivered} {queued}"
         );
     }
-    for port in ports {
-        let h = health(port).await;
-        assert_eq!(h["status"], "ok", "{h}");
-        assert_eq!(h["backbone"]["gaps"], serde_json::json!([]), "{h}");
-    }
+    healthy(&ports).await;
     eprintln!(
         "backbone leaf: link cut, each side had the other's agents offline after {offline:?}; \
          link back, heard again after {heard:?}; {n_lap} + {n_hq} messages exactly once \
