@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchboard::client::Client;
-use switchboard::protocol::{InboxRequest, Status, TokenAction};
+use switchboard::protocol::{InboxRequest, Status};
 
 use crate::backbone::Nats;
 use crate::chaos::{check_exactly_once, numbered_sender};
@@ -157,12 +157,7 @@ async fn a_node_back_after_the_stream_dropped_what_it_missed_catches_up_from_a_s
         .await
         .unwrap();
     alice.subscribe("ops".into(), true).await.unwrap();
-    let erin_token = alice
-        .token(TokenAction::Issue, Some("erin".into()))
-        .await
-        .unwrap()
-        .token
-        .unwrap();
+    let erin_token = issue_token(&alice, "erin").await;
     let mut sent = flood(&alice, "bob", 0, 100).await;
     bob1.mark_read(sent[..10].to_vec(), false).await.unwrap();
     drop(bob1);

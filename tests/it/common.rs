@@ -424,3 +424,15 @@ pub async fn python_with_websockets() -> bool {
     }
     probe.status.success()
 }
+
+/// Issues a token for `agent` through `c` (which holds the local secret); the token.
+pub async fn issue_token(c: &Client, agent: &str) -> String {
+    c.token(
+        switchboard::protocol::TokenAction::Issue,
+        Some(agent.into()),
+    )
+    .await
+    .unwrap()
+    .token
+    .unwrap()
+}

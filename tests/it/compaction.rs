@@ -3,7 +3,7 @@
 //! gets the current state from a snapshot and then the live entries.
 
 use switchboard::client::Client;
-use switchboard::protocol::{InboxRequest, Status, TokenAction};
+use switchboard::protocol::{InboxRequest, Status};
 
 use crate::common::*;
 use crate::mesh::*;
@@ -78,12 +78,7 @@ async fn a_mesh_under_load_keeps_its_log_bounded_and_a_late_node_gets_the_state_
     bob.set_status(Status::Busy, Some("reviewing".into()))
         .await
         .unwrap();
-    let erin_token = alice
-        .token(TokenAction::Issue, Some("erin".into()))
-        .await
-        .unwrap()
-        .token
-        .unwrap();
+    let erin_token = issue_token(&alice, "erin").await;
     // Load both ways; the log is sampled while it flows.
     let mut most = 0;
     let mut read = Vec::new();

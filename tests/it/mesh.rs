@@ -449,18 +449,8 @@ async fn a_node_that_joins_a_mesh_later_shares_its_history() {
     carol.subscribe("builds".into(), true).await.unwrap();
     carol.subscribe("ops".into(), true).await.unwrap();
     carol.subscribe("ops".into(), false).await.unwrap();
-    let erin_token = alice
-        .token(TokenAction::Issue, Some("erin".into()))
-        .await
-        .unwrap()
-        .token
-        .unwrap();
-    let frank_token = alice
-        .token(TokenAction::Issue, Some("frank".into()))
-        .await
-        .unwrap()
-        .token
-        .unwrap();
+    let erin_token = issue_token(&alice, "erin").await;
+    let frank_token = issue_token(&alice, "frank").await;
     alice
         .token(TokenAction::Revoke, Some("frank".into()))
         .await
