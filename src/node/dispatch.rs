@@ -29,7 +29,7 @@ pub struct Conn {
 impl Conn {
     /// Handles one text frame; returns the answer to write, if any.
     pub async fn handle(&self, text: &str) -> Option<ServerFrame> {
-        let frame = match serde_json::from_str::<ClientFrame>(text) {
+        let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 Metrics::inc(&self.router.metrics.frames_rejected_total);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, MessageType, Priority};
 
+mod parse;
 mod results;
 
 /// The protocol version this build speaks; `hello.v` must equal it.
