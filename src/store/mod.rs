@@ -140,12 +140,6 @@ pub struct Store {
     path: Arc<std::path::PathBuf>,
 }
 
-/// Page size of a new store (a store keeps the one it was made with). Every commit rewrites
-/// the last page of each b-tree it adds to, six or more per message, so at low load the page
-/// size is what a commit writes: 1 KiB pages write well under half the bytes of SQLite's 4 KiB
-/// default for about the same CPU.
-const PAGE_SIZE: u32 = 1024;
-
 /// How big the store is, for `/health` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Size {
@@ -162,10 +156,6 @@ impl Store {
     /// ends when every handle is dropped, after committing what was queued.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Store> {
         let mut conn = Connection::open(path)?;
-        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        if pages == 0 {
-            conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-        }
         retention::enable_incremental_vacuum(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
