@@ -5,10 +5,14 @@
 //! registration — a peer pushes before it even commits — so early ones are kept for a moment.
 //! When the node stops, every wait ends at once: the sessions that could ack are closing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+/// Keyed by message id. SipHash was a tenth of the wait's cost; foldhash is seeded per process
+/// too, so ids a client chooses cannot be aimed at one bucket.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,10 @@
 //! online there, and who subscribes to which topic. Pure state behind one short-held lock in
 //! [`Router`](super::Router); what is durable is written through the store by the caller.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+/// Looked up on every send and push; see `acks` for why foldhash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,7 @@
 //! Per-sender rate limiting: a token bucket per agent, so one runaway agent (or an
 //! acknowledgement storm) cannot flood everyone else's inbox.
 
-use std::collections::HashMap;
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::time::Instant;
 
 use crate::error::Error;
@@ -28,7 +28,7 @@ impl RateLimiter {
         RateLimiter {
             per_second,
             burst: burst.max(1),
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
         }
     }
 
