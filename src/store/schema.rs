@@ -212,3 +212,44 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(conn: &Connection, word: &str) -> Vec<i64> {
+        conn.prepare("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?1 ORDER BY rank")
+            .unwrap()
+            .query_map([word], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A store made before migration 14 keeps every message findable, ranked, indexed once;
+    /// what was stored but not yet indexed is indexed by the next run, as before.
+    #[test]
+    fn the_index_without_sizes_keeps_what_was_indexed() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..13] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 13).unwrap();
+        let insert = "INSERT INTO messages (id, origin, sender, target, type, priority, body, \
+                      thread_id, created_at) VALUES (?1, 'n', 'a', 'b', 'message', 'normal', ?2, ?1, 0)";
+        tx.execute(insert, ["m1", "deploy the fleet"]).unwrap();
+        tx.execute(insert, ["m2", "deploy deploy deploy"]).unwrap();
+        tx.execute_batch(INDEX_NEW_MESSAGES).unwrap();
+        tx.execute(insert, ["m3", "deploy later"]).unwrap();
+        tx.commit().unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(search(&conn, "deploy"), [2, 1], "indexed before, ranked");
+        conn.execute_batch(INDEX_NEW_MESSAGES).unwrap();
+        assert_eq!(search(&conn, "deploy"), [2, 3, 1], "shorter ranks higher");
+        assert_eq!(search(&conn, "later"), [3]);
+        conn.execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            .unwrap();
+    }
+}
