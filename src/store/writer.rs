@@ -24,8 +24,8 @@ const MAX_BATCH: usize = 2048;
 /// How often new messages are added to the full-text index.
 const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Jobs run since the last indexing run that make the writer index even while jobs wait, so
-/// one run never holds the queue back for long.
+/// Jobs run since the last indexing run that make the next commit index anyway, so one run
+/// never holds a commit back for long.
 const INDEX_PENDING: usize = 8192;
 
 /// Why a batch did not commit.
@@ -150,18 +150,6 @@ pub(crate) fn retry_soon(attempts: i32) -> bool {
     true
 }
 
-/// Indexes the messages stored since the last run, in a transaction of its own.
-fn index(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let done = conn
-        .execute_batch(schema::INDEX_NEW_MESSAGES)
-        .and_then(|()| conn.execute_batch("COMMIT"));
-    if done.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    done
-}
-
 /// The writer thread's loop: runs until every handle is dropped, then indexes what is left.
 pub(crate) fn run(
     conn: Connection,
@@ -198,9 +186,26 @@ pub(crate) fn run(
                 disk: state.poison_fault.is_some(),
                 reason: "a write failed inside the batch".to_owned(),
             }),
-            Ok(()) => conn
-                .execute_batch("COMMIT")
-                .map_err(|e| CommitError::sqlite(&e)),
+            Ok(()) => {
+                // Full-text indexing writes a new FTS segment each time (and FTS5 merges
+                // segments as they pile up): at low load that was half the pages of every
+                // commit, under load a segment per big batch. Index every 100 ms (or after
+                // INDEX_PENDING jobs); search indexes what is pending before it looks, so it
+                // never misses anything.
+                since_index += finishes.len();
+                let index = if state.wrote
+                    && (last_index.elapsed() >= INDEX_EVERY || since_index >= INDEX_PENDING)
+                {
+                    last_index = std::time::Instant::now();
+                    since_index = 0;
+                    conn.execute_batch(schema::INDEX_NEW_MESSAGES)
+                } else {
+                    Ok(())
+                };
+                index
+                    .and_then(|()| conn.execute_batch("COMMIT"))
+                    .map_err(|e| CommitError::sqlite(&e))
+            }
             Err(e) => Err(CommitError::sqlite(&e)),
         };
         let wrote_rows = conn.total_changes() != changes_before;
@@ -233,33 +238,11 @@ pub(crate) fn run(
         stats
             .jobs
             .fetch_add(finishes.len() as u64, Ordering::Relaxed);
-        if state.wrote {
-            since_index += finishes.len();
-        }
         for finish in finishes.drain(..) {
             finish(error.as_ref());
         }
-        // Full-text indexing writes a new FTS segment each time (and FTS5 merges segments as
-        // they pile up): at low load that was half the pages of every commit. It runs in a
-        // transaction of its own, after the batch is answered, so no send waits for it: every
-        // 100 ms when no job is waiting, or once INDEX_PENDING jobs ran (under load the queue
-        // never empties). Search indexes what is pending before it looks, so it never misses
-        // anything.
-        if since_index > 0
-            && (since_index >= INDEX_PENDING
-                || (last_index.elapsed() >= INDEX_EVERY && rx.is_empty()))
-        {
-            last_index = std::time::Instant::now();
-            match index(&conn) {
-                Ok(()) => since_index = 0,
-                Err(e) => match fault_of(&e) {
-                    Some(fault) => health.failed(fault, &e.to_string()),
-                    None => tracing::warn!(error = %e, "full-text indexing failed; it is retried"),
-                },
-            }
-        }
     }
-    if let Err(e) = index(&conn) {
+    if let Err(e) = conn.execute_batch(&format!("BEGIN; {} COMMIT;", schema::INDEX_NEW_MESSAGES)) {
         tracing::warn!(error = %e, "final full-text indexing failed; it resumes at the next start");
     }
     tracing::debug!("store writer stopped");
