@@ -187,9 +187,27 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
     // origins' cursors past them (a false gap, filled only by a snapshot). Reading again from
     // the committed position keeps the order.
     let mut next_seq = start.max(first_available);
+    // The client reconnects by itself and the pull goes on, but what the server sent down the
+    // dead connection stays handed out to this consumer until ACK_WAIT: with no batch after
+    // it to show the loss (above), that mail waited 30 s. Once the connection is back, reading
+    // again from the committed position brings it at once.
+    let mut connection = s.connected.clone();
+    let mut was_down = !*connection.borrow_and_update();
     let ended = loop {
         let next = tokio::select! {
             _ = s.shutdown.cancelled() => break Ok(()),
+            changed = connection.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let up = *connection.borrow_and_update();
+                if up && was_down {
+                    tracing::info!(consumer = %name, "backbone back: reading again from the committed position");
+                    break Ok(());
+                }
+                was_down |= !up;
+                continue;
+            }
             n = messages.next() => n,
         };
         let msg = match next {

@@ -158,3 +158,80 @@ async fn batches_lost_in_flight_to_a_node_are_read_again_in_order() {
         link.lost.load(Ordering::Relaxed)
     );
 }
+
+/// Mail lost on its way to a node whose connection then dies, with nothing sent after it,
+/// arrives as soon as the connection is back: the node reads again from what it committed,
+/// instead of waiting for the server to hand the lost batches out again (30 s after it sent
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_lost_in_flight_with_nothing_after_it_arrives_once_the_link_is_back() {
+    let nats = Nats::start().await;
+    let link = Link::start(nats.port).await;
+    let (d1, d2) = (tempdir(), tempdir());
+    let ports = [free_port(), free_port()];
+    let (direct, linked) = (nats.url(), format!("nats://127.0.0.1:{}", link.port));
+    let n1 = NodeProc::start_named(d1.path(), ports[0], "n1", &["--backbone", &direct]).await;
+    let n2 = NodeProc::start_named(d2.path(), ports[1], "n2", &["--backbone", &linked]).await;
+    all_hear_each_other(&ports).await;
+    n2.cli(&["agent", "add", "sink"]).await;
+    all_caught_up(&ports).await;
+    let stored_at_n2 = || async { health(ports[1]).await["store"]["messages"].as_u64() };
+    assert_eq!(stored_at_n2().await, Some(0));
+
+    link.set(State::Lossy);
+    let alice = n1.client("alice").await;
+    for i in 0..20 {
+        alice
+            .send(switchboard::protocol::SendRequest {
+                to: "sink".into(),
+                body: format!("lost {i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The server has sent them all (nothing is pending for n2's consumer), into the void.
+    eventually(30, "the batches sent towards n2", || async {
+        let lost = link.lost.load(Ordering::Relaxed);
+        lost > 2_000 && health(ports[1]).await["store"]["messages"] == 0
+    })
+    .await;
+    link.set(State::Cut);
+    eventually(30, "n2 disconnected", || async {
+        health(ports[1]).await["backbone"]["connected"] == false
+    })
+    .await;
+    link.set(State::Up);
+    let back = std::time::Instant::now();
+    // Well before the server's 30 s redelivery.
+    eventually(15, "the lost mail at n2", || async {
+        stored_at_n2().await == Some(20)
+    })
+    .await;
+    eprintln!(
+        "backbone: 20 messages lost in flight stored at n2 {} ms after the link came back",
+        back.elapsed().as_millis()
+    );
+    check_exactly_once_plain(&n2, 20).await;
+}
+
+/// The sink's inbox holds `n` messages, each once.
+async fn check_exactly_once_plain(node: &NodeProc, n: usize) {
+    let sink = node.client("sink").await;
+    let inbox = sink
+        .inbox(switchboard::protocol::InboxRequest {
+            req: 0,
+            unread_only: true,
+            limit: 200,
+            from: None,
+            topic: None,
+            mark_read: false,
+        })
+        .await
+        .unwrap();
+    let mut bodies: Vec<&str> = inbox.messages.iter().map(|m| m.body.as_str()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), n, "{bodies:?}");
+    assert_eq!(inbox.messages.len(), n);
+}
