@@ -180,8 +180,8 @@ impl Store {
         let checkpointer = Connection::open(path)?;
         // Its RESTART checkpoint needs the writer lock, which a writer under load frees only
         // between batches, for well under a millisecond: SQLite's own busy handler (sleeps of
-        // 1, 2, 5... 100 ms) kept missing those gaps while the WAL grew past 64 MiB in the
-        // 200k soak. Retrying every 100 µs takes the first one.
+        // 1, 2, 5... 100 ms) kept missing those gaps while the WAL grew to 65 MB in the 200k
+        // soak (37 MB since). Retrying every 100 µs takes the first one.
         checkpointer.busy_handler(Some(writer::retry_soon))?;
 
         // Searches can be expensive (a common word in a big store ranks every match); on the
