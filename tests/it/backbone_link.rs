@@ -104,23 +104,51 @@ async fn carry(
     }
 }
 
+/// Two nodes on one NATS server: n1 connected directly, n2 through a [`Link`]; both hear each
+/// other, and the agent `sink` is known (offline) at n2, so sends to it answer `queued` at
+/// once and batches come fast. Fields drop in order: nodes, link, server, data dirs.
+struct Pair {
+    n1: NodeProc,
+    n2: NodeProc,
+    link: Link,
+    ports: [u16; 2],
+    _nats: Nats,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let nats = Nats::start().await;
+        let link = Link::start(nats.port).await;
+        let dirs = [tempdir(), tempdir()];
+        let ports = [free_port(), free_port()];
+        let (direct, linked) = (nats.url(), format!("nats://127.0.0.1:{}", link.port));
+        let n1 =
+            NodeProc::start_named(dirs[0].path(), ports[0], "n1", &["--backbone", &direct]).await;
+        let n2 =
+            NodeProc::start_named(dirs[1].path(), ports[1], "n2", &["--backbone", &linked]).await;
+        all_hear_each_other(&ports).await;
+        n2.cli(&["agent", "add", "sink"]).await;
+        Pair {
+            n1,
+            n2,
+            link,
+            ports,
+            _nats: nats,
+            _dirs: dirs,
+        }
+    }
+}
+
 /// A node whose connection to NATS dies while batches are on their way to it — the server
 /// has sent them, the node never got them — reads them again, in order: nothing is skipped,
 /// no gap is reported. Three times, under a stream of mail from another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_lost_in_flight_to_a_node_are_read_again_in_order() {
-    let nats = Nats::start().await;
-    let link = Link::start(nats.port).await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let ports = [free_port(), free_port()];
-    let (direct, linked) = (nats.url(), format!("nats://127.0.0.1:{}", link.port));
-    let n1 = NodeProc::start_named(d1.path(), ports[0], "n1", &["--backbone", &direct]).await;
-    let n2 = NodeProc::start_named(d2.path(), ports[1], "n2", &["--backbone", &linked]).await;
-    all_hear_each_other(&ports).await;
-    // The sink is offline at n2: sends answer `queued` at once, so batches come fast.
-    n2.cli(&["agent", "add", "sink"]).await;
+    let pair = Pair::start().await;
+    let (n1, n2, link, ports) = (&pair.n1, &pair.n2, &pair.link, pair.ports);
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = numbered_sender_to(&n1, 0, "sink", stop.clone()).await;
+    let sender = numbered_sender_to(n1, 0, "sink", stop.clone()).await;
     let connected = |up: bool| async move {
         let what = format!("n2 connected: {up}");
         eventually(30, &what, || async move {
@@ -165,15 +193,8 @@ async fn batches_lost_in_flight_to_a_node_are_read_again_in_order() {
 /// them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_lost_in_flight_with_nothing_after_it_arrives_once_the_link_is_back() {
-    let nats = Nats::start().await;
-    let link = Link::start(nats.port).await;
-    let (d1, d2) = (tempdir(), tempdir());
-    let ports = [free_port(), free_port()];
-    let (direct, linked) = (nats.url(), format!("nats://127.0.0.1:{}", link.port));
-    let n1 = NodeProc::start_named(d1.path(), ports[0], "n1", &["--backbone", &direct]).await;
-    let n2 = NodeProc::start_named(d2.path(), ports[1], "n2", &["--backbone", &linked]).await;
-    all_hear_each_other(&ports).await;
-    n2.cli(&["agent", "add", "sink"]).await;
+    let pair = Pair::start().await;
+    let (n1, n2, link, ports) = (&pair.n1, &pair.n2, &pair.link, pair.ports);
     all_caught_up(&ports).await;
     let stored_at_n2 = || async { health(ports[1]).await["store"]["messages"].as_u64() };
     assert_eq!(stored_at_n2().await, Some(0));
@@ -212,7 +233,7 @@ async fn mail_lost_in_flight_with_nothing_after_it_arrives_once_the_link_is_back
         "backbone: 20 messages lost in flight stored at n2 {} ms after the link came back",
         back.elapsed().as_millis()
     );
-    check_exactly_once_plain(&n2, 20).await;
+    check_exactly_once_plain(n2, 20).await;
 }
 
 /// The sink's inbox holds `n` messages, each once.
