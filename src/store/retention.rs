@@ -205,8 +205,10 @@ pub fn enable_incremental_vacuum(conn: &Connection, path: &std::path::Path) -> R
     if mode == 2 {
         return Ok(());
     }
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // Counted first: setting the mode writes the header page of a new store, which then
+    // looked like an old one to rebuild (and said so on every first start).
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     if pages == 0 {
         return Ok(());
     }

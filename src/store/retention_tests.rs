@@ -193,6 +193,21 @@ fn a_dry_run_counts_what_a_prune_deletes_and_deletes_nothing() {
     );
 }
 
+/// A new store gets incremental vacuum from its first table on, without a rebuild.
+#[test]
+fn a_new_store_is_made_with_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    super::enable_incremental_vacuum(&conn, &path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+        .unwrap();
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2);
+}
+
 #[test]
 fn freed_pages_go_back_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
