@@ -202,7 +202,10 @@ async fn consume(s: &Arc<Shared>) -> std::result::Result<(), String> {
                 }
                 let up = *connection.borrow_and_update();
                 if up && was_down {
-                    tracing::info!(consumer = %name, "backbone back: reading again from the committed position");
+                    tracing::info!(
+                        consumer = %name,
+                        "backbone back: reading again from the committed position"
+                    );
                     break Ok(());
                 }
                 was_down |= !up;

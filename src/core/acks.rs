@@ -9,12 +9,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Keyed by message id. SipHash was a tenth of the wait's cost; foldhash is seeded per process
 /// too, so ids a client chooses cannot be aimed at one bucket.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// How long a send waits for a recipient's session to ack before it answers `queued`.
 pub const ACK_WAIT: Duration = Duration::from_secs(1);
