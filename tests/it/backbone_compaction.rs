@@ -8,12 +8,6 @@ use crate::backbone::Backbone;
 use crate::common::*;
 use crate::mesh::msg;
 
-async fn log_entries(port: u16) -> u64 {
-    health(port).await["store"]["log_entries"]
-        .as_u64()
-        .unwrap_or(u64::MAX)
-}
-
 async fn messages(port: u16) -> u64 {
     health(port).await["store"]["messages"]
         .as_u64()
@@ -41,13 +35,7 @@ async fn a_backbone_nodes_log_is_compacted_once_the_stream_has_it() {
     bob.mark_read(Vec::new(), true).await.unwrap();
     b.wait_caught_up().await;
     // Each node's own log (n1: the messages; n2: bob's read marks) is down to its head.
-    for i in 0..2 {
-        let port = b.ports[i];
-        eventually(20, &format!("n{}'s log compacted", i + 1), || async move {
-            log_entries(port).await <= 1
-        })
-        .await;
-    }
+    logs_compacted(&b.ports[..2], 20).await;
     eprintln!("backbone compaction: log_entries at most {most} during 1,000 messages, 1 after");
 
     // A node that joins now reads everything from the stream.

@@ -283,6 +283,26 @@ pub async fn health(port: u16) -> Value {
     serde_json::from_str(&http_get(port, "/health").await).unwrap()
 }
 
+/// Entries in the node's replication log (`/health` `store.log_entries`; `u64::MAX` when
+/// missing, so that no wait for a compacted log passes by accident).
+pub async fn log_entries(port: u16) -> u64 {
+    health(port).await["store"]["log_entries"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits (up to `secs` each) until every node on `ports` has compacted its log to its head.
+pub async fn logs_compacted(ports: &[u16], secs: u64) {
+    for (i, &port) in ports.iter().enumerate() {
+        eventually(
+            secs,
+            &format!("n{}'s log compacted", i + 1),
+            || async move { log_entries(port).await <= 1 },
+        )
+        .await;
+    }
+}
+
 /// One value from the node's `/metrics` (without the `switchboard_` prefix).
 pub async fn metric(port: u16, name: &str) -> u64 {
     let text = http_get(port, "/metrics").await;

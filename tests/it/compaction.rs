@@ -17,10 +17,6 @@ fn fast(extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
-async fn log_entries(port: u16) -> u64 {
-    health(port).await["store"]["log_entries"].as_u64().unwrap()
-}
-
 /// Sends `n` messages from `from` to `to`, 50 in flight at a time.
 async fn burst(from: &Client, to: &str, n: usize, tag: &str) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
@@ -93,13 +89,7 @@ async fn a_mesh_under_load_keeps_its_log_bounded_and_a_late_node_gets_the_state_
     })
     .await;
     // Once both have applied everything, each log is down to its head.
-    for i in 0..2 {
-        let port = mesh.ports[i];
-        eventually(20, &format!("n{}'s log compacted", i + 1), || async move {
-            log_entries(port).await <= 1
-        })
-        .await;
-    }
+    logs_compacted(&mesh.ports[..2], 20).await;
     eprintln!("compaction: log_entries at most {most} during 3,600 messages, 1 after");
     // n1 restarts (so its in-memory tail, which could still serve the whole log, is empty),
     // then n3 joins: n1's log starts past n3's cursor, so n3 is sent a snapshot.

@@ -11,7 +11,7 @@ use switchboard::protocol::SendRequest;
 
 use switchboard::client::Client;
 
-use crate::common::{eventually, health, tempdir};
+use crate::common::{eventually, health, log_entries, logs_compacted, tempdir};
 use crate::mesh::Mesh;
 use crate::retention::{alice_and_bob, wal_bytes};
 
@@ -146,24 +146,15 @@ async fn soak_two_nodes(total: usize) {
     load_and_check(&alice, &bob, total, &dirs).await;
     let elapsed = started.elapsed();
     let mut most_log = 0;
-    for (i, port) in mesh.ports.iter().copied().enumerate() {
+    for &port in &mesh.ports {
         most_log = most_log.max(log_entries(port).await);
-        eventually(30, &format!("n{}'s log compacted", i + 1), || async move {
-            log_entries(port).await <= 1
-        })
-        .await;
     }
+    logs_compacted(&mesh.ports, 30).await;
     eprintln!(
         "soak two nodes: {total} messages in {:.1} s; log_entries \
          {most_log} when the load ended, 1 once both applied everything",
         elapsed.as_secs_f64(),
     );
-}
-
-async fn log_entries(port: u16) -> u64 {
-    health(port).await["store"]["log_entries"]
-        .as_u64()
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
